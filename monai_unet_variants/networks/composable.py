@@ -1,0 +1,353 @@
+"""One U-Net skeleton with pluggable encoder block, decoder block, skip path and head.
+
+Every network of this package is a thin composition of this class; users can compose their own
+(e.g. a MultiResUNet with attention gates) with JSON-friendly string arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+from monai.networks.layers.factories import Pool
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import (
+    ATTENTION_MODES,
+    HEADS,
+    UPSAMPLE_MODES,
+    ConvStack,
+    FullyDenseUnit,
+    MultiResBlock,
+    MultiScaleFusionHead,
+    OutputHead,
+    PreActResidualUnit,
+    RecurrentResidualUnit,
+    ResPath,
+    SkipPath,
+    make_upsample,
+)
+from .blocks.layers import LayerArg, check_layer_args, check_spatial_dims
+
+__all__ = ["ComposableUNet", "BLOCKS", "DOWNSAMPLE_MODES", "SKIP_TRANSFORMS"]
+
+#: Encoder/decoder blocks by name. Each takes ``(spatial_dims, in_channels, out_channels, stride,
+#: kernel_size, act, norm, dropout, bias, is_stem, **block_args)`` and has an ``out_channels`` attribute.
+BLOCKS: dict[str, type[nn.Module]] = {
+    "conv": ConvStack,
+    "preact_residual": PreActResidualUnit,
+    "recurrent_residual": RecurrentResidualUnit,
+    "fully_dense": FullyDenseUnit,
+    "multires": MultiResBlock,
+}
+DOWNSAMPLE_MODES = ("maxpool", "conv")
+SKIP_TRANSFORMS = ("plain", "respath")
+
+
+def _positive_ints(name: str, values: Any) -> tuple[int, ...]:
+    if isinstance(values, int):
+        values = (values,)
+    try:
+        out = tuple(int(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a sequence of positive integers (got {values!r}).") from err
+    if any(v < 1 or v != orig for v, orig in zip(out, values)):
+        raise ValueError(f"{name} must contain positive integers only (got {tuple(values)!r}).")
+    return out
+
+
+class ComposableUNet(nn.Module):
+    """A U-Net whose encoder block, decoder block, skip path, up-sampling and head are chosen by name.
+
+    Topology: ``len(channels)`` levels; level ``i > 0`` is reached by down-sampling with ``strides[i-1]``
+    (max pooling, or the block's first convolution with ``downsample="conv"``). The decoder up-samples
+    the coarser features, passes the level's encoder features through the skip path (plain, ResPath,
+    attention gates), concatenates ``[skip, up]`` and applies the decoder block.
+
+    Args:
+        spatial_dims: 2 or 3. Defaults to 3.
+        in_channels: input channels. Defaults to 1.
+        out_channels: output channels (classes). Defaults to 2.
+        channels: width of every level, top first; its length is the depth. Defaults to ``(16, 32, 64, 128, 256)``.
+        strides: down-sampling factor between consecutive levels (``len(channels) - 1`` values). Defaults to 2s.
+        kernel_size: kernel size of the blocks. Defaults to 3.
+        up_kernel_size: kernel of the up-sampling convolution (``None``: the stride for ``"deconv"``, 3 for
+            ``"resize_conv"``). Defaults to ``None``.
+        act: activation, a MONAI name or ``(name, args)``. Defaults to ``"relu"``.
+        norm: normalisation, a MONAI name or ``(name, args)``. Defaults to ``"batch"``.
+        dropout: dropout probability inside the blocks (MONAI Label sets it). Defaults to ``None``.
+        bias: convolution bias. Defaults to ``True``.
+        encoder_block: a key of ``BLOCKS``. Defaults to ``"conv"``.
+        decoder_block: a key of ``BLOCKS``, ``None`` for ``encoder_block``. Defaults to ``None``.
+        block_args: extra keyword arguments of the blocks (e.g. ``{"recurrence": 2}``). Defaults to ``None``.
+        downsample: ``"maxpool"`` or ``"conv"`` (strided first convolution of the block). Defaults to ``"maxpool"``.
+        upsample: ``"deconv"``, ``"nontrainable"`` or ``"resize_conv"``. Defaults to ``"deconv"``.
+        interp_mode: ``"nearest"`` or ``"linear"`` for interpolating up-sampling. Defaults to ``"nearest"``.
+        skip: ``"plain"`` or ``"respath"`` (lengths ``depth-1 .. 1`` from the top, as in MultiResUNet).
+            Defaults to ``"plain"``.
+        attention: ``None``, ``"grid"`` (coarse gating signal, the paper's) or ``"same"`` (up-sampled
+            gating signal, the reference implementation's). Defaults to ``None``.
+        attention_levels: skip levels that get gates (0 is the top); ``None`` for all. Defaults to ``None``.
+        attention_gates: parallel gates per level. Defaults to 1.
+        attention_ratio: a gate's intermediate channels as a fraction of its skip channels; ``None`` for 1.0
+            with grid gates (the authors' 3D model) and 0.5 with same-resolution gates (the reference). Defaults to ``None``.
+        head: ``"plain"`` (1x1 conv) or ``"multiscale"`` (fusion of 1x1 heads on every level). Defaults to ``"plain"``.
+        deep_supervision: in training mode return ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the
+            main output followed by lower-level outputs interpolated to full size; eval mode always returns
+            the plain tensor. Defaults to ``False``.
+        deep_supr_num: deep-supervision outputs, ``1 .. depth - 2``. Defaults to 1.
+        global_residual: add the input to the output (needs ``in_channels == out_channels``). Defaults to ``False``.
+        checkpointing: recompute encoder/decoder block activations in the backward pass (training only) to
+            save memory. Defaults to ``False``.
+
+    Input-size rule: every spatial size must be divisible by ``prod(strides)``; otherwise ``forward`` raises a
+    ``ValueError`` naming the multiple and the padded size (``monai.transforms.DivisiblePad`` pads for you).
+
+    Examples::
+
+        >>> net = ComposableUNet(2, 1, 3, channels=(8, 16, 32), strides=(2, 2), encoder_block="multires",
+        ...                      skip="respath", attention="grid")
+        >>> net(torch.randn(1, 1, 64, 64)).shape
+        torch.Size([1, 3, 64, 64])
+        >>> net3d = ComposableUNet(3, 1, 2, channels=(8, 16, 32), strides=(2, 2), encoder_block="recurrent_residual")
+        >>> net3d(torch.randn(1, 1, 32, 32, 32)).shape
+        torch.Size([1, 2, 32, 32, 32])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128, 256),
+        strides: Optional[Sequence[int]] = None,
+        kernel_size: int = 3,
+        up_kernel_size: Optional[int] = None,
+        act: LayerArg = "relu",
+        norm: LayerArg = "batch",
+        dropout: Optional[float] = None,
+        bias: bool = True,
+        encoder_block: str = "conv",
+        decoder_block: Optional[str] = None,
+        block_args: Optional[Mapping[str, Any]] = None,
+        downsample: str = "maxpool",
+        upsample: str = "deconv",
+        interp_mode: str = "nearest",
+        skip: str = "plain",
+        attention: Optional[str] = None,
+        attention_levels: Optional[Sequence[int]] = None,
+        attention_gates: int = 1,
+        attention_ratio: Optional[float] = None,
+        head: str = "plain",
+        deep_supervision: bool = False,
+        deep_supr_num: int = 1,
+        global_residual: bool = False,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        if not isinstance(in_channels, int) or in_channels < 1 or not isinstance(out_channels, int) or out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be positive integers (got {in_channels!r}, {out_channels!r}).")
+        channels = _positive_ints("channels", channels)
+        depth = len(channels)
+        if depth < 2:
+            raise ValueError(f"channels needs at least 2 levels (got {channels}); e.g. channels=(16, 32, 64, 128, 256).")
+        strides = (2,) * (depth - 1) if strides is None else _positive_ints("strides", strides)
+        if len(strides) != depth - 1:
+            raise ValueError(
+                f"strides must have len(channels) - 1 = {depth - 1} values, one per down-sampling step "
+                f"(got {len(strides)}: {strides}); e.g. strides={(2,) * (depth - 1)}."
+            )
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd integer (got {kernel_size!r}).")
+        check_layer_args(spatial_dims, act, norm, dropout)
+        decoder_block = encoder_block if decoder_block is None else decoder_block
+        for name in (encoder_block, decoder_block):
+            if name not in BLOCKS:
+                raise ValueError(f"unknown block {name!r}: choose one of {sorted(BLOCKS)}.")
+        for arg, value, allowed in (
+            ("downsample", downsample, DOWNSAMPLE_MODES),
+            ("upsample", upsample, UPSAMPLE_MODES),
+            ("interp_mode", interp_mode, ("nearest", "linear")),
+            ("skip", skip, SKIP_TRANSFORMS),
+            ("head", head, HEADS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{arg} must be one of {allowed} (got {value!r}).")
+        if attention is not None and attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be None or one of {ATTENTION_MODES} (got {attention!r}).")
+        levels = set(range(depth - 1)) if attention_levels is None else set(int(v) for v in attention_levels)
+        if not levels <= set(range(depth - 1)):
+            raise ValueError(f"attention_levels must be skip levels in 0..{depth - 2} (got {sorted(levels)}).")
+        if attention_gates < 1:
+            raise ValueError(f"attention_gates must be >= 1 (got {attention_gates}).")
+        if attention_ratio is None:
+            attention_ratio = 1.0 if attention == "grid" else 0.5
+        if not 0 < attention_ratio <= 4:
+            raise ValueError(f"attention_ratio must be in (0, 4] (got {attention_ratio}).")
+        if deep_supervision and not 1 <= deep_supr_num <= depth - 2:
+            raise ValueError(
+                f"deep_supr_num must be in 1..len(channels) - 2 = {depth - 2} with deep_supervision (got {deep_supr_num})."
+            )
+        if global_residual and in_channels != out_channels:
+            raise ValueError(
+                f"global_residual adds the input to the output and needs in_channels == out_channels "
+                f"(got {in_channels} and {out_channels}); set global_residual=False for segmentation."
+            )
+
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.divisor = int(math.prod(strides))
+        self.deep_supervision = bool(deep_supervision)
+        self.global_residual = bool(global_residual)
+        self.checkpointing = bool(checkpointing)
+
+        common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout, bias=bias)
+        extra = dict(block_args or {})
+
+        def block(name: str, c_in: int, c_out: int, stride: int, is_stem: bool) -> nn.Module:
+            try:
+                return BLOCKS[name](spatial_dims, c_in, c_out, stride=stride, is_stem=is_stem, **common, **extra)
+            except TypeError as err:
+                raise ValueError(f"block_args {sorted(extra)} do not fit block {name!r}: {err}") from err
+
+        # encoder
+        pools, encoder, enc_out = [], [], []
+        prev = in_channels
+        for i, width in enumerate(channels):
+            stride = 1 if i == 0 else strides[i - 1]
+            pool_here = downsample == "maxpool" and stride > 1
+            pools.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity())
+            encoder.append(block(encoder_block, prev, width, 1 if pool_here else stride, i == 0))
+            prev = encoder[-1].out_channels
+            enc_out.append(prev)
+        self.pools = nn.ModuleList(pools)
+        self.encoder = nn.ModuleList(encoder)
+
+        # decoder, built from the deepest level up; stored in forward order
+        ups, skips, decoder = [], [], []
+        dec_out = [0] * depth
+        dec_out[-1] = enc_out[-1]
+        for i in reversed(range(depth - 1)):
+            coarse = dec_out[i + 1]
+            up = make_upsample(
+                spatial_dims, coarse, channels[i], strides[i], upsample, up_kernel_size, interp_mode, act, norm, bias
+            )
+            transform = None
+            if skip == "respath":
+                transform = ResPath(
+                    spatial_dims, enc_out[i], channels[i], depth - 1 - i, kernel_size, act, norm, bias,
+                    norm_scale=bool(extra.get("norm_scale", True)),
+                )
+            gated = attention is not None and i in levels
+            sp = SkipPath(
+                spatial_dims,
+                enc_out[i],
+                coarse,
+                up.out_channels,
+                transform=transform,
+                attention=attention if gated else None,
+                num_gates=attention_gates,
+                inter_ratio=attention_ratio,
+                subsample=strides[i],
+                project_gating=attention == "grid" and i == depth - 2,
+                act=act,
+                norm=norm,
+                bias=bias,
+                interp_mode="linear",
+            )
+            ups.append(up)
+            skips.append(sp)
+            decoder.append(block(decoder_block, sp.out_channels + up.out_channels, channels[i], 1, False))
+            dec_out[i] = decoder[-1].out_channels
+        self.ups = nn.ModuleList(ups)
+        self.skips = nn.ModuleList(skips)
+        self.decoder = nn.ModuleList(decoder)
+
+        n_deep = deep_supr_num if deep_supervision else 0
+        if head == "multiscale":
+            self.head: nn.Module = MultiScaleFusionHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
+        else:
+            self.head = OutputHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                "expected a " + str(self.spatial_dims + 2) + "D input (batch, channels, "
+                + str(self.spatial_dims) + " spatial dims), got shape " + str(list(x.shape))
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                "expected " + str(self.in_channels) + " input channels, received " + str(x.shape[1])
+                + " (input shape " + str(list(x.shape)) + ")"
+            )
+        sizes = list(x.shape[2:])
+        bad = False
+        padded: list[int] = []
+        for s in sizes:
+            padded.append(((s + self.divisor - 1) // self.divisor) * self.divisor)
+            if s % self.divisor != 0:
+                bad = True
+        if bad:
+            raise ValueError(
+                "spatial size " + str(sizes) + " is not divisible by " + str(self.divisor)
+                + " (the product of strides); pad the input to " + str(padded)
+                + ", e.g. with monai.transforms.DivisiblePad(k=" + str(self.divisor) + ")"
+            )
+
+    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Decoder outputs (top level first, bottleneck last) and attention maps (top level first)."""
+        use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
+        feats: list[torch.Tensor] = []
+        h = x
+        for pool, enc in zip(self.pools, self.encoder):
+            h = pool(h)
+            if use_ckpt and not torch.jit.is_scripting():
+                h = checkpoint(enc, h, use_reentrant=False)
+            else:
+                h = enc(h)
+            feats.append(h)
+        outs: list[torch.Tensor] = [h]
+        maps: list[torch.Tensor] = []
+        level = len(feats) - 2
+        for up_layer, skip_path, dec in zip(self.ups, self.skips, self.decoder):
+            up = up_layer(h)
+            s, amap = skip_path(feats[level], h, up)
+            if amap is not None:
+                maps.insert(0, amap)
+            z = torch.cat([s, up], dim=1)
+            if use_ckpt and not torch.jit.is_scripting():
+                h = checkpoint(dec, z, use_reentrant=False)
+            else:
+                h = dec(z)
+            outs.insert(0, h)
+            level -= 1
+        return outs, maps
+
+    def _output(self, x: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        deep = self.deep_supervision and self.training
+        outs = self.head(feats, deep)
+        if self.global_residual:
+            outs[0] = outs[0] + x
+        if deep:
+            return torch.stack(outs, dim=1)
+        return outs[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, out_channels, *spatial)``; with deep supervision in training mode
+        ``(B, 1 + deep_supr_num, out_channels, *spatial)``."""
+        self._check_input(x)
+        feats, _ = self._features(x)
+        return self._output(x, feats)
+
+    @torch.jit.export
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Like ``forward``, plus the attention coefficients of every gated skip, top level first, each
+        ``(B, gates, *skip_spatial)`` (an empty list for networks without gates)."""
+        self._check_input(x)
+        feats, maps = self._features(x)
+        return self._output(x, feats), maps

@@ -1,0 +1,117 @@
+"""R2U-Net and Attention R2U-Net (Alom et al. 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from ._common import DEFAULT_CHANNELS, REFERENCE_2D, PresetMixin, fill_doc
+from .blocks.layers import LayerArg
+from .composable import ComposableUNet
+
+__all__ = ["R2UNet", "AttentionR2UNet"]
+
+
+@fill_doc
+class R2UNet(PresetMixin, ComposableUNet):
+    """R2U-Net: recurrent residual convolutional units (RRCNN) in encoder and decoder.
+
+    Paper: M. Z. Alom, M. Hasan, C. Yakopcic, T. M. Taha, V. K. Asari, "Recurrent Residual Convolutional
+    Neural Network based on U-Net (R2U-Net) for Medical Image Segmentation", 2018,
+    https://arxiv.org/abs/1802.06955.
+
+    Each unit is a 1x1 convolution to the level's width followed by two recurrent convolutional layers and a
+    residual connection around them. **Recurrence** ``t`` means: a recurrent layer applies its one
+    convolution ``t + 1`` times (``h_0 = f(conv(x))``, then ``h_k = f(conv(x + h_{k-1}))`` for ``k = 1..t``),
+    so a unit runs ``2 (t + 1)`` convolutions with the weights of two. This is the count of the reference
+    implementation (LeeJunHyun/Image_Segmentation ``Recurrent_block``: 3 applications for ``t = 2``).
+
+    Difference from the reference: by default every time step has its own normalisation while the
+    convolution stays shared (``shared_norm=False``). The reference reuses one BatchNorm at every step, so its
+    running statistics average the distributions of ``x`` and of ``x + h`` and eval-mode predictions drift
+    from train-mode ones (a reported cause of R2U-Nets that "predict nothing" in eval mode).
+    ``preset="reference"`` keeps the shared normalisation: 39,091,393 parameters (2D, 3 in, 1 out, widths
+    64..1024, ``t = 2``, nearest up-sampling + 3x3 conv-BN-ReLU).
+
+    Args:
+{common_args}
+        recurrence: ``t``. Defaults to 2.
+        shared_norm: one normalisation for all time steps (the reference's). Defaults to ``False``.
+{option_args}
+            Defaults to ``"resize_conv"`` (nearest interpolation + conv-norm-act, as in the reference).
+
+    Examples::
+
+        >>> net = R2UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64))
+        >>> net(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 1, 64, 64])
+        >>> R2UNet(spatial_dims=3, channels=(8, 16, 32))(torch.randn(1, 1, 32, 32, 32)).shape
+        torch.Size([1, 2, 32, 32, 32])
+    """
+
+    PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True)}
+    _attention: Optional[str] = None
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        strides: Optional[Sequence[int]] = None,
+        kernel_size: int = 3,
+        up_kernel_size: Optional[int] = None,
+        act: LayerArg = "relu",
+        norm: LayerArg = "batch",
+        dropout: Optional[float] = None,
+        bias: bool = True,
+        recurrence: int = 2,
+        shared_norm: bool = False,
+        upsample: str = "resize_conv",
+        deep_supervision: bool = False,
+        deep_supr_num: int = 1,
+        checkpointing: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if self._attention is not None:
+            kwargs.setdefault("attention", self._attention)
+        super().__init__(
+            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
+            dropout, bias, encoder_block="recurrent_residual",
+            block_args=dict(recurrence=recurrence, shared_norm=shared_norm), upsample=upsample,
+            deep_supervision=deep_supervision, deep_supr_num=deep_supr_num, checkpointing=checkpointing, **kwargs,
+        )
+
+
+@fill_doc
+class AttentionR2UNet(R2UNet):
+    """Attention R2U-Net: R2U-Net's recurrent residual units with additive attention gates on the skips.
+
+    Papers: Alom et al. 2018 (R2U-Net, https://arxiv.org/abs/1802.06955) and Oktay et al. 2018 (Attention
+    U-Net, https://arxiv.org/abs/1804.03999); the combination is LeeJunHyun/Image_Segmentation ``R2AttU_Net``.
+
+    Everything of ``R2UNet`` applies (recurrence ``t`` = ``t + 1`` applications of a shared convolution,
+    per-step normalisation by default). The gates follow ``AttentionUNet``: ``attention="grid"`` (default,
+    the Attention U-Net paper's gate, gating signal from the coarser level) or ``"same"`` (the reference's).
+    ``preset="reference"`` (same-resolution gates, shared normalisation, 2D, 3 in, 1 out, widths 64..1024):
+    39,442,925 parameters.
+
+    Args:
+{common_args}
+        recurrence: ``t``. Defaults to 2.
+        shared_norm: one normalisation for all time steps (the reference's). Defaults to ``False``.
+{option_args}
+            Defaults to ``"resize_conv"``. ``attention`` (``"grid"``/``"same"``), ``attention_levels``,
+            ``attention_gates`` and ``attention_ratio`` are accepted as keyword arguments (see ``AttentionUNet``).
+
+    Examples::
+
+        >>> net = AttentionR2UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64))
+        >>> net(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 1, 64, 64])
+        >>> AttentionR2UNet(spatial_dims=3, channels=(8, 16, 32))(torch.randn(1, 1, 32, 32, 32)).shape
+        torch.Size([1, 2, 32, 32, 32])
+    """
+
+    PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True, attention="same")}
+    _attention = "grid"

@@ -1,0 +1,179 @@
+"""Behaviour every network must have, in 2D and 3D: shapes, gradients, determinism, input checks,
+deep supervision, activation checkpointing, AMP, dropout and attention maps."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import tiny_input, tiny_kwargs, tiny_net
+
+from monai_unet_variants import create_network
+
+
+def test_output_shape(name, dims):
+    net = tiny_net(name, dims).train()
+    x = tiny_input(dims)
+    y = net(x)
+    assert y.shape == (2, 3) + x.shape[2:]
+    assert torch.isfinite(y).all()
+
+
+def test_non_square_input(name, dims):
+    net = tiny_net(name, dims).eval()
+    x = torch.randn((1, 2) + (16, 8, 12)[:dims])
+    assert net(x).shape == (1, 3) + x.shape[2:]
+
+
+def test_every_parameter_gets_a_gradient(name, dims):
+    net = tiny_net(name, dims).train()
+    x = tiny_input(dims)
+    net(x).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    # a convolution bias right before a batch norm is cancelled by it (its gradient is 0 up to rounding),
+    # so the non-zero check covers weights
+    zero = [n for n, p in net.named_parameters() if p.dim() > 1 and p.grad.abs().sum() == 0]
+    assert not zero, f"weights with an all-zero gradient: {zero}"
+
+
+def test_eval_is_deterministic(name, dims):
+    net = tiny_net(name, dims, dropout=0.3)
+    x = tiny_input(dims)
+    net.train()
+    net(x)  # update running statistics once
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net(x)
+    assert torch.equal(a, b)
+
+
+def test_dropout_is_applied(name, dims):
+    net = tiny_net(name, dims, dropout=0.5).train()
+    assert any(isinstance(m, torch.nn.modules.dropout._DropoutNd) for m in net.modules())
+    x = tiny_input(dims)
+    torch.manual_seed(1)
+    a = net(x)
+    torch.manual_seed(2)
+    b = net(x)
+    assert not torch.allclose(a, b)
+
+
+def test_spatial_size_not_divisible(name, dims):
+    net = tiny_net(name, dims).eval()
+    x = torch.randn((1, 2) + (18,) * dims)
+    with pytest.raises(ValueError) as err:
+        net(x)
+    msg = str(err.value)
+    assert "divisible by 4" in msg and str([20] * dims) in msg
+
+
+def test_wrong_input_channels(name, dims):
+    net = tiny_net(name, dims).eval()
+    with pytest.raises(ValueError, match="expected 2 input channels, received 5"):
+        net(torch.randn((1, 5) + (16,) * dims))
+
+
+def test_wrong_input_rank(name, dims):
+    net = tiny_net(name, dims).eval()
+    with pytest.raises(ValueError, match=f"expected a {dims + 2}D input"):
+        net(torch.randn((1, 2) + (16,) * (dims + 1)))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(spatial_dims=4), "spatial_dims must be 2 or 3"),
+        (dict(strides=(2, 2, 2)), "strides must have len\\(channels\\) - 1 = 2"),
+        (dict(channels=(8, 0, 16)), "positive integers"),
+        (dict(channels=(8,), strides=()), "at least 2 levels"),
+        (dict(norm="batchy"), "unknown normalisation norm='batchy'"),
+        (dict(act="relux"), "unknown activation act='relux'"),
+        (dict(kernel_size=2), "kernel_size must be a positive odd integer"),
+        (dict(upsample="bicubic"), "upsample must be one of"),
+        (dict(dropout=1.5), "dropout must be a probability"),
+        (dict(deep_supervision=True, deep_supr_num=2), "deep_supr_num must be in 1..len\\(channels\\) - 2 = 1"),
+        (dict(out_channels=0), "in_channels and out_channels must be positive"),
+    ],
+)
+def test_bad_arguments(name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        create_network(name, **{**tiny_kwargs(name, 2), **bad})
+
+
+def test_deep_supervision(name, dims):
+    net = tiny_net(name, dims, deep_supervision=True, deep_supr_num=1)
+    x = tiny_input(dims)
+    net.train()
+    y = net(x)
+    assert y.shape == (2, 2, 3) + x.shape[2:]
+    y.mean().backward()
+    net.eval()
+    with torch.no_grad():
+        z = net(x)
+    assert z.shape == (2, 3) + x.shape[2:]
+
+
+def test_upsample_modes(name, dims):
+    x = tiny_input(dims)
+    for mode in ("deconv", "nontrainable", "resize_conv"):
+        net = tiny_net(name, dims, upsample=mode).eval()
+        assert net(x).shape == (2, 3) + x.shape[2:]
+
+
+def test_checkpointing_gives_same_gradients(name, dims):
+    plain = tiny_net(name, dims).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.checkpointing = True
+    x = tiny_input(dims)
+    plain(x).square().mean().backward()
+    ckpt(x).square().mean().backward()
+    for (n, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{n}: {m}")
+
+
+def test_checkpointing_constructor_flag(name):
+    net = tiny_net(name, 2, checkpointing=True).train()
+    x = tiny_input(2)
+    net(x).mean().backward()
+    assert net.checkpointing
+
+
+def test_autocast_bfloat16(name, dims):
+    net = tiny_net(name, dims).train()
+    x = tiny_input(dims)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = net(x)
+        loss = y.float().square().mean()
+    loss.backward()
+    assert torch.isfinite(y.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_attention_maps(name, dims):
+    net = tiny_net(name, dims).eval()
+    x = tiny_input(dims)
+    with torch.no_grad():
+        y, maps = net.forward_with_attention(x)
+        torch.testing.assert_close(y, net(x))
+    if "attention" in name:
+        assert len(maps) == 2
+        assert maps[0].shape == (2, 1) + x.shape[2:]
+        assert maps[1].shape == (2, 1) + tuple(s // 2 for s in x.shape[2:])
+        assert all(((m >= 0) & (m <= 1)).all() for m in maps)
+    else:
+        assert maps == []
+
+
+def test_batch_independence_in_eval(name, dims):
+    """A sample's prediction does not depend on its batch mates in eval mode (sliding-window batches)."""
+    net = tiny_net(name, dims)
+    x = tiny_input(dims, batch=3)
+    net.train()
+    net(x)
+    net.eval()
+    with torch.no_grad():
+        full = net(x)
+        single = net(x[1:2])
+    torch.testing.assert_close(full[1:2], single, atol=1e-5, rtol=1e-4)
