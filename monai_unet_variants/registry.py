@@ -10,7 +10,7 @@ Examples::
     >>> ref = create_network("r2unet", preset="reference")            # LeeJunHyun's R2U_Net, 2D
     >>> ref3d = create_network("unet", preset="reference", spatial_dims=3)
     >>> list_networks("*unet*")[:3]
-    ['attention_r2unet', 'attention_unet', 'composable']
+    ['attention_r2unet', 'attention_unet', 'denseunet']
 """
 
 from __future__ import annotations

@@ -275,6 +275,8 @@ class ComposableUNet(nn.Module):
             self.head = OutputHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself
+            return
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 "expected a " + str(self.spatial_dims + 2) + "D input (batch, channels, "
