@@ -17,6 +17,18 @@ from .registry import create_network, list_networks, list_presets, register_netw
 
 __version__ = "0.1.0"
 
+_LAZY_SUBMODULES = ("bundle", "data")
+
+
+def __getattr__(name: str):
+    """Import the heavier submodules (``bundle``, ``data``) on first use, so ``import monai_unet_variants``
+    stays light and bundle configs can write ``monai_unet_variants.bundle.find_bundle_root()``."""
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "AttentionR2UNet",
     "AttentionUNet",

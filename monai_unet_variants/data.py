@@ -1,0 +1,283 @@
+"""A small synthetic pancreas-CT data set, generated deterministically, in the Medical Segmentation
+Decathlon Task07 layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``, ``imagesTs/``) plus one test case
+as a DICOM series.
+
+Each case is a torso-like volume: air, a body outline with subcutaneous fat and muscle, liver, spleen,
+kidneys, aorta, spine, bowel gas and a bent, elongated pancreas (label 1) holding a hypodense tumour
+(label 2), in Hounsfield units with noise, anisotropic spacing (0.8 x 0.8 x 2.5 mm) and an LPS-style
+affine (negative x/y axes in RAS world coordinates) as in NIfTI files converted from DICOM.
+
+Command line::
+
+    python -m monai_unet_variants.data --out ~/data/SyntheticPancreas        # 8 train + 2 test cases
+    python -m monai_unet_variants.data --out DIR --num-train 16 --num-test 4 --shape 160 128 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SAMPLE_VERSION", "default_sample_dir", "ensure_sample_data", "generate_case", "make_dataset", "write_dicom_series"]
+
+SAMPLE_VERSION = "1"
+SPACING = (0.8, 0.8, 2.5)
+SHAPE = (150, 125, 32)
+LABELS = {"0": "background", "1": "pancreas", "2": "cancer"}
+
+
+def _affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
+    """RAS world affine of a scan stored the DICOM way: i runs to the patient's left, j to posterior."""
+    a = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    a[:3, 3] = [spacing[0] * (shape[0] - 1) / 2, spacing[1] * (shape[1] - 1) / 2 + 20.0, -spacing[2] * shape[2] / 2 - 300.0]
+    return a
+
+
+def _ellipsoid(grid: tuple[np.ndarray, ...], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+
+
+def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[float] = SPACING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One synthetic case: ``(image in HU as int16, label as uint8, affine)``, identical for the same seed."""
+    rng = np.random.default_rng(seed)
+    nx, ny, nz = shape
+    # physical coordinates in mm, centred: x to the patient's left, y posterior, z superior
+    x = (np.arange(nx) - (nx - 1) / 2) * spacing[0]
+    y = (np.arange(ny) - (ny - 1) / 2) * spacing[1]
+    z = (np.arange(nz) - (nz - 1) / 2) * spacing[2]
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    label = np.zeros(shape, dtype=np.uint8)
+
+    half_w = 0.5 * nx * spacing[0] * rng.uniform(0.80, 0.88)
+    half_h = 0.5 * ny * spacing[1] * rng.uniform(0.72, 0.80)
+    taper = 1.0 + 0.05 * Z / max(1.0, abs(z).max())
+    body_r = (X / (half_w * taper)) ** 2 + (Y / (half_h * taper)) ** 2
+    body = body_r <= 1.0
+    fat_depth = rng.uniform(0.80, 0.88)
+    hu[body] = -100.0  # subcutaneous fat
+    inner = body_r <= fat_depth**2
+    hu[inner] = 45.0  # muscle wall
+    cavity = body_r <= (fat_depth - 0.08) ** 2
+    hu[cavity] = -80.0 + 10 * rng.standard_normal()  # visceral fat
+
+    def place(mask: np.ndarray, value: float) -> None:
+        hu[mask & cavity] = value
+
+    grid = (X, Y, Z)
+    # spine and aorta posterior, midline
+    spine_c = (0.0, half_h * 0.62, 0.0)
+    place(_ellipsoid(grid, spine_c, (14, 12, 1e4)), 500.0 + 80 * rng.standard_normal())
+    place(_ellipsoid(grid, spine_c, (5, 4, 1e4)), 20.0)
+    aorta_c = (rng.uniform(-6, 2), half_h * 0.30, 0.0)
+    place(_ellipsoid(grid, aorta_c, (8, 8, 1e4)), 170.0)
+    # liver (patient's right = negative x here), spleen (left), kidneys
+    place(_ellipsoid(grid, (-half_w * 0.45, -2.0, 18.0), (half_w * 0.45, half_h * 0.62, 45.0)), 65.0)
+    place(_ellipsoid(grid, (half_w * 0.55, half_h * 0.05, 25.0), (16, 22, 30)), 55.0)
+    for side in (-1, 1):
+        place(_ellipsoid(grid, (side * half_w * 0.42, half_h * 0.45, -12.0), (11, 16, 28)), 150.0)
+    # bowel with gas, anterior
+    for _ in range(3):
+        c = (rng.uniform(-0.3, 0.4) * half_w, -half_h * rng.uniform(0.35, 0.6), rng.uniform(-25, 25))
+        place(_ellipsoid(grid, c, (rng.uniform(6, 10),) * 2 + (rng.uniform(8, 14),)), -700.0)
+
+    # pancreas: a tube around a bent curve from the head (patient's right, near the duodenum) to the tail
+    t = np.linspace(0.0, 1.0, 60)
+    head = np.array([-half_w * rng.uniform(0.18, 0.28), half_h * rng.uniform(-0.05, 0.08), rng.uniform(-12, -4)])
+    tail = np.array([half_w * rng.uniform(0.40, 0.52), half_h * rng.uniform(0.05, 0.2), rng.uniform(4, 12)])
+    bend = (head + tail) / 2 + np.array([0.0, -half_h * rng.uniform(0.2, 0.32), rng.uniform(-4, 4)])
+    curve = ((1 - t) ** 2)[:, None] * head + (2 * (1 - t) * t)[:, None] * bend + (t**2)[:, None] * tail
+    radius = 9.0 - 4.0 * t + rng.uniform(-1, 1)  # thick head, thin tail
+    dist = np.full(shape, np.inf, dtype=np.float32)
+    rel = np.full(shape, np.inf, dtype=np.float32)
+    for p, r in zip(curve, radius):
+        d = np.sqrt((X - p[0]) ** 2 + (Y - p[1]) ** 2 + ((Z - p[2]) * 1.3) ** 2)
+        np.minimum(dist, d, out=dist)
+        np.minimum(rel, d / r, out=rel)
+    pancreas = (rel <= 1.0) & cavity
+    hu[pancreas] = 110.0 + 8 * rng.standard_normal()
+    label[pancreas] = 1
+    # hypodense tumour inside the pancreas
+    k = int(rng.integers(5, 40))
+    tumour_r = rng.uniform(4.5, 7.0)
+    tumour = _ellipsoid(grid, curve[k], (tumour_r, tumour_r, tumour_r / 1.3)) & pancreas
+    hu[tumour] = 45.0 + 5 * rng.standard_normal()
+    label[tumour] = 2
+
+    # partial-volume blur and noise
+    from scipy.ndimage import gaussian_filter
+
+    hu = gaussian_filter(hu, sigma=(0.8, 0.8, 0.4))
+    hu += rng.normal(0.0, 12.0, size=shape).astype(np.float32)
+    image = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
+    return image, label, _affine(shape, spacing)
+
+
+def write_dicom_series(image: np.ndarray, affine: np.ndarray, folder: str | os.PathLike, seed: int = 0) -> list[Path]:
+    """Write an int16 HU volume as a CT DICOM series (one file per slice) with the geometry of ``affine``.
+
+    Slices are written from the highest to the lowest slice index, as scanners often store them, so a
+    reader must sort by position rather than file name.
+    """
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    row_cos = lps @ affine[:3, 0] / spacing[0]  # direction of increasing column index (i)
+    col_cos = lps @ affine[:3, 1] / spacing[1]  # direction of increasing row index (j)
+    study, series, frame = (generate_uid(entropy_srcs=[f"muv-{seed}-{s}"]) for s in ("study", "series", "frame"))
+    paths = []
+    nz = image.shape[2]
+    for number, k in enumerate(reversed(range(nz)), start=1):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"muv-{seed}-slice-{k}"])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{number:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality = "CT"
+        ds.PatientName = f"Synthetic^Pancreas{seed}"
+        ds.PatientID = f"MUV{seed:04d}"
+        ds.StudyDate = ds.SeriesDate = "20260101"
+        ds.SeriesDescription = "synthetic pancreas CT (monai-unet-variants)"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = number
+        ds.ImageOrientationPatient = [float(v) for v in np.concatenate([row_cos, col_cos])]
+        ds.ImagePositionPatient = [float(v) for v in lps @ (affine @ np.array([0, 0, k, 1.0]))[:3]]
+        ds.SliceLocation = float(ds.ImagePositionPatient[2])
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing (j), column spacing (i)
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = image.shape[1], image.shape[0]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
+        ds.PixelData = np.ascontiguousarray(image[:, :, k].T).astype(np.int16).tobytes()
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def make_dataset(
+    out_dir: str | os.PathLike,
+    num_train: int = 8,
+    num_test: int = 2,
+    shape: Sequence[int] = SHAPE,
+    spacing: Sequence[float] = SPACING,
+    dicom: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Write the synthetic set in the MSD Task07 layout and return its folder.
+
+    Cases ``pancreas_000 .. pancreas_{num_train-1}`` are training cases (image and label); the next
+    ``num_test`` are test images (their labels go to ``labelsTs/`` for checking inference). With ``dicom``,
+    the first test case is also written as a DICOM series under ``dicomTs/<case>/``.
+    """
+    import nibabel as nib
+
+    out = Path(out_dir)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    cases = range(num_train + num_test)
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            cases = tqdm(cases, desc="synthetic pancreas CT", unit="case")
+        except ImportError:
+            pass
+    training, test = [], []
+    for i in cases:
+        name = f"pancreas_{i:03d}"
+        image, label, affine = generate_case(1000 + i, shape, spacing)
+        is_train = i < num_train
+        img_path = out / ("imagesTr" if is_train else "imagesTs") / f"{name}.nii.gz"
+        lbl_path = out / ("labelsTr" if is_train else "labelsTs") / f"{name}.nii.gz"
+        for arr, path in ((image, img_path), (label, lbl_path)):
+            nii = nib.Nifti1Image(arr, affine)
+            nii.header.set_xyzt_units("mm", "sec")
+            nii.set_qform(affine, code=1)
+            nii.set_sform(affine, code=1)
+            nib.save(nii, str(path))
+        if is_train:
+            training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+        else:
+            test.append(f"./imagesTs/{name}.nii.gz")
+            if dicom and len(test) == 1:
+                write_dicom_series(image, affine, out / "dicomTs" / name, seed=1000 + i)
+    meta = {
+        "name": "SyntheticPancreas",
+        "description": "Synthetic pancreas and tumour CT, generated by monai_unet_variants.data (MSD Task07 layout)",
+        "reference": "monai-unet-variants",
+        "licence": "CC0-1.0",
+        "release": SAMPLE_VERSION,
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": LABELS,
+        "numTraining": len(training),
+        "numTest": len(test),
+        "training": training,
+        "test": test,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def default_sample_dir() -> Path:
+    """Where the built-in sample lives: ``$MUV_SAMPLE_DIR`` or ``~/.cache/monai_unet_variants/sample_pancreas_v1``."""
+    env = os.environ.get("MUV_SAMPLE_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "monai_unet_variants" / f"sample_pancreas_v{SAMPLE_VERSION}"
+
+
+def ensure_sample_data(out_dir: str | os.PathLike | None = None, **kwargs) -> Path:
+    """Generate the sample set once (on first use) and return its folder; later calls only check it.
+
+    Generation writes to a temporary sibling folder and renames it, so an interrupted run never leaves a
+    half-written set behind.
+    """
+    out = Path(out_dir) if out_dir else default_sample_dir()
+    if (out / "dataset.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    make_dataset(tmp, **kwargs)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process won the race
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the synthetic pancreas CT sample (MSD Task07 layout).")
+    parser.add_argument("--out", default=str(default_sample_dir()), help="output folder (default: %(default)s)")
+    parser.add_argument("--num-train", type=int, default=8)
+    parser.add_argument("--num-test", type=int, default=2)
+    parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), help="voxels (x y z)")
+    parser.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
+    args = parser.parse_args(argv)
+    out = make_dataset(args.out, args.num_train, args.num_test, tuple(args.shape), dicom=not args.no_dicom)
+    print(f"wrote {args.num_train} training and {args.num_test} test cases to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""The attunet_pancreas bundle end to end: metadata and network checks, training, resuming after SIGKILL,
+inference on NIfTI and DICOM, evaluation, exports, and bad inputs. Runs the real `python -m monai.bundle`
+command line on a copy of the bundle and a small synthetic data set."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_unet_variants import bundle as mb
+from monai_unet_variants.data import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "attunet_pancreas"
+SCHEMA = REPO / "bundles" / "schema" / "meta_schema.json"
+TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "4",
+        "--num_workers", "0", "--batch_size", "2"]
+
+
+def run_bundle(*args: str, cwd: Path | None = None, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"monai.bundle {args[0]} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "Task07", num_train=5, num_test=1, shape=(100, 88, 24),
+                        progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, sample) -> Path:
+    """A copy of the bundle (outside the repository) trained for two tiny epochs."""
+    root = tmp_path_factory.mktemp("bundles") / "attunet_copy"
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+               "--epochs", "2", "--val_interval", "1", *TINY)
+    return root
+
+
+def test_verify_metadata():
+    run_bundle("verify_metadata", "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA))
+
+
+def test_metadata_describes_the_network():
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    assert "monai_unet_variants" in meta["required_packages_version"]
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == 1 and fmt["inputs"]["image"]["modality"] == "CT"
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "pancreas", "2": "tumour"}
+
+
+def test_verify_net_in_out():
+    run_bundle("verify_net_in_out", "network_def", "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
+               "--config_file", str(BUNDLE / "configs" / "inference.json"), "--network_def#channels", "[4,8,16,32,64]")
+
+
+def test_find_bundle_root(tmp_path):
+    cfg = "bundles/attunet_pancreas/configs/train.json"
+    assert mb.find_bundle_root(["x", "run", "--config_file", cfg], cwd=REPO) == str(BUNDLE)
+    assert mb.find_bundle_root(["x", "run", f"--config_file={cfg}"], cwd=REPO) == str(BUNDLE)
+    both = "['bundles/attunet_pancreas/configs/train.json','bundles/attunet_pancreas/configs/evaluate.json']"
+    os.chdir(REPO)
+    assert mb.find_bundle_root(["x", "run", "--config_file", both]) == str(BUNDLE)
+    assert mb.find_bundle_root([], cwd=BUNDLE) == str(BUNDLE)
+
+
+def test_training_writes_into_the_bundle_copy(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    latest = torch.load(trained / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
+    assert latest["trainer"]["iteration"] == 2 * latest["trainer"]["epoch_length"]  # ignite keeps iterations
+    assert set(latest) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
+    assert not (REPO / "models").exists()
+
+
+def _check_geometry(out: Path, reference) -> None:
+    seg = nib.load(str(out))
+    assert seg.shape == tuple(reference.shape)
+    np.testing.assert_allclose(seg.affine, reference.affine.numpy(), atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj)).tolist()) <= {0, 1, 2}
+
+
+def test_inference_on_nifti_and_dicom(trained, sample, tmp_path):
+    from monai.transforms import LoadImage
+
+    nifti = sample / "imagesTs" / "pancreas_005.nii.gz"
+    dicom = tmp_path / "series_a"
+    shutil.copytree(sample / "dicomTs" / "pancreas_005", dicom)
+    out = trained / "eval" / "seg"
+    # run from inside the bundle folder: the relative --config_file must find the bundle too
+    run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(sample),
+               "--datalist", f"['{nifti}','{dicom}']", "--output_dir", str(out), "--largest_component", "true", *TINY[:6],
+               cwd=trained)
+    assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz", "series_a_seg.nii.gz"]
+    _check_geometry(out / "pancreas_005_seg.nii.gz", LoadImage(image_only=True, reader="NibabelReader")(nifti))
+    _check_geometry(out / "series_a_seg.nii.gz", LoadImage(image_only=True, reader="ITKReader")(dicom))
+
+
+def test_inference_default_inputs_are_the_test_images(trained, sample):
+    out = trained / "eval" / "default"
+    run_bundle("run", "--config_file", str(trained / "configs" / "inference.json"), "--dataset_dir", str(sample),
+               "--output_dir", str(out), *TINY[:6])
+    assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz"]
+
+
+def test_evaluate_writes_metrics_table(trained, sample):
+    proc = run_bundle("run", "--config_file",
+                      f"['{trained}/configs/train.json','{trained}/configs/evaluate.json']",
+                      "--dataset_dir", str(sample), *TINY)
+    rows = (trained / "eval" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,dice_pancreas,hd95_pancreas,dice_tumour,hd95_tumour"
+    assert rows[-1].startswith("mean,") and len(rows) == 3
+    assert "dice_pancreas" in proc.stdout
+
+
+def test_exports(trained, tmp_path):
+    cfg = ["--meta_file", str(trained / "configs" / "metadata.json"), "--config_file",
+           str(trained / "configs" / "inference.json"), "--ckpt_file", str(trained / "models" / "model.pt"),
+           "--network_def#channels", "[4,8,16,32,64]"]
+    run_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *cfg)
+    ts = torch.jit.load(str(tmp_path / "model.ts"))
+    assert ts(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+    run_bundle("onnx_export", "network_def", "--filepath", str(tmp_path / "model.onnx"), *cfg)
+    assert (tmp_path / "model.onnx").stat().st_size > 10_000
+
+
+def test_truncated_checkpoint_is_named(trained, sample, tmp_path):
+    bad = tmp_path / "model.pt"
+    data = (trained / "models" / "model.pt").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"checkpoint {bad} cannot be read.*truncated"):
+        mb.check_checkpoint(bad)
+    proc = run_bundle("run", "--config_file", str(trained / "configs" / "inference.json"), "--dataset_dir", str(sample),
+                      "--ckpt_path", str(bad), "--output_dir", str(tmp_path / "out"), *TINY[:4], check=False)
+    assert proc.returncode != 0
+    assert f"checkpoint {bad} cannot be read" in proc.stderr
+
+
+def _epoch(path: Path) -> int:
+    state = torch.load(path, weights_only=True)["trainer"]
+    return state["iteration"] // state["epoch_length"]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path, sample):
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    args = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(root / "configs" / "train.json"),
+            "--dataset_dir", str(sample), "--epochs", "6", "--val_interval", "100", *TINY]
+    latest = root / "models" / mb.LATEST_CHECKPOINT
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        epoch = 0
+        while time.time() < deadline and proc.poll() is None:
+            if latest.is_file():
+                epoch = _epoch(latest)
+                if epoch >= 2:
+                    break
+            time.sleep(0.2)
+        assert epoch >= 2 and proc.poll() is None, "training ended or stalled before the kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = _epoch(latest)  # loads: never a truncated file
+    assert saved >= 2
+    out = run_bundle(*args[3:], "--resume", "true")
+    log = out.stdout + out.stderr
+    assert f"Restored all variables from {latest}" in log, log[-3000:]
+    assert f"Epoch: {saved + 1}/6, Iter: 1/" in log and "Epoch: 1/6," not in log, log[-3000:]
+    assert _epoch(latest) == 6
+
+
+def _write(path: Path, arr: np.ndarray, affine=None) -> Path:
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_bad_inputs_are_named(tmp_path):
+    img = _write(tmp_path / "img.nii.gz", np.zeros((16, 16, 8), np.int16))
+    with pytest.raises(FileNotFoundError, match=f"image {tmp_path / 'missing.nii.gz'} does not exist"):
+        mb.check_inputs([{"image": str(tmp_path / "missing.nii.gz"), "label": str(img)}])
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"label {empty} is an empty file"):
+        mb.check_inputs([{"image": str(img), "label": str(empty)}])
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b" + os.urandom(200))
+    with pytest.raises(ValueError, match=f"image {corrupt} is not a readable NIfTI file"):
+        mb.check_inputs([str(corrupt)])
+    (tmp_path / "nodicom").mkdir()
+    with pytest.raises(ValueError, match="is an empty folder: expected a DICOM series"):
+        mb.check_inputs([str(tmp_path / "nodicom")])
+
+
+def test_bad_labels_are_named(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+    img = _write(tmp_path / "img.nii.gz", np.zeros((16, 16, 8), np.int16))
+    small = _write(tmp_path / "small.nii.gz", np.zeros((16, 16, 6), np.uint8))
+    wrong = _write(tmp_path / "wrong.nii.gz", np.full((16, 16, 8), 5, np.uint8))
+    load = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"])])
+    check = mb.CheckCased(["image", "label"])
+    with pytest.raises(ValueError, match=f"label {small} has shape \\(16, 16, 6\\) but image {img} has \\(16, 16, 8\\)"):
+        check(load({"image": str(img), "label": str(small)}))
+    with pytest.raises(ValueError, match=f"label {wrong} has values \\[5\\] outside \\[0, 1, 2\\]"):
+        check(load({"image": str(img), "label": str(wrong)}))
+
+
+def test_bad_label_fails_training_with_the_file_name(tmp_path, sample):
+    bad = tmp_path / "bad"
+    shutil.copytree(sample, bad)
+    lbl = bad / "labelsTr" / "pancreas_001.nii.gz"
+    nii = nib.load(str(lbl))
+    _write(lbl, np.asarray(nii.dataobj).astype(np.uint8) * 3, nii.affine)
+    proc = run_bundle("run", "--config_file", str(BUNDLE / "configs" / "train.json"), "--dataset_dir", str(bad),
+                      "--epochs", "1", "--ckpt_dir", str(tmp_path / "ck"), "--output_dir", str(tmp_path / "ev"),
+                      *TINY, check=False)
+    assert proc.returncode != 0
+    assert f"label {lbl} has values" in proc.stderr
+
+
+def test_datalist_split_is_deterministic(sample):
+    train = mb.load_datalist(sample, "training")
+    val = mb.load_datalist(sample, "validation")
+    assert [Path(e["image"]).name for e in val] == ["pancreas_004.nii.gz"]
+    assert not {e["image"] for e in train} & {e["image"] for e in val}
+    assert len(train) + len(val) == 5
+    assert mb.test_inputs(sample) == [str(sample / "imagesTs" / "pancreas_005.nii.gz")]
+
+
+def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
+    dl = {"training": [{"image": str(sample / "imagesTr" / "pancreas_000.nii.gz"),
+                        "label": str(sample / "labelsTr" / "pancreas_000.nii.gz")}],
+          "validation": [{"image": "../Task07/dicomTs/pancreas_005", "label": "x.nii.gz"}],
+          "test": [str(sample / "dicomTs" / "pancreas_005"), "rel.nii.gz"]}
+    path = sample.parent / "lists" / "datalist.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(dl))
+    val = mb.load_datalist(path, "validation")
+    assert val[0]["image"] == str(sample / "dicomTs" / "pancreas_005")
+    assert mb.test_inputs(path)[1] == str(path.parent / "rel.nii.gz")
+
+
+@pytest.mark.slow
+def test_training_learns(tmp_path, sample):
+    """A few minutes of CPU training lift validation pancreas Dice well above the untrained network's."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(BUNDLE / "configs" / "train.json"),
+        meta_file=str(BUNDLE / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=None,
+        dataset_dir=str(sample),
+        bundle_root=str(tmp_path),
+        epochs=40,
+        val_interval=40,
+        roi_size=[48, 48, 48],
+        num_samples=4,
+        learning_rate=0.003,
+        num_workers=0,
+        **{"network_def#channels": [8, 16, 32, 64, 128]},
+    )
+    workflow.initialize()
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    evaluator.run()
+    untrained = evaluator.state.metrics["val_pancreas_dice"]
+    workflow.run()
+    trained = evaluator.state.metrics["val_pancreas_dice"]
+    workflow.finalize()
+    assert trained > untrained + 0.15, (untrained, trained)
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_multi_process_training_with_torchrun(tmp_path, sample):
+    """Two real torchrun processes (gloo on CPU) train with DDP; only rank 0 writes checkpoints and logs."""
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(sample),
+           "--epochs", "2", "--val_interval", "1", *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    latest = torch.load(root / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
+    assert latest["trainer"]["iteration"] == 2 * latest["trainer"]["epoch_length"]
+    # 4 training cases over 2 ranks with batch 2: one iteration per epoch on each rank
+    assert latest["trainer"]["epoch_length"] == 1
+    assert not any(k.startswith("module.") for k in latest["network"]), "DDP wrapper leaked into the checkpoint"
+    assert (root / "models" / "model.pt").is_file()
+    log = proc.stdout + proc.stderr
+    assert log.count("Epoch[2] Metrics -- val_mean_dice") == 1  # reduced metrics, printed by rank 0 only
