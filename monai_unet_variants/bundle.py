@@ -27,6 +27,7 @@ from monai.transforms import MapTransform
 __all__ = [
     "LATEST_CHECKPOINT",
     "AtomicCheckpointSaver",
+    "BestMetricState",
     "CheckCased",
     "PerCaseMetricsWriter",
     "SafeCheckpointLoader",
@@ -337,6 +338,22 @@ class AtomicCheckpointSaver:
             _atomic_save(self._state(), self.save_dir / self.key_metric_filename)
             engine.logger.info(f"saved best checkpoint {self.save_dir / self.key_metric_filename} "
                                f"(key metric {state.best_metric:.4f} at epoch {state.epoch})")
+
+
+class BestMetricState:
+    """The best key metric of an evaluator as a checkpointable object, so that a resumed training does not
+    overwrite ``model.pt`` with a worse model just because the evaluator forgot its best value."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict:
+        state = self.engine.state
+        return {"best_metric": float(state.best_metric), "best_metric_epoch": int(state.best_metric_epoch)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.engine.state.best_metric = float(state["best_metric"])
+        self.engine.state.best_metric_epoch = int(state["best_metric_epoch"])
 
 
 class SafeCheckpointLoader(CheckpointLoader):

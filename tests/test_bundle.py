@@ -84,7 +84,8 @@ def test_training_writes_into_the_bundle_copy(trained):
     assert (trained / "models" / "model.pt").is_file()
     latest = torch.load(trained / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
     assert latest["trainer"]["iteration"] == 2 * latest["trainer"]["epoch_length"]  # ignite keeps iterations
-    assert set(latest) == {"network", "optimizer", "lr_scheduler", "trainer"}
+    assert set(latest) == {"network", "optimizer", "lr_scheduler", "best_metric", "trainer"}
+    assert latest["best_metric"]["best_metric_epoch"] in (1, 2)
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
     assert not (REPO / "models").exists()
 
@@ -310,3 +311,28 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     assert (root / "models" / "model.pt").is_file()
     log = proc.stdout + proc.stderr
     assert log.count("Epoch[2] Metrics -- val_mean_dice") == 1  # reduced metrics, printed by rank 0 only
+
+
+def test_best_metric_state_round_trip():
+    from types import SimpleNamespace
+
+    engine = SimpleNamespace(state=SimpleNamespace(best_metric=0.61, best_metric_epoch=12))
+    saved = mb.BestMetricState(engine).state_dict()
+    fresh = SimpleNamespace(state=SimpleNamespace(best_metric=-1, best_metric_epoch=-1))
+    mb.BestMetricState(fresh).load_state_dict(saved)
+    assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (0.61, 12)
+
+
+def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint_latest.pt"
+    mb._atomic_save({"a": torch.ones(3)}, target)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # a kill in the middle of writing
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        mb._atomic_save({"a": torch.zeros(3)}, target)
+    assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]
