@@ -336,3 +336,20 @@ def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
         mb._atomic_save({"a": torch.zeros(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]
+
+
+@pytest.mark.slow
+def test_mlflow_tracking(tmp_path, sample):
+    """MONAI's standard `--tracking mlflow` records the run's metrics in <output_dir>/mlruns.db."""
+    mlflow = pytest.importorskip("mlflow")
+    root = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+               "--epochs", "1", "--val_interval", "1", "--tracking", "mlflow", *TINY)
+    db = root / "eval" / "mlruns.db"
+    assert db.is_file()
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs, "no MLflow run recorded"
+    metrics = set().union(*(r.data.metrics for r in runs))
+    assert {"train_loss", "val_mean_dice"} <= metrics, metrics
