@@ -70,12 +70,12 @@ def test_verify_net_in_out():
                "--config_file", str(BUNDLE / "configs" / "inference.json"), "--network_def#channels", "[4,8,16,32,64]")
 
 
-def test_find_bundle_root(tmp_path):
+def test_find_bundle_root(tmp_path, monkeypatch):
     cfg = "bundles/attunet_pancreas/configs/train.json"
     assert mb.find_bundle_root(["x", "run", "--config_file", cfg], cwd=REPO) == str(BUNDLE)
     assert mb.find_bundle_root(["x", "run", f"--config_file={cfg}"], cwd=REPO) == str(BUNDLE)
     both = "['bundles/attunet_pancreas/configs/train.json','bundles/attunet_pancreas/configs/evaluate.json']"
-    os.chdir(REPO)
+    monkeypatch.chdir(REPO)
     assert mb.find_bundle_root(["x", "run", "--config_file", both]) == str(BUNDLE)
     assert mb.find_bundle_root([], cwd=BUNDLE) == str(BUNDLE)
 
@@ -353,3 +353,66 @@ def test_mlflow_tracking(tmp_path, sample):
     assert runs, "no MLflow run recorded"
     metrics = set().union(*(r.data.metrics for r in runs))
     assert {"train_loss", "val_mean_dice"} <= metrics, metrics
+
+
+# ------------------------------------------------------------------------------- every bundle folder
+BUNDLE_NAMES = sorted(p.name for p in (REPO / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def test_bundles_are_in_step_with_the_template():
+    from monai_unet_variants.bundle_family import VARIANTS, check_bundles
+
+    assert check_bundles(REPO / "bundles") == []
+    assert sorted(VARIANTS) == BUNDLE_NAMES
+
+
+def test_bundle_family_check_catches_drift(tmp_path):
+    from monai_unet_variants.bundle_family import check_bundles
+
+    copy = tmp_path / "bundles"
+    shutil.copytree(REPO / "bundles", copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    train = copy / "resunet_pancreas" / "configs" / "train.json"
+    config = json.loads(train.read_text())
+    config["learning_rate"] = 0.01
+    train.write_text(json.dumps(config))
+    assert check_bundles(copy) == [
+        "resunet_pancreas/configs/train.json: differs from the template (run python -m monai_unet_variants.bundle_family)"
+    ]
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_every_bundle_metadata_and_network(name):
+    from monai.bundle import verify_metadata, verify_net_in_out
+
+    root = REPO / "bundles" / name
+    verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    verify_net_in_out(net_id="network_def", meta_file=str(root / "configs" / "metadata.json"),
+                      config_file=str(root / "configs" / "inference.json"),
+                      **{"network_def#channels": [8, 16, 32, 64, 128]})
+    train = json.loads((root / "configs" / "train.json").read_text())
+    infer = json.loads((root / "configs" / "inference.json").read_text())
+    assert train["network_def"] == infer["network_def"]
+    assert train["network_def"]["_target_"].startswith("monai_unet_variants.networks.")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in BUNDLE_NAMES if n != "attunet_pancreas"])  # the flagship is tested above
+def test_every_bundle_trains_infers_and_exports(name, tmp_path, sample):
+    from monai.transforms import LoadImage
+
+    root = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    small = ["--roi_size", "[32,32,32]", "--network_def#channels", "[8,16,32,64,128]"]
+    run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+               "--epochs", "1", "--val_interval", "1", "--num_workers", "0", *small)
+    assert (root / "models" / "model.pt").is_file()
+    nifti, dicom = sample / "imagesTs" / "pancreas_005.nii.gz", tmp_path / "series"
+    shutil.copytree(sample / "dicomTs" / "pancreas_005", dicom)
+    run_bundle("run", "--config_file", str(root / "configs" / "inference.json"), "--dataset_dir", str(sample),
+               "--datalist", f"['{nifti}','{dicom}']", *small)
+    _check_geometry(root / "eval" / "pancreas_005_seg.nii.gz", LoadImage(image_only=True, reader="NibabelReader")(nifti))
+    _check_geometry(root / "eval" / "series_seg.nii.gz", LoadImage(image_only=True, reader="ITKReader")(dicom))
+    run_bundle("ckpt_export", "network_def", "--filepath", str(root / "models" / "model.ts"),
+               "--ckpt_file", str(root / "models" / "model.pt"), "--meta_file", str(root / "configs" / "metadata.json"),
+               "--config_file", str(root / "configs" / "inference.json"), "--network_def#channels", "[8,16,32,64,128]")
+    assert torch.jit.load(str(root / "models" / "model.ts"))(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)

@@ -1,0 +1,200 @@
+"""One bundle per network, generated from the flagship ``attunet_pancreas`` so that they never drift.
+
+The bundles share everything but the network: ``attunet_pancreas`` is the source of truth for every shared
+setting, transform, handler and document section, and ``VARIANTS`` below holds the only per-network parts
+(the ``network_def``, its description, and settings a network genuinely needs).
+
+    python -m monai_unet_variants.bundle_family            # (re)write bundles/<name>_pancreas from the template
+    python -m monai_unet_variants.bundle_family --check    # exit 1 and list the differences if any bundle drifted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TEMPLATE", "VARIANTS", "check_bundles", "render_bundle", "write_bundles"]
+
+TEMPLATE = "attunet_pancreas"
+_NET_BASE: dict[str, Any] = {
+    "spatial_dims": 3,
+    "in_channels": 1,
+    "out_channels": 3,
+    "channels": [16, 32, 64, 128, 256],
+    "strides": [2, 2, 2, 2],
+    "act": "relu",
+    "norm": ["instance", {"affine": True}],
+    "dropout": 0.0,
+}
+
+#: per-network parts: class, extra constructor arguments, title, paper, one paragraph, config overrides
+VARIANTS: dict[str, dict[str, Any]] = {
+    "attunet_pancreas": {
+        "class": "AttentionUNet",
+        "title": "Attention U-Net",
+        "paper": "Oktay et al. 2018, https://arxiv.org/abs/1804.03999",
+        "about": "a U-Net whose skips pass the paper's grid attention gates (gating signal from the coarser level, "
+        "coefficients computed at the coarse resolution), widths 16-32-64-128-256 as the paper's 3D model, "
+        "instance normalisation, a 1x1 head.",
+    },
+    "unet_pancreas": {
+        "class": "PlainUNet",
+        "title": "U-Net",
+        "paper": "Ronneberger et al. 2015, https://arxiv.org/abs/1505.04597",
+        "about": "the baseline: two conv-norm-ReLU layers per level, max pooling, 2x2 transposed convolutions, "
+        "concatenated skips, widths 16-32-64-128-256, instance normalisation.",
+    },
+    "resunet_pancreas": {
+        "class": "ResUNet",
+        "title": "ResUNet",
+        "paper": "Zhang, Liu, Wang 2018, https://arxiv.org/abs/1711.10684",
+        "about": "pre-activation residual units in encoder and decoder, down-sampling by strided convolutions, "
+        "nearest-neighbour up-sampling, widths 16-32-64-128-256, instance normalisation.",
+    },
+    "denseunet_pancreas": {
+        "class": "DenseUNet",
+        "title": "Fully Dense U-Net (FD-UNet)",
+        "paper": "Guan et al. 2019, https://arxiv.org/abs/1808.10848",
+        "about": "a four-layer dense block (growth rate f/8, 1x1 bottlenecks) at every level of encoder and decoder, "
+        "widths 16-32-64-128-256 (multiples of 8, as the growth rate needs), no global residual (segmentation).",
+    },
+    "multiresunet_pancreas": {
+        "class": "MultiResUNet",
+        "title": "MultiResUNet",
+        "paper": "Ibtehaz & Rahman 2020, https://arxiv.org/abs/1902.04049",
+        "about": "MultiRes blocks (three chained 3x3x3 convolutions, alpha 1.67) and ResPaths of lengths 4, 3, 2, 1 "
+        "on the skips, nominal widths 16-32-64-128-256, instance normalisation.",
+    },
+    "r2unet_pancreas": {
+        "class": "R2UNet",
+        "args": {"recurrence": 2},
+        "title": "R2U-Net",
+        "paper": "Alom et al. 2018, https://arxiv.org/abs/1802.06955",
+        "about": "recurrent residual units (t = 2: three applications of one shared convolution per recurrent "
+        "layer, a normalisation per step), widths 16-32-64-128-256, instance normalisation. Its activations take "
+        "about twice the memory of the U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
+    },
+    "attention_r2unet_pancreas": {
+        "class": "AttentionR2UNet",
+        "args": {"recurrence": 2},
+        "title": "Attention R2U-Net",
+        "paper": "Alom et al. 2018 and Oktay et al. 2018",
+        "about": "R2U-Net's recurrent residual units with the Attention U-Net's grid attention gates on every skip, "
+        "widths 16-32-64-128-256, instance normalisation. Its activations take about twice the memory of the "
+        "U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
+    },
+}
+
+_VERBATIM = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
+
+
+def network_def(name: str) -> dict[str, Any]:
+    spec = VARIANTS[name]
+    return {"_target_": f"monai_unet_variants.networks.{spec['class']}", **_NET_BASE, **spec.get("args", {})}
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, indent=4) + "\n"
+
+
+def _doc(template_doc: str, name: str) -> str:
+    spec = VARIANTS[name]
+    shared = template_doc[template_doc.index("## Commands") :].replace(TEMPLATE, name)
+    head = (
+        f"# {name}: {spec['title']} for pancreas and tumour segmentation in CT\n\n"
+        f"A MONAI bundle that trains, evaluates and runs a 3D {spec['title']} on abdominal CT: labels 0 background,\n"
+        "1 pancreas, 2 tumour. It runs out of the box on a synthetic sample and on the Medical Segmentation Decathlon\n"
+        "Task07 Pancreas data by overriding one path.\n\n"
+        "## Network\n\n"
+        f"`monai_unet_variants.networks.{spec['class']}` ({spec['paper']}): {spec['about']}\n\n"
+        "Switch the network with one override, e.g. `--network_def#_target_ monai_unet_variants.networks.ResUNet` (any class\n"
+        "of `monai_unet_variants.networks`; pass the same override to `inference.json` with a checkpoint of that network).\n\n"
+        f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`; only this section\n"
+        "and the network definition differ, and a test fails if anything else drifts.\n\n"
+    )
+    return head + shared
+
+
+def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
+    """The files of bundle ``name`` (relative path -> text) built from the template bundle folder."""
+    template_dir = Path(template_dir)
+    files: dict[str, str] = {}
+    for conf in ("train.json", "inference.json"):
+        config = json.loads((template_dir / "configs" / conf).read_text())
+        config["network_def"] = network_def(name)
+        config.update(VARIANTS[name].get("overrides", {}))
+        files[f"configs/{conf}"] = _json(config)
+    meta = json.loads((template_dir / "configs" / "metadata.json").read_text())
+    spec = VARIANTS[name]
+    meta["name"] = f"{spec['title']} pancreas CT segmentation"
+    meta["description"] = (
+        f"A 3D {spec['title']} ({spec['paper']}) from monai-unet-variants for pancreas and tumour segmentation in CT, "
+        "trained on the Medical Segmentation Decathlon Task07 layout; ships with a synthetic sample set for a first run."
+    )
+    meta["changelog"] = {meta["version"]: f"first release: 3D {spec['title']} for pancreas and tumour CT segmentation"}
+    files["configs/metadata.json"] = _json(meta)
+    for rel in _VERBATIM:
+        files[rel] = (template_dir / rel).read_text()
+    files["docs/README.md"] = _doc((template_dir / "docs" / "README.md").read_text(), name)
+    files["models/.gitkeep"] = ""
+    return files
+
+
+def write_bundles(bundles_dir: str | Path, names: Sequence[str] | None = None) -> list[Path]:
+    """Write every generated bundle (all of ``VARIANTS`` but the template) under ``bundles_dir``."""
+    bundles_dir = Path(bundles_dir)
+    written = []
+    for name in names or [n for n in VARIANTS if n != TEMPLATE]:
+        root = bundles_dir / name
+        for rel, text in render_bundle(bundles_dir / TEMPLATE, name).items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        written.append(root)
+    return written
+
+
+def check_bundles(bundles_dir: str | Path) -> list[str]:
+    """Differences between the bundles on disk and what the template generates (empty when in step)."""
+    bundles_dir = Path(bundles_dir)
+    problems = []
+    template_net = json.loads((bundles_dir / TEMPLATE / "configs" / "train.json").read_text())["network_def"]
+    if template_net != network_def(TEMPLATE):
+        problems.append(f"{TEMPLATE}/configs/train.json: network_def differs from VARIANTS[{TEMPLATE!r}]")
+    for name in VARIANTS:
+        if name == TEMPLATE:
+            continue
+        for rel, text in render_bundle(bundles_dir / TEMPLATE, name).items():
+            path = bundles_dir / name / rel
+            if not path.is_file():
+                problems.append(f"{name}/{rel}: missing")
+            elif rel.endswith(".json") and json.loads(path.read_text()) != json.loads(text):
+                problems.append(f"{name}/{rel}: differs from the template (run python -m monai_unet_variants.bundle_family)")
+            elif not rel.endswith(".json") and path.read_text() != text:
+                problems.append(f"{name}/{rel}: differs from the template (run python -m monai_unet_variants.bundle_family)")
+    known = set(VARIANTS)
+    for folder in sorted(p for p in bundles_dir.iterdir() if (p / "configs" / "metadata.json").is_file()):
+        if folder.name not in known:
+            problems.append(f"{folder.name}: a bundle folder that VARIANTS does not know")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate or check the per-network bundles from attunet_pancreas.")
+    parser.add_argument("--bundles-dir", default="bundles", help="folder holding the bundles (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="only report differences; exit 1 if any")
+    args = parser.parse_args(argv)
+    if args.check:
+        problems = check_bundles(args.bundles_dir)
+        print("\n".join(problems) if problems else "all bundles are in step with " + TEMPLATE)
+        return 1 if problems else 0
+    for root in write_bundles(args.bundles_dir):
+        print(f"wrote {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
