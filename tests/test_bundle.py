@@ -416,3 +416,22 @@ def test_every_bundle_trains_infers_and_exports(name, tmp_path, sample):
                "--ckpt_file", str(root / "models" / "model.pt"), "--meta_file", str(root / "configs" / "metadata.json"),
                "--config_file", str(root / "configs" / "inference.json"), "--network_def#channels", "[8,16,32,64,128]")
     assert torch.jit.load(str(root / "models" / "model.ts"))(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
+
+
+@pytest.mark.slow
+def test_compare_command(tmp_path, sample):
+    """The side-by-side comparison runs every chosen bundle with one budget and writes table, JSON and plot."""
+    from monai_unet_variants import compare
+
+    out = tmp_path / "cmp"
+    assert compare.main(["--dataset_dir", str(sample), "--bundles", "unet_pancreas,attunet_pancreas", "--epochs", "2",
+                         "--val_interval", "1", "--roi_size", "32", "--num_samples", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["bundle"] for r in rows] == ["unet_pancreas", "attunet_pancreas"]
+    for r in rows:
+        assert r["params"] > 0 and r["gflops_per_patch"] > 0 and r["s_per_epoch"] > 0 and r["peak_mib"] > 0
+        assert 0 <= r["dice_pancreas"] <= 1 and r["infer_s_per_volume"] > 0
+        assert [c["epoch"] for c in r["curve"]][:2] == [1, 2]
+    assert rows[0]["params"] < rows[1]["params"]  # gates add parameters
+    assert (out / "dice_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("bundle,dice_pancreas,")
