@@ -78,9 +78,11 @@ def run_one(bundle_dir: Path, args: argparse.Namespace, out: Path) -> dict:
 
     epoch_times: list[float] = []
     curve: list[dict] = []
-    start = {"t": 0.0}
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: start.update(t=time.perf_counter()))
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_times.append(time.perf_counter() - start["t"]))
+    clock = {"start": 0.0, "last": 0.0}
+    # training time of an epoch ends with its last iteration, before the validation run on EPOCH_COMPLETED
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.update(start=time.perf_counter()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.update(last=time.perf_counter()))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_times.append(clock["last"] - clock["start"]))
     evaluator.add_event_handler(
         Events.COMPLETED,
         lambda e: curve.append({"epoch": e.state.epoch, **{k: float(v) for k, v in e.state.metrics.items()}}),
