@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["compare", "run_one"]
 
@@ -83,13 +84,14 @@ def run_one(bundle_dir: Path, args: argparse.Namespace, out: Path) -> dict:
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.update(start=time.perf_counter()))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.update(last=time.perf_counter()))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_times.append(clock["last"] - clock["start"]))
-    evaluator.add_event_handler(
-        Events.COMPLETED,
-        lambda e: curve.append({"epoch": e.state.epoch, **{k: float(v) for k, v in e.state.metrics.items()}}),
-    )
+    def record(e: Any) -> None:
+        curve.append({"epoch": e.state.epoch, **{k: float(v) for k, v in e.state.metrics.items()}})
+
+    evaluator.add_event_handler(Events.COMPLETED, record)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     workflow.run()
+    evaluator.remove_event_handler(record, Events.COMPLETED)  # the curve holds the validation runs of training
     # final model on the validation set: per-class Dice and HD95, timed per volume
     writer = PerCaseMetricsWriter(str(out / "final"))
     writer.attach(evaluator)
@@ -116,26 +118,24 @@ def run_one(bundle_dir: Path, args: argparse.Namespace, out: Path) -> dict:
 
 
 COLUMNS = [
-    ("bundle", "{:<26}", "bundle"),
-    ("dice_pancreas", "{:>9.3f}", "Dice panc"),
-    ("dice_tumour", "{:>9.3f}", "Dice tum"),
-    ("hd95_pancreas", "{:>9.1f}", "HD95 panc"),
-    ("hd95_tumour", "{:>9.1f}", "HD95 tum"),
+    ("bundle", "{:<27}", "bundle"),
+    ("dice_pancreas", "{:>10.3f}", "Dice panc"),
+    ("dice_tumour", "{:>10.3f}", "Dice tum"),
+    ("hd95_pancreas", "{:>10.1f}", "HD95 panc"),
+    ("hd95_tumour", "{:>10.1f}", "HD95 tum"),
     ("params", "{:>11,}", "params"),
-    ("gflops_per_patch", "{:>9.2f}", "GFLOP"),
-    ("s_per_epoch", "{:>8.1f}", "s/epoch"),
-    ("peak_mib", "{:>9.0f}", "peak MiB"),
-    ("infer_s_per_volume", "{:>9.1f}", "s/volume"),
+    ("gflops_per_patch", "{:>8.2f}", "GFLOP"),
+    ("s_per_epoch", "{:>9.1f}", "s/epoch"),
+    ("peak_mib", "{:>10.0f}", "peak MiB"),
+    ("infer_s_per_volume", "{:>10.1f}", "s/volume"),
 ]
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    head = "".join(f"{title:<26}" if key == "bundle" else f"{title:>{len(fmt.format(0)) if key != 'params' else 11}}"
-                   for key, fmt, title in COLUMNS)
-    lines = [head]
-    for r in rows:
-        lines.append("".join(fmt.format(r[key]) for key, fmt, _ in COLUMNS))
-    return "\n".join(lines)
+    """Fixed-width text table; every title is aligned like its column."""
+    widths = [len(fmt.format(1)) for _, fmt, _ in COLUMNS]
+    head = "".join(t.ljust(w) if k == "bundle" else t.rjust(w) for (k, _, t), w in zip(COLUMNS, widths))
+    return "\n".join([head] + ["".join(fmt.format(r[k]) for k, fmt, _ in COLUMNS) for r in rows])
 
 
 def plot_curves(rows: Sequence[dict], path: Path, title: str) -> None:
