@@ -166,6 +166,8 @@ def compare(args: argparse.Namespace) -> list[dict]:
         from monai_unet_variants.data import ensure_sample_data
 
         args.dataset_dir = str(ensure_sample_data())
+    # each bundle runs in a child process with the same arguments and the resolved data folder
+    passthrough = [a for a in args.argv if a != "--verbose"] + ["--dataset_dir", args.dataset_dir]
     bundles = [REPO_BUNDLES / b for b in args.bundles.split(",")] if args.bundles else sorted(
         p for p in REPO_BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()
     )
@@ -173,13 +175,13 @@ def compare(args: argparse.Namespace) -> list[dict]:
     for i, bundle in enumerate(bundles, start=1):
         print(f"[{i}/{len(bundles)}] {bundle.name} ...", flush=True)
         result = out / bundle.name / "result.json"
-        cmd = [sys.executable, "-m", "monai_unet_variants.compare", "--_one", str(bundle), *args.passthrough]
+        cmd = [sys.executable, "-m", "monai_unet_variants.compare", "--_one", str(bundle), *passthrough]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if not args.verbose else None)
         rows.append(json.loads(result.read_text()))
         print(format_table(rows[-1:]).splitlines()[1], flush=True)
     table = format_table(rows)
     print("\n" + table)
-    (out / "results.json").write_text(json.dumps({"settings": vars(args) | {"passthrough": None}, "rows": rows}, indent=2))
+    (out / "results.json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
     with open(out / "results.csv", "w") as f:
         keys = [k for k, _, _ in COLUMNS]
         f.write(",".join(keys) + "\n")
@@ -216,11 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_one(bundle, args, out)
         (out / "result.json").write_text(json.dumps(result, indent=2))
         return 0
-    if not args.dataset_dir:
-        from monai_unet_variants.data import ensure_sample_data
-
-        args.dataset_dir = str(ensure_sample_data())
-    args.passthrough = [a for a in argv if a != "--verbose"] + ["--dataset_dir", args.dataset_dir]
+    args.argv = argv
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     compare(args)
     return 0

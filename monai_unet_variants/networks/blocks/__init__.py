@@ -30,6 +30,7 @@ __all__ = [
     "SkipPath",
     "conv_unit",
     "make_norm",
+    "make_upsample",
     "multires_widths",
     "norm_act",
 ]
