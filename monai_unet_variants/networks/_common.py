@@ -39,7 +39,7 @@ OPTION_ARGS_DOC = """
         deep_supervision: stack lower-level outputs in training mode into
             ``(B, 1 + deep_supr_num, out_channels, *spatial)``; eval mode returns the plain tensor. Defaults to ``False``.
         deep_supr_num: number of deep-supervision outputs (``1 .. len(channels) - 2``). Defaults to 1.
-        checkpointing: activation checkpointing of encoder/decoder blocks in training. Defaults to ``False``.
+        checkpointing: keep only level outputs for the backward pass, recompute the rest (training). Defaults to ``False``.
         kwargs: further ``ComposableUNet`` options (``attention``, ``skip``, ``head``, ``downsample``, ...),
             e.g. ``attention="grid"`` adds attention gates to any network.
 

@@ -59,6 +59,19 @@ def _positive_ints(name: str, values: Any) -> tuple[int, ...]:
     return out
 
 
+def _encode_level(pool: nn.Module, enc: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return enc(pool(h))
+
+
+def _decode_stage(
+    up_layer: nn.Module, skip_path: nn.Module, dec: nn.Module, skip: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """One decoder stage: up-sample ``h``, pass ``skip`` through its path (gated by ``h``), concatenate, decode."""
+    up = up_layer(h)
+    s, amap = skip_path(skip, h, up)
+    return dec(torch.cat([s, up], dim=1)), amap
+
+
 class ComposableUNet(nn.Module):
     """A U-Net whose encoder block, decoder block, skip path, up-sampling and head are chosen by name.
 
@@ -100,8 +113,8 @@ class ComposableUNet(nn.Module):
             the plain tensor. Defaults to ``False``.
         deep_supr_num: deep-supervision outputs, ``1 .. depth - 2``. Defaults to 1.
         global_residual: add the input to the output (needs ``in_channels == out_channels``). Defaults to ``False``.
-        checkpointing: recompute encoder/decoder block activations in the backward pass (training only) to
-            save memory. Defaults to ``False``.
+        checkpointing: keep only every level's output for the backward pass and recompute the rest
+            (encoder levels and whole decoder stages, training only) to save memory. Defaults to ``False``.
 
     Input-size rule: every spatial size must be divisible by ``prod(strides)``; otherwise ``forward`` raises a
     ``ValueError`` naming the multiple and the padded size (``monai.transforms.DivisiblePad`` pads for you).
@@ -302,30 +315,33 @@ class ComposableUNet(nn.Module):
             )
 
     def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Decoder outputs (top level first, bottleneck last) and attention maps (top level first)."""
+        """Decoder outputs (top level first, bottleneck last) and attention maps (top level first).
+
+        With checkpointing, each encoder level (pooling + block) and each decoder stage (up-sampling, skip
+        path with its gates, concatenation and block) is one checkpoint: only the level outputs are kept for
+        the backward pass and everything inside a level or stage is recomputed.
+        """
         use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
         feats: list[torch.Tensor] = []
         h = x
         for pool, enc in zip(self.pools, self.encoder):
-            h = pool(h)
             if use_ckpt and not torch.jit.is_scripting():
-                h = checkpoint(enc, h, use_reentrant=False)
+                h = checkpoint(_encode_level, pool, enc, h, use_reentrant=False)
             else:
-                h = enc(h)
+                h = enc(pool(h))
             feats.append(h)
         outs: list[torch.Tensor] = [h]
         maps: list[torch.Tensor] = []
         level = len(feats) - 2
         for up_layer, skip_path, dec in zip(self.ups, self.skips, self.decoder):
-            up = up_layer(h)
-            s, amap = skip_path(feats[level], h, up)
+            if use_ckpt and not torch.jit.is_scripting():
+                h, amap = checkpoint(_decode_stage, up_layer, skip_path, dec, feats[level], h, use_reentrant=False)
+            else:  # the same steps as _decode_stage, written out for TorchScript (no modules as arguments)
+                up = up_layer(h)
+                s, amap = skip_path(feats[level], h, up)
+                h = dec(torch.cat([s, up], dim=1))
             if amap is not None:
                 maps.insert(0, amap)
-            z = torch.cat([s, up], dim=1)
-            if use_ckpt and not torch.jit.is_scripting():
-                h = checkpoint(dec, z, use_reentrant=False)
-            else:
-                h = dec(z)
             outs.insert(0, h)
             level -= 1
         return outs, maps
