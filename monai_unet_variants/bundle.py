@@ -21,14 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.handlers import CheckpointLoader
-from monai.transforms import MapTransform
+from monai.handlers import CheckpointLoader, ValidationHandler
+from monai.transforms import MapTransform, Spacingd
 
 __all__ = [
     "LATEST_CHECKPOINT",
     "AtomicCheckpointSaver",
     "BestMetricState",
     "CheckCased",
+    "FinalValidationHandler",
+    "MetaSafeSpacingd",
     "PerCaseMetricsWriter",
     "SafeCheckpointLoader",
     "check_checkpoint",
@@ -218,6 +220,44 @@ class CheckCased(MapTransform):
                     "(0 background, 1 pancreas, 2 tumour): is it the right file, or another task's labels?"
                 )
         return d
+
+
+class MetaSafeSpacingd(Spacingd):
+    """``Spacingd`` that leaves entries named ``<key>_...`` alone unless they are metadata dictionaries.
+
+    MONAI 1.6 updates every entry whose name starts with ``"<key>_"`` after resampling a NIfTI image, and
+    MONAI Label puts the image's path (a string) under ``image_path``: plain ``Spacingd`` then fails with
+    ``'str' object has no attribute 'update'``. This transform sets such entries aside for the call;
+    everything else, including ``inverse``, is ``Spacingd``'s.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
+        d = dict(data)
+        prefixes = tuple(f"{key}_" for key in self.keys)
+        aside = {k: d.pop(k) for k in list(d) if isinstance(k, str) and k.startswith(prefixes)
+                 and not isinstance(d[k], Mapping)}
+        out = dict(super().__call__(d, lazy=lazy))
+        out.update(aside)
+        return out
+
+
+class FinalValidationHandler(ValidationHandler):
+    """``ValidationHandler`` that also validates after the last epoch when ``interval`` skipped it.
+
+    Without it a run of 5 epochs with ``val_interval`` 2 ends on an unvalidated model, and a short run (a MONAI
+    Label training request of one epoch) never writes ``model.pt``. Takes ``ValidationHandler``'s arguments.
+    """
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        super().attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _final(self, engine: Any) -> None:
+        done = engine.state.epoch if self.epoch_level else engine.state.iteration
+        if done % self.interval != 0:
+            self(engine)
 
 
 def select_class(index: int, keys: tuple[str, str] = ("pred", "label")) -> Callable:

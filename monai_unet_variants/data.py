@@ -166,7 +166,11 @@ def write_dicom_series(image: np.ndarray, affine: np.ndarray, folder: str | os.P
         ds.PixelRepresentation = 1
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = 0, 1, "HU"
         ds.PixelData = np.ascontiguousarray(image[:, :, k].T).astype(np.int16).tobytes()
-        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
+        else:  # pydicom 2 (the MONAI Label environment pins pydicom<3) takes the encoding from the dataset
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            pydicom.dcmwrite(str(path), ds, write_like_original=False)
         paths.append(path)
     return paths
 
