@@ -1,7 +1,7 @@
 """Peak memory of one training step with and without activation checkpointing, for every network.
 
 Each case runs in its own subprocess; the figure is the rise of the process's peak resident memory
-(CPU) or ``torch.cuda.max_memory_allocated`` (GPU) during one forward + backward pass. The run fails
+(CPU) or ``torch.cuda.max_memory_allocated`` (GPU) during one forward + backward pass (``run.PeakMemory``). The run fails
 (exit 1) if checkpointing does not lower the peak for every network.
 
     python benchmarks/checkpoint_memory.py                 # 3D, batch 1, 64^3, default widths
@@ -13,38 +13,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def measure(name: str, size: int, checkpointing: bool, device: str, channels: list[int]) -> dict:
     import torch
 
     from monai_unet_variants import create_network
+    from run import PeakMemory  # benchmarks/run.py, beside this file
 
     torch.manual_seed(0)
     net = create_network(name, spatial_dims=3, in_channels=1, out_channels=3, channels=channels,
                          checkpointing=checkpointing).to(device).train()
     x = torch.randn(1, 1, size, size, size, device=device)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
-    net(x).float().square().mean().backward()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"network": name, "checkpointing": checkpointing, "peak_mib": peak / 2**20}
+    with PeakMemory(torch.device(device)) as mem:
+        net(x).float().square().mean().backward()
+    return {"network": name, "checkpointing": checkpointing, "peak_mib": mem.mib}
 
 
 def main() -> int:

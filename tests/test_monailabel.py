@@ -1,6 +1,6 @@
-"""A real MONAI Label server on 127.0.0.1 serving and training our flagship bundle through MONAI Label's own
-``monaibundle`` sample app, with the bundle copied to ``<app>/model/attunet_pancreas/`` (the route that needs
-no code of ours in the app).
+"""A real MONAI Label server on 127.0.0.1 serving every network's bundle through MONAI Label's own
+``monaibundle`` sample app, each bundle copied to ``<app>/model/<name>/`` (the route that needs no code of ours
+in the app): all of them segment a study; the flagship also takes a submitted label and trains on it.
 
 These tests need the MONAI Label environment (``pip install "torch==2.14.1" "torchvision==0.29.1"
 -e ".[monailabel]"``; monailabel needs numpy<2 and cannot share the core test environment). Elsewhere they
@@ -36,8 +36,8 @@ from monai_unet_variants.data import make_dataset  # noqa: E402
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "attunet_pancreas"
-MODEL = "attunet_pancreas"
+MODEL = "attunet_pancreas"  # the flagship: served, labelled and trained
+BUNDLES = sorted(p.name for p in (REPO / "bundles").glob("*_pancreas") if (p / "configs" / "metadata.json").is_file())
 TINY = {"roi_size": [32, 32, 32], "network_def#channels": [8, 16, 32, 64, 128], "num_workers": 0,
         "sw_batch_size": 4, "batch_size": 2, "val_interval": 1, "overlap": 0.25}
 
@@ -96,51 +96,55 @@ class Server:
         subprocess.run([*cli, "apps", "--download", "--name", "monaibundle", "--output", str(apps)], check=True,
                        capture_output=True, env=env)
         self.app = apps / "monaibundle"
-        self.bundle = self.app / "model" / MODEL
-        shutil.copytree(BUNDLE, self.bundle, ignore=shutil.ignore_patterns("*.pt", "eval"))
-        for name in ("train.json", "inference.json"):
-            _shrink(self.bundle / "configs" / name)
-        self.checkpoint = self.bundle / "models" / "model.pt"
-        self._write_initial_checkpoint()
+        for name in BUNDLES:  # every network's bundle, each as a local bundle of the app
+            bundle = self.app / "model" / name
+            shutil.copytree(REPO / "bundles" / name, bundle, ignore=shutil.ignore_patterns("*.pt", "eval"))
+            for config in ("train.json", "inference.json"):
+                _shrink(bundle / "configs" / config)
+            self._write_initial_checkpoint(bundle)
+        self.checkpoint = self.app / "model" / MODEL / "models" / "model.pt"
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         cmd = [*cli, "start_server", "--app", str(self.app), "--studies", str(self.studies),
-               "--conf", "models", MODEL, "--conf", "zoo_source", "github", "--conf", "sam2", "false",
+               "--conf", "models", ",".join(BUNDLES), "--conf", "zoo_source", "github", "--conf", "sam2", "false",
                "--conf", "preload", "false", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.info = self._wait_ready()
 
-    def _write_initial_checkpoint(self) -> None:
+    @staticmethod
+    def _write_initial_checkpoint(bundle: Path) -> None:
+        """An untrained network's weights as ``models/model.pt`` (the app serves a bundle only with one)."""
         import torch
         from monai.bundle import ConfigParser
 
         parser = ConfigParser()
-        parser.read_config(str(self.bundle / "configs" / "inference.json"))
+        parser.read_config(str(bundle / "configs" / "inference.json"))
         torch.manual_seed(0)
-        torch.save(parser.get_parsed_content("network_def").state_dict(), self.checkpoint)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
 
     def _wait_ready(self, timeout: float = 300) -> dict:
+        """Poll ``GET /info/`` until every bundle is listed as a model."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"monailabel exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 r = requests.get(f"{self.url}/info/", timeout=5)
-                if r.status_code == 200 and MODEL in r.json().get("models", {}):
+                if r.status_code == 200 and set(BUNDLES) <= set(r.json().get("models", {})):
                     return r.json()
             except requests.RequestException:
                 pass
             time.sleep(1)
-        raise AssertionError(f"monailabel did not list {MODEL} within {timeout:.0f} s:\n{self.log_tail()}")
+        raise AssertionError(f"monailabel did not list {BUNDLES} within {timeout:.0f} s:\n{self.log_tail()}")
 
-    def infer(self, image: str) -> requests.Response:
-        return requests.post(f"{self.url}/infer/{MODEL}", params={"image": image, "output": "image"},
+    def infer(self, image: str, model: str = MODEL) -> requests.Response:
+        return requests.post(f"{self.url}/infer/{model}", params={"image": image, "output": "image"},
                              data={"params": json.dumps({"device": "cpu"})}, timeout=300)
 
     def stop(self) -> list[int]:
@@ -179,12 +183,22 @@ def _label_from(response: requests.Response, path: Path) -> nib.Nifti1Image:
     return nib.load(str(path))
 
 
-def test_info_lists_the_bundle_with_its_labels(server):
-    model = server.info["models"][MODEL]
-    assert model["labels"] == {"pancreas": 1, "tumour": 2}
-    assert model["type"] == "segmentation" and model["dimension"] == 3
-    assert MODEL in server.info["trainers"]
-    assert "sam_3d" not in server.info["models"]  # nothing downloaded at run time
+def test_info_lists_every_bundle_with_its_labels(server):
+    assert set(server.info["models"]) == set(BUNDLES)  # and no SAM2: nothing is downloaded at run time
+    for name in BUNDLES:
+        model = server.info["models"][name]
+        assert model["labels"] == {"pancreas": 1, "tumour": 2}, name
+        assert model["type"] == "segmentation" and model["dimension"] == 3
+    assert set(server.info["trainers"]) == set(BUNDLES)
+
+
+@pytest.mark.parametrize("name", [b for b in BUNDLES if b != MODEL])
+def test_every_network_segments_through_the_server(server, name, tmp_path):
+    image = nib.load(str(server.studies / "pancreas_001.nii.gz"))
+    label = _label_from(server.infer("pancreas_001", name), tmp_path / "label.nii.gz")
+    assert label.shape == image.shape
+    np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1, 2}
 
 
 def test_bad_requests_get_error_responses(server):
