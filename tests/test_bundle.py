@@ -435,3 +435,39 @@ def test_compare_command(tmp_path, sample):
     assert rows[0]["params"] < rows[1]["params"]  # gates add parameters
     assert (out / "dice_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "results.csv").read_text().splitlines()[0].startswith("bundle,dice_pancreas,")
+
+
+def test_meta_safe_spacing_leaves_monailabel_path_alone(tmp_path):
+    """MONAI Label adds ``image_path`` (a string) beside ``image``; resampling must keep it and stay invertible."""
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    img = _write(tmp_path / "img.nii.gz", np.arange(16 * 12 * 8, dtype=np.float32).reshape(16, 12, 8),
+                 np.diag([0.8, 0.8, 2.5, 1.0]))
+    data = EnsureChannelFirstd("image")(LoadImaged("image", image_only=True)({"image": str(img)}))
+    data["image_path"] = str(img)
+    spacing = mb.MetaSafeSpacingd("image", pixdim=(1.0, 1.0, 1.0), mode="bilinear")
+    out = spacing(data)
+    assert out["image_path"] == str(img)
+    assert tuple(out["image"].shape[1:]) == (13, 10, 18)  # extents 15*0.8, 11*0.8, 7*2.5 mm at 1 mm
+    np.testing.assert_allclose(out["image"].pixdim, (1.0, 1.0, 1.0), atol=1e-6)
+    assert tuple(spacing.inverse(out)["image"].shape[1:]) == (16, 12, 8)
+
+
+@pytest.mark.parametrize("epochs, interval, expected", [(5, 2, [2, 4, 5]), (4, 2, [2, 4]), (1, 3, [1])])
+def test_final_validation_runs_after_the_last_epoch(epochs, interval, expected):
+    from ignite.engine import Engine
+    from monai.engines import Evaluator
+
+    runs: list[int] = []
+
+    class Validator(Evaluator):  # records the epochs it validates at
+        def __init__(self) -> None:
+            pass
+
+        def run(self, global_epoch: int = 1, global_iteration: int = 0) -> None:
+            runs.append(global_epoch)
+
+    trainer = Engine(lambda engine, batch: None)
+    mb.FinalValidationHandler(validator=Validator(), interval=interval, epoch_level=True).attach(trainer)
+    trainer.run([0, 1], max_epochs=epochs)
+    assert runs == expected
