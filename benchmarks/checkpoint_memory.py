@@ -19,9 +19,9 @@ import sys
 
 def measure(name: str, size: int, checkpointing: bool, device: str, channels: list[int]) -> dict:
     import torch
+    from run import PeakMemory  # benchmarks/run.py, beside this file
 
     from monai_unet_variants import create_network
-    from run import PeakMemory  # benchmarks/run.py, beside this file
 
     torch.manual_seed(0)
     net = create_network(name, spatial_dims=3, in_channels=1, out_channels=3, channels=channels,

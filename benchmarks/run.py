@@ -197,6 +197,43 @@ def measure_case(case: dict) -> dict:
     }
 
 
+def measure_gates(case: dict) -> dict:
+    """The attention gates alone: every skip path of the Attention U-Net, forward+backward, with gates at the
+    coarse grid (the paper's) and at skip resolution (LeeJunHyun's and MONAI's), on the level's tensor shapes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = torch.device(case["device"])
+    dims, size, batch, channels = case["spatial_dims"], case["size"], case["batch"], case["channels"]
+    out: dict[str, float] = {}
+    for mode, name in (("grid", "attention_unet"), ("same", "attention_unet+same")):
+        torch.manual_seed(0)
+        net = build(name, dims, channels, case["norm"]).to(device).train()
+        paths = []
+        for j, skip_path in enumerate(net.skips):  # the deepest skip first, as the decoder runs
+            level = len(channels) - 2 - j
+            edge = size // 2**level
+
+            def tensor(c: int, e: int) -> Any:
+                return torch.randn(batch, c, *([e] * dims), device=device, requires_grad=True)
+
+            paths.append((skip_path, tensor(channels[level], edge), tensor(channels[level + 1], edge // 2),
+                          tensor(channels[level], edge)))
+
+        def step(paths: list = paths) -> None:
+            with autocast(device, case["amp"]):
+                total = sum(sp(skip, coarse, up)[0].float().sum() for sp, skip, coarse, up in paths)
+            total.backward()
+
+        with FlopCounterMode(display=False) as counter:
+            step()
+        out[f"{mode}_gflop"] = counter.get_total_flops() / 1e9
+        out[f"{mode}_ms"] = median_seconds(step, device, case["warmup"], case["repeats"]) * 1e3
+    out["time_ratio"] = out["grid_ms"] / out["same_ms"]
+    out["flop_ratio"] = out["grid_gflop"] / out["same_gflop"]
+    return out
+
+
 def measure_roof(case: dict) -> dict:
     """FLOP/s of one large 3D convolution, forward and forward+backward: the machine's practical roof."""
     import torch
@@ -322,8 +359,8 @@ def measure_bundle(case: dict) -> dict:
     }
 
 
-KINDS = {"network": measure_case, "roof": measure_roof, "sliding_window": measure_sliding_window,
-         "bundle": measure_bundle}
+KINDS = {"network": measure_case, "gates": measure_gates, "roof": measure_roof,
+         "sliding_window": measure_sliding_window, "bundle": measure_bundle}
 
 
 def run_case(case: dict, verbose: bool = False, in_process: bool = False) -> dict:
@@ -401,41 +438,42 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def ok_rows(rows: Sequence[dict], network: str, dims: int, **options: bool) -> dict | None:
     for r in rows:
-        if r["network"] == network and r["spatial_dims"] == dims and r.get("options", {}) == options and "error" not in r:
+        same_case = r["network"] == network and r["spatial_dims"] == dims and r.get("options", {}) == options
+        if same_case and "error" not in r:
             return r
     return None
+
+
+def _ratios(a: dict, b: dict) -> str:
+    """``a`` against ``b``: forward, forward+backward and peak-memory ratios."""
+    return (f"forward x{a['fwd_ms'] / b['fwd_ms']:.2f}, forward+backward x{a['fwd_bwd_ms'] / b['fwd_bwd_ms']:.2f}, "
+            f"FLOPs x{a['gflop_fwd_bwd'] / b['gflop_fwd_bwd']:.2f}, memory x{a['peak_mib'] / max(b['peak_mib'], 1e-9):.2f}")
 
 
 def findings(rows: Sequence[dict]) -> list[str]:
     """The figures behind the performance targets, read off the rows."""
     out = []
     for dims in (2, 3):
-        unet, grid, same = (ok_rows(rows, n, dims) for n in ("unet", "attention_unet", "attention_unet+same"))
+        grid, same = (ok_rows(rows, n, dims) for n in ("attention_unet", "attention_unet+same"))
         if grid and same:
-            line = (f"{dims}D attention gates at the coarse grid vs at skip resolution: time x{grid['fwd_bwd_ms'] / same['fwd_bwd_ms']:.2f}, "
-                    f"FLOPs x{grid['gflop_fwd_bwd'] / same['gflop_fwd_bwd']:.2f}, memory x{grid['peak_mib'] / max(same['peak_mib'], 1e-9):.2f}")
-            if unet:
-                gate = [(r["fwd_bwd_ms"] - unet["fwd_bwd_ms"], r["gflop_fwd_bwd"] - unet["gflop_fwd_bwd"]) for r in (grid, same)]
-                line += (f"; the gates alone (minus the plain U-Net): {gate[0][0]:.0f} vs {gate[1][0]:.0f} ms, "
-                         f"{gate[0][1]:.2f} vs {gate[1][1]:.2f} GFLOP")
-            out.append(line)
+            out.append(f"{dims}D Attention U-Net, gates at the coarse grid vs at skip resolution: {_ratios(grid, same)}")
         plain, ckpt = ok_rows(rows, "attention_r2unet", dims), ok_rows(rows, "attention_r2unet+ckpt", dims)
-        if plain and ckpt and plain["peak_mib"] > 0:
+        if plain and ckpt:
+            saved = 1 - ckpt["peak_mib"] / plain["peak_mib"] if plain["peak_mib"] > 0 else float("nan")
             out.append(f"{dims}D Attention R2U-Net activation checkpointing: peak training memory "
-                       f"{plain['peak_mib']:.0f} -> {ckpt['peak_mib']:.0f} MiB ({1 - ckpt['peak_mib'] / plain['peak_mib']:.0%} saved), "
+                       f"{plain['peak_mib']:.0f} -> {ckpt['peak_mib']:.0f} MiB ({saved:.0%} saved), "
                        f"step time x{ckpt['fwd_bwd_ms'] / plain['fwd_bwd_ms']:.2f}")
-        worst = max((r for r in rows if r["spatial_dims"] == dims and "time_per_flop_vs_unet" in r
-                     and r["network"] not in MONAI_NETS and not r.get("options")),
-                    key=lambda r: r["time_per_flop_vs_unet"], default=None)
+        ours = [r for r in rows if r["spatial_dims"] == dims and "time_per_flop_vs_unet" in r
+                and r["network"] not in MONAI_NETS and not r.get("options")]
+        worst = max(ours, key=lambda r: r["time_per_flop_vs_unet"], default=None)
         if worst:
-            out.append(f"{dims}D worst time per FLOP against MONAI's UNet: {worst['network']} x{worst['time_per_flop_vs_unet']:.2f}")
+            out.append(f"{dims}D worst time per FLOP against MONAI's UNet: {worst['network']} "
+                       f"x{worst['time_per_flop_vs_unet']:.2f}")
         for r in rows:
             if r["spatial_dims"] == dims and r.get("options") and "error" not in r:
                 base = ok_rows(rows, r["network"], dims)
                 if base:
-                    out.append(f"{dims}D {label(r)}: forward x{r['fwd_ms'] / base['fwd_ms']:.2f}, "
-                               f"forward+backward x{r['fwd_bwd_ms'] / base['fwd_bwd_ms']:.2f}, "
-                               f"memory x{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f} against the default")
+                    out.append(f"{dims}D {label(r)} against the default: {_ratios(r, base)}")
     return out
 
 
@@ -489,6 +527,8 @@ def plan(args: argparse.Namespace) -> list[dict]:
         size = args.size2d if dims == 2 else args.size3d
         for name in names:
             cases.append({"kind": "network", **base, "network": name, "spatial_dims": dims, "size": size})
+        if "attention_unet" in names:
+            cases.append({"kind": "gates", **base, "network": "attention gates", "spatial_dims": dims, "size": size})
         for opt in filter(None, args.options.split(",")):
             if opt not in OPTIONS:
                 raise SystemExit(f"unknown option {opt!r}: choose from {OPTIONS}")
@@ -542,9 +582,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                  if "error" not in roof else f"failed: {roof['error']}")]
     for dims in sorted({r["spatial_dims"] for r in rows}):
         size = args.size2d if dims == 2 else args.size3d
-        report += ["", f"{dims}D, batch {args.batch} x 1 x {size}^{dims}", format_table([r for r in rows if r["spatial_dims"] == dims])]
+        table = format_table([r for r in rows if r["spatial_dims"] == dims])
+        report += ["", f"{dims}D, batch {args.batch} x 1 x {size}^{dims}", table]
     report += ["", *findings(rows)]
     for r in results:
+        if r["kind"] == "gates":
+            report.append(f"{r['spatial_dims']}D attention gates failed: {r['error']}" if "error" in r else (
+                f"{r['spatial_dims']}D attention gates alone (every skip, forward+backward): coarse grid "
+                f"{r['grid_ms']:.0f} ms, {r['grid_gflop']:.2f} GFLOP vs skip resolution {r['same_ms']:.0f} ms, "
+                f"{r['same_gflop']:.2f} GFLOP: time x{r['time_ratio']:.2f}, FLOPs x{r['flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
             report.append(("sliding window: failed: " + r["error"]) if "error" in r else (
                 f"sliding-window inference (flagship bundle: roi {r['roi_size']}, overlap {r['overlap']}, "
@@ -552,7 +598,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r['mvoxels_per_s']:.2f} Mvoxel/s"))
         if r["kind"] == "bundle":
             report.append(("bundle training: failed: " + r["error"]) if "error" in r else (
-                f"bundle training (flagship, roi {r['roi_size']}, batch {r['batch_size']}, {r['num_workers']} workers): "
+                f"bundle training (flagship, roi {r['roi_size']}, batch {r['batch_size']}, "
+                f"{r['num_workers']} caching workers): "
                 f"{r['iterations_per_s']:.2f} it/s over {r['iterations']} iterations, "
                 f"data wait {r['data_wait_share']:.1%} of step time"))
     print("\n".join(report))

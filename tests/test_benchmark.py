@@ -39,7 +39,12 @@ def test_benchmark_smoke(tmp_path):
     assert sw["volume"] == [48, 48, 32] and sw["mvoxels_per_s"] > 0
     bundle = next(r for r in result["results"] if r["kind"] == "bundle")
     assert bundle["iterations"] > 0 and 0 <= bundle["data_wait_share"] < 1
-    assert "attention gates at the coarse grid" in proc.stdout and "activation checkpointing" in proc.stdout
+    gates = [r for r in result["results"] if r["kind"] == "gates"]
+    assert [g["spatial_dims"] for g in gates] == [2, 3]
+    for g in gates:  # the same gates at two resolutions: both do work, and the ratios are theirs
+        assert g["grid_gflop"] > 0 and g["same_gflop"] > 0 and g["grid_ms"] > 0 and g["same_ms"] > 0
+        assert g["flop_ratio"] == pytest.approx(g["grid_gflop"] / g["same_gflop"])
+    assert "attention gates alone" in proc.stdout and "activation checkpointing" in proc.stdout
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and {"label", "params", "fwd_bwd_ms", "efficiency"} <= set(table[0])

@@ -92,7 +92,7 @@ class AdditiveAttentionGate(nn.Module):
             self.psi = conv_unit(spatial_dims, inter_channels, 1, 1, 1, None, norm, None, bias)
 
     def _resize(self, x: torch.Tensor, size: list[int]) -> torch.Tensor:
-        if x.shape[2:] == size:
+        if list(x.shape[2:]) == size:
             return x
         return F.interpolate(x, size=size, mode=self.interp_mode, align_corners=self.align_corners)
 
