@@ -112,7 +112,11 @@ class Server:
                "--conf", "preload", "false", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self.info = self._wait_ready()
+        try:
+            self.info = self._wait_ready()
+        except BaseException:  # the fixture never sees a half-built server: stop it here
+            self.stop()
+            raise
 
     @staticmethod
     def _write_initial_checkpoint(bundle: Path) -> None:
@@ -157,7 +161,7 @@ class Server:
                              data={"params": json.dumps({"device": "cpu"})}, timeout=300)
 
     def stop(self) -> list[int]:
-        """Stop the server and every process it started; return any process still mentioning the app."""
+        """Stop the server's process group; return (and kill) any process that still mentions the app after it."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
@@ -165,13 +169,16 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        for pid in _processes_mentioning(str(self.app)):  # a training child in a session of its own
+        deadline = time.time() + 15  # children of the server's process group get the signal too
+        while _processes_mentioning(str(self.app)) and time.time() < deadline:
+            time.sleep(0.5)
+        stray = _processes_mentioning(str(self.app))
+        for pid in stray:  # reported by the fixture, and not left behind either
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        time.sleep(0.5)
-        return _processes_mentioning(str(self.app))
+        return stray
 
 
 @pytest.fixture(scope="module")
