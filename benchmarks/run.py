@@ -179,7 +179,6 @@ def measure_case(case: dict) -> dict:
     flops_fb = counter.get_total_flops()
     if opts.get("compile"):
         run = torch.compile(net)
-    net.train()
     step()  # warm-up (and compilation) before the memory reading
     with PeakMemory(device) as mem:
         step()
