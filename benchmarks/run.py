@@ -44,10 +44,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FLAGSHIP = REPO / "bundles" / "attunet_pancreas"
 MONAI_NETS = ("monai_unet", "monai_basicunet", "monai_attentionunet")
-# variants of a network measured as extra rows: name -> (network, keyword overrides, runtime options)
-VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "attention_unet+same": ("attention_unet", {"attention": "same"}, {}),
-    "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}, {}),
+# variants of a network measured as extra rows: name -> (network, keyword overrides)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "attention_unet+same": ("attention_unet", {"attention": "same"}),
+    "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
 OPTIONS = ("compile", "channels_last", "amp")
 
@@ -71,7 +71,7 @@ def build(name: str, spatial_dims: int, channels: Sequence[int], norm: Any) -> A
         return nets.BasicUNet(**common, features=(*channels, channels[0]), act="relu", norm=norm)
     if name == "monai_attentionunet":  # batch norm is built in; it takes no norm argument
         return nets.AttentionUnet(**common, channels=channels, strides=strides)
-    network, overrides, _ = VARIANTS.get(name, (name, {}, {}))
+    network, overrides = VARIANTS.get(name, (name, {}))
     return create_network(network, **common, channels=channels, strides=strides, act="relu", norm=norm,
                           dropout=0.0, **overrides)
 
@@ -134,6 +134,15 @@ def median_seconds(fn: Callable[[], Any], device: Any, warmup: int, repeats: int
     return statistics.median(times)
 
 
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` (``torch.utils.flop_counter``: convolutions and matrix products)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def autocast(device: Any, amp: bool) -> Any:
     import torch
 
@@ -144,12 +153,10 @@ def autocast(device: Any, amp: bool) -> Any:
 def measure_case(case: dict) -> dict:
     """Everything about one network in one configuration (runs in a fresh process)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     torch.manual_seed(0)
     device = torch.device(case["device"])
     dims, size, batch = case["spatial_dims"], case["size"], case["batch"]
-    opts = dict(VARIANTS.get(case["network"], ("", {}, {}))[2], **case.get("options", {}))
+    opts = case.get("options", {})
     amp = case["amp"] or opts.get("amp", False)
     net = build(case["network"], dims, case["channels"], case["norm"]).to(device)
     x = torch.randn(batch, 1, *([size] * dims), device=device)
@@ -170,13 +177,9 @@ def measure_case(case: dict) -> dict:
 
     run = net
     net.eval()
-    with FlopCounterMode(display=False) as counter:
-        forward()
-    flops_fwd = counter.get_total_flops()
+    flops_fwd = count_flops(forward)
     net.train()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops_fb = counter.get_total_flops()
+    flops_fb = count_flops(step)
     if opts.get("compile"):
         run = torch.compile(net)
     step()  # warm-up (and compilation) before the memory reading
@@ -200,7 +203,6 @@ def measure_gates(case: dict) -> dict:
     """The attention gates alone: every skip path of the Attention U-Net, forward+backward, with gates at the
     coarse grid (the paper's) and at skip resolution (LeeJunHyun's and MONAI's), on the level's tensor shapes."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device(case["device"])
     dims, size, batch, channels = case["spatial_dims"], case["size"], case["batch"], case["channels"]
@@ -224,9 +226,7 @@ def measure_gates(case: dict) -> dict:
                 total = sum(sp(skip, coarse, up)[0].float().sum() for sp, skip, coarse, up in paths)
             total.backward()
 
-        with FlopCounterMode(display=False) as counter:
-            step()
-        out[f"{mode}_gflop"] = counter.get_total_flops() / 1e9
+        out[f"{mode}_gflop"] = count_flops(step) / 1e9
         out[f"{mode}_ms"] = median_seconds(step, device, case["warmup"], case["repeats"]) * 1e3
     out["time_ratio"] = out["grid_ms"] / out["same_ms"]
     out["flop_ratio"] = out["grid_gflop"] / out["same_gflop"]
@@ -236,7 +236,6 @@ def measure_gates(case: dict) -> dict:
 def measure_roof(case: dict) -> dict:
     """FLOP/s of one large 3D convolution, forward and forward+backward: the machine's practical roof."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     device = torch.device(case["device"])
     amp = case["amp"]
@@ -252,12 +251,7 @@ def measure_roof(case: dict) -> dict:
             y = conv(x)
         y.float().sum().backward()
 
-    with FlopCounterMode(display=False) as counter:
-        fwd()
-    f_fwd = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        fb()
-    f_fb = counter.get_total_flops()
+    f_fwd, f_fb = count_flops(fwd), count_flops(fb)
     t_fwd = median_seconds(fwd, device, case["warmup"], case["repeats"])
     t_fb = median_seconds(fb, device, case["warmup"], case["repeats"])
     return {"tflops_fwd": f_fwd / t_fwd / 1e12, "tflops_fwd_bwd": f_fb / t_fb / 1e12}
