@@ -177,3 +177,34 @@ def test_batch_independence_in_eval(name, dims):
         full = net(x)
         single = net(x[1:2])
     torch.testing.assert_close(full[1:2], single, atol=1e-5, rtol=1e-4)
+
+
+def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
+    """Narrow convolutions compute in channels-last on a CPU (``prefers_channels_last``): same parameters from the
+    same seed, same state-dict keys, same outputs and gradients as plain convolutions; a channels-last input
+    keeps its layout through them."""
+    from monai_unet_variants.networks.blocks import layers
+
+    fast = tiny_net(name, dims).train()
+    narrow = [m for m in fast.modules() if isinstance(m, (layers.NarrowConv2d, layers.NarrowConv3d))]
+    assert narrow, "the tiny widths include narrow convolutions"
+    assert all(layers.prefers_channels_last(dims, m.in_channels, m.out_channels) for m in narrow)
+    monkeypatch.setattr(layers, "NARROW_CHANNELS_LAST", False)
+    plain = tiny_net(name, dims).train()
+    assert not any(isinstance(m, (layers.NarrowConv2d, layers.NarrowConv3d)) for m in plain.modules())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    x = tiny_input(dims)
+    y_fast, y_plain = fast(x), plain(x)
+    # float sums in another order: differences of 1e-5 (a wrong layout would differ by O(1))
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-3, atol=1e-4)
+    assert y_fast.is_contiguous()
+    y_fast.square().mean().backward()
+    y_plain.square().mean().backward()
+    for (n, p), (_, q) in zip(fast.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{n}: {m}")
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    conv = narrow[0]
+    z = torch.randn(2, conv.in_channels, *([8] * dims)).contiguous(memory_format=fmt)
+    assert conv(z).is_contiguous(memory_format=fmt)

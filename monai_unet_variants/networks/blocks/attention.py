@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .layers import LayerArg, conv_unit
+from .layers import LayerArg, conv_unit, convolution
 
 __all__ = ["AdditiveAttentionGate", "ATTENTION_MODES"]
 
@@ -80,11 +79,11 @@ class AdditiveAttentionGate(nn.Module):
         self.act = get_act_layer(act) if act is not None else nn.ReLU()
         self.out: nn.Module = nn.Identity()
         if mode == "grid":
-            self.theta = Convolution(
+            self.theta = convolution(
                 spatial_dims, skip_channels, inter_channels, strides=subsample, kernel_size=subsample, bias=False, conv_only=True, padding=0
             )
-            self.phi = Convolution(spatial_dims, gating_channels, inter_channels, kernel_size=1, bias=bias, conv_only=True)
-            self.psi = Convolution(spatial_dims, inter_channels, 1, kernel_size=1, bias=bias, conv_only=True)
+            self.phi = convolution(spatial_dims, gating_channels, inter_channels, kernel_size=1, bias=bias, conv_only=True)
+            self.psi = convolution(spatial_dims, inter_channels, 1, kernel_size=1, bias=bias, conv_only=True)
             self.out = conv_unit(spatial_dims, skip_channels, skip_channels, 1, 1, None, norm, None, bias)
         else:
             self.theta = conv_unit(spatial_dims, skip_channels, inter_channels, 1, 1, None, norm, None, bias)

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 from torch import nn
 
 from .attention import interp_mode_for
+from .layers import convolution
 
 __all__ = ["OutputHead", "MultiScaleFusionHead", "HEADS"]
 
@@ -17,7 +17,7 @@ HEADS = ("plain", "multiscale")
 
 
 def _conv1x1(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    return Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, bias=True, conv_only=True)
+    return convolution(spatial_dims, in_channels, out_channels, kernel_size=1, bias=True, conv_only=True)
 
 
 class OutputHead(nn.Module):

@@ -8,6 +8,7 @@ bundle's JSON as a name or a ``(name, {kwargs})`` pair.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.networks.blocks import ADN, Convolution
@@ -17,6 +18,11 @@ from torch import nn
 __all__ = [
     "LayerArg",
     "ChannelShift",
+    "NARROW_CHANNELS_LAST",
+    "NarrowConv2d",
+    "NarrowConv3d",
+    "convolution",
+    "prefers_channels_last",
     "conv_unit",
     "norm_act",
     "make_norm",
@@ -70,6 +76,73 @@ class ChannelShift(nn.Module):
         return x + self.bias.view([1, -1] + [1] * (x.dim() - 2)).to(x.dtype)
 
 
+#: build narrow convolutions as ``NarrowConv2d``/``NarrowConv3d`` (``prefers_channels_last``); set to ``False``
+#: before building a network to get plain ``nn.Conv2d``/``nn.Conv3d`` everywhere
+NARROW_CHANNELS_LAST = True
+
+
+def prefers_channels_last(spatial_dims: int, in_channels: int, out_channels: int) -> bool:
+    """Whether a convolution this narrow runs faster in channels-last layout on a CPU (always ``False`` when
+    ``NARROW_CHANNELS_LAST`` is off).
+
+    oneDNN computes a channels-first convolution in a blocked layout that pads channels to 8 or 16; for
+    narrow convolutions most of that work is padding. Measured here (2-core x86 CPU, PyTorch 2.13, batch 2,
+    forward+backward including the two layout copies), channels-last takes 0.1-0.7x the time for 3D
+    convolutions with 2-16 input and at most 16 output channels at 64^3 (1-channel inputs: no change; wider:
+    1.0-1.4x slower) and for 2D ones with 2-8 channels in and out at 256^2 (wider: up to 2.7x slower).
+    """
+    if not NARROW_CHANNELS_LAST:
+        return False
+    if spatial_dims == 3:
+        return 2 <= in_channels <= 16 and out_channels <= 16 and in_channels * out_channels < 256
+    return 2 <= in_channels <= 8 and out_channels <= 8
+
+
+def _cpu_layout_switch(x: torch.Tensor) -> bool:
+    """Run in channels-last: a channels-first CPU tensor, outside tracing (ONNX has no channels-last-3d copy)."""
+    return x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing()
+
+
+class NarrowConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes in channels-last layout on a CPU and returns the input's layout (see
+    ``prefers_channels_last``). Same parameters, same state-dict keys, same results as ``nn.Conv2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_layout_switch(x):
+            x = x.contiguous(memory_format=torch.channels_last)
+            return self._conv_forward(x, self.weight, self.bias).contiguous()
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+class NarrowConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that computes in channels-last layout on a CPU and returns the input's layout (see
+    ``prefers_channels_last``). Same parameters, same state-dict keys, same results as ``nn.Conv3d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _cpu_layout_switch(x):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            return self._conv_forward(x, self.weight, self.bias).contiguous()
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def convolution(spatial_dims: int, in_channels: int, out_channels: int, **kwargs: Any) -> Convolution:
+    """MONAI's ``Convolution`` (same arguments, same state-dict keys) whose convolution runs in channels-last
+    layout on a CPU when ``prefers_channels_last`` says that is faster for its widths."""
+    unit = Convolution(spatial_dims, in_channels, out_channels, **kwargs)
+    conv = unit.conv
+    if type(conv) in (nn.Conv2d, nn.Conv3d) and conv.groups == 1 and prefers_channels_last(
+        spatial_dims, in_channels, out_channels
+    ):
+        narrow = nn.utils.skip_init(
+            NarrowConv3d if spatial_dims == 3 else NarrowConv2d, in_channels, out_channels, conv.kernel_size,
+            stride=conv.stride, padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        narrow.weight, narrow.bias = conv.weight, conv.bias  # the initialised parameters, untouched
+        unit.conv = narrow
+    return unit
+
+
 def make_norm(spatial_dims: int, channels: int, norm: LayerArg, scale: bool = True) -> nn.Module:
     """A normalisation layer; with ``scale=False`` its affine part is a shift only (see ``ChannelShift``)."""
     if norm is None:
@@ -98,7 +171,7 @@ def conv_unit(
     ``norm_scale=False`` replaces the normalisation's affine part with a shift (Keras ``scale=False``).
     """
     if norm_scale or norm is None:
-        return Convolution(
+        return convolution(
             spatial_dims,
             in_channels,
             out_channels,
@@ -110,7 +183,7 @@ def conv_unit(
             bias=bias,
             adn_ordering="NDA",
         )
-    conv = Convolution(spatial_dims, in_channels, out_channels, strides=stride, kernel_size=kernel_size, bias=bias, conv_only=True)
+    conv = convolution(spatial_dims, in_channels, out_channels, strides=stride, kernel_size=kernel_size, bias=bias, conv_only=True)
     layers: list[nn.Module] = [conv, make_norm(spatial_dims, out_channels, norm, scale=False)]
     if dropout:
         layers.append(nn.Dropout(float(dropout)))

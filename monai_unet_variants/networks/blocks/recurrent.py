@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from monai.networks.blocks import Convolution
 from torch import nn
 
-from .layers import LayerArg, conv_unit, norm_act
+from .layers import LayerArg, conv_unit, convolution, norm_act
 
 __all__ = ["RecurrentConv", "RecurrentResidualUnit"]
 
@@ -61,7 +60,7 @@ class RecurrentConv(nn.Module):
         if recurrence < 0:
             raise ValueError(f"recurrence t must be >= 0 (got {recurrence}); t=2 is the paper's setting.")
         self.recurrence = recurrence
-        self.conv = Convolution(spatial_dims, channels, channels, kernel_size=kernel_size, bias=bias, conv_only=True)
+        self.conv = convolution(spatial_dims, channels, channels, kernel_size=kernel_size, bias=bias, conv_only=True)
         if shared_norm:
             shared = norm_act(spatial_dims, channels, act, norm, dropout)
             steps = [shared] * (recurrence + 1)
