@@ -9,7 +9,9 @@ For every network in 2D and 3D (each case in its own subprocess, so that peak me
 parameters, FLOPs (``torch.utils.flop_counter``) of the forward and of forward+backward, the median forward time
 (eval mode, no gradients) and forward+backward time (train mode) after warm-up, and the peak memory of one
 training step (GPU: ``torch.cuda.max_memory_allocated``; CPU: the rise of the process's peak resident size,
-reset before the step through ``/proc/self/clear_refs``). The same figures are taken for MONAI's ``UNet``
+reset before the step through ``/proc/self/clear_refs``, read after the timings with freed memory returned to the
+kernel so that resident size follows live memory). Timings run with ``monai_unet_variants.runtime.
+reuse_freed_memory()`` on, as in the bundles; the ``no_reuse`` option measures glibc's own behaviour instead. The same figures are taken for MONAI's ``UNet``
 (``num_res_units=2``), ``BasicUNet`` and ``AttentionUnet`` at the same widths, and every network gets ratios
 against them: time, and time per FLOP against ``UNet`` (``t/F``: 1.0 means as efficient as MONAI's UNet).
 
@@ -18,8 +20,9 @@ convolution (64 -> 64 channels, 3^3 kernel) measured in the same run with the sa
 practical roof, so the figure compares across machines.
 
 Further sections: attention gates at the coarse grid (the paper's) against gates at skip resolution; activation
-checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials of ``torch.compile``,
-channels-last memory format and AMP (bf16 on CPU); sliding-window inference throughput of the flagship bundle's
+checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials (``--options``) of
+``torch.compile``, channels-last memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (glibc
+returns freed memory to the kernel) and ``no_narrow`` (narrow convolutions in channels-first layout); sliding-window inference throughput of the flagship bundle's
 inferer on a 512x512x128 volume; the flagship bundle's training throughput and its share of step time spent
 waiting for data. Results: a table on stdout, ``results.json`` and ``results.csv`` in ``--out``.
 """
@@ -49,7 +52,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_unet+same": ("attention_unet", {"attention": "same"}),
     "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
-OPTIONS = ("compile", "channels_last", "amp")
+OPTIONS = ("compile", "channels_last", "amp", "no_reuse", "no_narrow")
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -150,9 +153,25 @@ def autocast(device: Any, amp: bool) -> Any:
     return torch.autocast(device.type, dtype=dtype, enabled=amp)
 
 
+def process_settings(case: dict) -> None:
+    """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``, left off by
+    the ``no_reuse`` option, which keeps glibc's own behaviour) and the channels-last layout of narrow
+    convolutions (``layers.NARROW_CHANNELS_LAST``, switched off by ``no_narrow``)."""
+    from monai_unet_variants.networks.blocks import layers
+    from monai_unet_variants.runtime import reuse_freed_memory
+
+    opts = case.get("options", {})
+    if not opts.get("no_reuse"):
+        reuse_freed_memory()
+    layers.NARROW_CHANNELS_LAST = not opts.get("no_narrow")
+
+
 def measure_case(case: dict) -> dict:
     """Everything about one network in one configuration (runs in a fresh process)."""
     import torch
+
+    from monai_unet_variants.runtime import reuse_freed_memory
+
     torch.manual_seed(0)
     device = torch.device(case["device"])
     dims, size, batch = case["spatial_dims"], case["size"], case["batch"]
@@ -182,12 +201,14 @@ def measure_case(case: dict) -> dict:
     flops_fb = count_flops(step)
     if opts.get("compile"):
         run = torch.compile(net)
-    step()  # warm-up (and compilation) before the memory reading
-    with PeakMemory(device) as mem:
-        step()
+    step()  # warm-up (and compilation)
     t_fb = median_seconds(step, device, case["warmup"], case["repeats"])
     net.eval()
     t_fwd = median_seconds(forward, device, case["warmup"] + 1, case["repeats"])
+    net.train()
+    reuse_freed_memory(False)  # from here freed memory leaves the process: resident size = live memory
+    with PeakMemory(device) as mem:
+        step()
     return {
         "params": params,
         "gflop_fwd": flops_fwd / 1e9,
@@ -200,16 +221,27 @@ def measure_case(case: dict) -> dict:
 
 
 def measure_gates(case: dict) -> dict:
-    """The attention gates alone: every skip path of the Attention U-Net, forward+backward, with gates at the
-    coarse grid (the paper's) and at skip resolution (LeeJunHyun's and MONAI's), on the level's tensor shapes."""
+    """The attention gates alone: every skip path of the Attention U-Net, forward+backward, on the level's tensor
+    shapes: the paper's gates with their additive attention at the coarse grid (``grid``), LeeJunHyun's and MONAI's
+    smaller gates at skip resolution (``same``), and like for like, the paper's gates with their additive attention
+    at skip resolution (``grid_at_skip``: ``theta`` a 1x1 convolution instead of the strided one, the gating signal
+    interpolated up to the skip's grid)."""
     import torch
+
+    from monai_unet_variants.networks.blocks.layers import convolution
 
     device = torch.device(case["device"])
     dims, size, batch, channels = case["spatial_dims"], case["size"], case["batch"], case["channels"]
     out: dict[str, float] = {}
-    for mode, name in (("grid", "attention_unet"), ("same", "attention_unet+same")):
+    for mode, name in (("grid", "attention_unet"), ("same", "attention_unet+same"), ("grid_at_skip", "attention_unet")):
         torch.manual_seed(0)
-        net = build(name, dims, channels, case["norm"]).to(device).train()
+        net = build(name, dims, channels, case["norm"])
+        if mode == "grid_at_skip":
+            for gate in (gate for skip_path in net.skips for gate in skip_path.gates):
+                theta = gate.theta.conv
+                gate.theta = convolution(dims, theta.in_channels, theta.out_channels, kernel_size=1, bias=False,
+                                         conv_only=True)
+        net = net.to(device).train()
         paths = []
         for j, skip_path in enumerate(net.skips):  # the deepest skip first, as the decoder runs
             level = len(channels) - 2 - j
@@ -230,6 +262,8 @@ def measure_gates(case: dict) -> dict:
         out[f"{mode}_ms"] = median_seconds(step, device, case["warmup"], case["repeats"]) * 1e3
     out["time_ratio"] = out["grid_ms"] / out["same_ms"]
     out["flop_ratio"] = out["grid_gflop"] / out["same_gflop"]
+    out["like_time_ratio"] = out["grid_ms"] / out["grid_at_skip_ms"]
+    out["like_flop_ratio"] = out["grid_gflop"] / out["grid_at_skip_gflop"]
     return out
 
 
@@ -360,12 +394,11 @@ def run_case(case: dict, verbose: bool = False, in_process: bool = False) -> dic
     """Run one case in a child process (or in this one) and return its figures (an ``error`` entry if it failed)."""
     if in_process:
         try:
+            process_settings(case)
             return {**case, **KINDS[case["kind"]](case)}
         except Exception as err:  # reported in the table like a failed child
             return {**case, "error": f"{type(err).__name__}: {err}"}
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")  # freed tensors go back to the OS: RSS = live memory
-    proc = subprocess.run([sys.executable, __file__, "--_case", json.dumps(case)], capture_output=True, text=True,
-                          env=env)
+    proc = subprocess.run([sys.executable, __file__, "--_case", json.dumps(case)], capture_output=True, text=True)
     if verbose and proc.stderr:
         sys.stderr.write(proc.stderr)
     if proc.returncode != 0:
@@ -485,7 +518,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--roof_size", type=int, default=64, help="edge of the roof convolution's volume")
-    p.add_argument("--options", default="", help="also try these on --option_networks: compile,channels_last,amp")
+    p.add_argument("--options", default="",
+                   help="also try these on --option_networks: " + ",".join(OPTIONS) + " (see the module's doc)")
     p.add_argument("--option_networks", default="unet,attention_unet", help="networks for the --options trials")
     p.add_argument("--sw_volume", default="512,512,128", help="sliding-window volume (empty: skip)")
     p.add_argument("--sw_roi", type=int, default=0, help="sliding-window roi edge (default: the bundle's)")
@@ -542,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args._case:
         case = json.loads(args._case)
+        process_settings(case)
         print(json.dumps(KINDS[case["kind"]](case)))
         return 0
     import torch
@@ -583,7 +618,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.append(f"{r['spatial_dims']}D attention gates failed: {r['error']}" if "error" in r else (
                 f"{r['spatial_dims']}D attention gates alone (every skip, forward+backward): coarse grid "
                 f"{r['grid_ms']:.0f} ms, {r['grid_gflop']:.2f} GFLOP vs skip resolution {r['same_ms']:.0f} ms, "
-                f"{r['same_gflop']:.2f} GFLOP: time x{r['time_ratio']:.2f}, FLOPs x{r['flop_ratio']:.2f}"))
+                f"{r['same_gflop']:.2f} GFLOP: time x{r['time_ratio']:.2f}, FLOPs x{r['flop_ratio']:.2f}; like for "
+                f"like, the paper's gate with its additive attention at the coarse grid vs at skip resolution "
+                f"{r['grid_at_skip_ms']:.0f} ms, {r['grid_at_skip_gflop']:.2f} GFLOP: time x{r['like_time_ratio']:.2f}, "
+                f"FLOPs x{r['like_flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
             report.append(("sliding window: failed: " + r["error"]) if "error" in r else (
                 f"sliding-window inference (flagship bundle: roi {r['roi_size']}, overlap {r['overlap']}, "
