@@ -9,9 +9,10 @@ For every network in 2D and 3D (each case in its own subprocess, so that peak me
 parameters, FLOPs (``torch.utils.flop_counter``) of the forward and of forward+backward, the median forward time
 (eval mode, no gradients) and forward+backward time (train mode) after warm-up, and the peak memory of one
 training step (GPU: ``torch.cuda.max_memory_allocated``; CPU: the rise of the process's peak resident size,
-reset before the step through ``/proc/self/clear_refs``, read after the timings with freed memory returned to the
-kernel so that resident size follows live memory). Timings run with ``monai_unet_variants.runtime.
-reuse_freed_memory()`` on, as in the bundles; the ``no_reuse`` option measures glibc's own behaviour instead. The same figures are taken for MONAI's ``UNet``
+reset before the step through ``/proc/self/clear_refs``, read before the timings with freed memory returned to
+the kernel so that resident size follows live memory). Timings run with
+``monai_unet_variants.runtime.reuse_freed_memory()`` on, as in the bundles (the ``no_reuse`` option: off).
+The same figures are taken for MONAI's ``UNet``
 (``num_res_units=2``), ``BasicUNet`` and ``AttentionUnet`` at the same widths, and every network gets ratios
 against them: time, and time per FLOP against ``UNet`` (``t/F``: 1.0 means as efficient as MONAI's UNet).
 
@@ -21,9 +22,10 @@ practical roof, so the figure compares across machines.
 
 Further sections: attention gates at the coarse grid (the paper's) against gates at skip resolution; activation
 checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials (``--options``) of
-``torch.compile``, channels-last memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (glibc
-returns freed memory to the kernel) and ``no_narrow`` (narrow convolutions in channels-first layout); sliding-window inference throughput of the flagship bundle's
-inferer on a 512x512x128 volume; the flagship bundle's training throughput and its share of step time spent
+``torch.compile``, channels-last memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed
+memory goes back to the kernel at once, 128 KiB malloc thresholds) and ``no_narrow`` (narrow convolutions in
+channels-first layout); sliding-window inference throughput of the flagship bundle's inferer on a 512x512x128
+volume; the flagship bundle's training throughput and its share of step time spent
 waiting for data. Results: a table on stdout, ``results.json`` and ``results.csv`` in ``--out``.
 """
 
@@ -154,15 +156,15 @@ def autocast(device: Any, amp: bool) -> Any:
 
 
 def process_settings(case: dict) -> None:
-    """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``, left off by
-    the ``no_reuse`` option, which keeps glibc's own behaviour) and the channels-last layout of narrow
+    """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``; the
+    ``no_reuse`` option returns freed memory to the kernel at once instead) and the channels-last layout of narrow
     convolutions (``layers.NARROW_CHANNELS_LAST``, switched off by ``no_narrow``)."""
     from monai_unet_variants.networks.blocks import layers
     from monai_unet_variants.runtime import reuse_freed_memory
 
     opts = case.get("options", {})
-    if not opts.get("no_reuse"):
-        reuse_freed_memory()
+    # a network case reads its peak memory first and turns reuse on itself afterwards (see measure_case)
+    reuse_freed_memory(case["kind"] != "network" and not opts.get("no_reuse"))
     layers.NARROW_CHANNELS_LAST = not opts.get("no_narrow")
 
 
@@ -201,14 +203,16 @@ def measure_case(case: dict) -> dict:
     flops_fb = count_flops(step)
     if opts.get("compile"):
         run = torch.compile(net)
+    # memory first, while freed blocks have always gone back to the kernel (resident size = live memory): once
+    # the heap has held large blocks, steps reuse them without a rise of resident size, and the reading is void
+    reuse_freed_memory(False)
     step()  # warm-up (and compilation)
+    with PeakMemory(device) as mem:
+        step()
+    reuse_freed_memory(not opts.get("no_reuse"))
     t_fb = median_seconds(step, device, case["warmup"], case["repeats"])
     net.eval()
     t_fwd = median_seconds(forward, device, case["warmup"] + 1, case["repeats"])
-    net.train()
-    reuse_freed_memory(False)  # from here freed memory leaves the process: resident size = live memory
-    with PeakMemory(device) as mem:
-        step()
     return {
         "params": params,
         "gflop_fwd": flops_fwd / 1e9,

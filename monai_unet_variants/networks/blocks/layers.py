@@ -98,31 +98,26 @@ def prefers_channels_last(spatial_dims: int, in_channels: int, out_channels: int
     return 2 <= in_channels <= 8 and out_channels <= 8
 
 
-def _cpu_layout_switch(x: torch.Tensor) -> bool:
-    """Run in channels-last: a channels-first CPU tensor, outside tracing (ONNX has no channels-last-3d copy)."""
-    return x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing()
-
-
-class NarrowConv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes in channels-last layout on a CPU and returns the input's layout (see
-    ``prefers_channels_last``). Same parameters, same state-dict keys, same results as ``nn.Conv2d``."""
+class _ChannelsLastOnCpu:
+    """``forward`` of ``NarrowConv2d``/``NarrowConv3d``: a channels-first CPU tensor is computed in channels-last
+    layout and the result returned channels-first; other inputs (GPU, a layout chosen by the caller) and traced
+    calls (ONNX has no channels-last-3d copy) run as in the plain convolution."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_layout_switch(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            return self._conv_forward(x, self.weight, self.bias).contiguous()
+        if x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing():
+            fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+            return self._conv_forward(x.contiguous(memory_format=fmt), self.weight, self.bias).contiguous()
         return self._conv_forward(x, self.weight, self.bias)
 
 
-class NarrowConv3d(nn.Conv3d):
-    """``nn.Conv3d`` that computes in channels-last layout on a CPU and returns the input's layout (see
-    ``prefers_channels_last``). Same parameters, same state-dict keys, same results as ``nn.Conv3d``."""
+class NarrowConv2d(_ChannelsLastOnCpu, nn.Conv2d):
+    """``nn.Conv2d`` computed in channels-last layout on a CPU (see ``prefers_channels_last``): same parameters,
+    state-dict keys and results as ``nn.Conv2d``, and the input's layout on the way out."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _cpu_layout_switch(x):
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            return self._conv_forward(x, self.weight, self.bias).contiguous()
-        return self._conv_forward(x, self.weight, self.bias)
+
+class NarrowConv3d(_ChannelsLastOnCpu, nn.Conv3d):
+    """``nn.Conv3d`` computed in channels-last layout on a CPU (see ``prefers_channels_last``): same parameters,
+    state-dict keys and results as ``nn.Conv3d``, and the input's layout on the way out."""
 
 
 def convolution(spatial_dims: int, in_channels: int, out_channels: int, **kwargs: Any) -> Convolution:
