@@ -23,10 +23,11 @@ practical roof, so the figure compares across machines.
 Further sections: attention gates at the coarse grid (the paper's) against gates at skip resolution; activation
 checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials (``--options``) of
 ``torch.compile``, channels-last memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed
-memory goes back to the kernel at once, 128 KiB malloc thresholds) and ``no_narrow`` (narrow convolutions in
-channels-first layout); sliding-window inference throughput of the flagship bundle's inferer on a 512x512x128
-volume; the flagship bundle's training throughput and its share of step time spent
-waiting for data. Results: a table on stdout, ``results.json`` and ``results.csv`` in ``--out``.
+memory goes back to the kernel at once, 128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in
+channels-first layout) and ``cudnn_benchmark`` (cuDNN picks its algorithms by timing them; GPU); sliding-window
+inference throughput of the flagship bundle's inferer on a 512x512x128 volume; the flagship bundle's training
+throughput and its share of step time spent waiting for data. Results: a table on stdout, ``results.json`` and
+``results.csv`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_unet+same": ("attention_unet", {"attention": "same"}),
     "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
-OPTIONS = ("compile", "channels_last", "amp", "no_reuse", "no_narrow")
+OPTIONS = ("compile", "channels_last", "amp", "no_reuse", "no_narrow", "cudnn_benchmark")
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -158,7 +159,8 @@ def autocast(device: Any, amp: bool) -> Any:
 def process_settings(case: dict) -> None:
     """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``; the
     ``no_reuse`` option returns freed memory to the kernel at once instead) and the channels-last layout of narrow
-    convolutions (``layers.NARROW_CHANNELS_LAST``, switched off by ``no_narrow``)."""
+    convolutions (``layers.NARROW_CHANNELS_LAST``, switched off by ``no_narrow``); ``cudnn_benchmark`` lets cuDNN time
+    its algorithms for each shape and keep the fastest (GPU)."""
     from monai_unet_variants.networks.blocks import layers
     from monai_unet_variants.runtime import reuse_freed_memory
 
@@ -166,6 +168,9 @@ def process_settings(case: dict) -> None:
     # a network case reads its peak memory first and turns reuse on itself afterwards (see measure_case)
     reuse_freed_memory(case["kind"] != "network" and not opts.get("no_reuse"))
     layers.NARROW_CHANNELS_LAST = not opts.get("no_narrow")
+    import torch
+
+    torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))  # reset for the next case in-process
 
 
 def measure_case(case: dict) -> dict:
@@ -397,6 +402,13 @@ KINDS = {"network": measure_case, "gates": measure_gates, "roof": measure_roof,
 def run_case(case: dict, verbose: bool = False, in_process: bool = False) -> dict:
     """Run one case in a child process (or in this one) and return its figures (an ``error`` entry if it failed)."""
     if in_process:
+        import gc
+
+        import torch
+
+        gc.collect()  # the previous case's tensors and cached blocks do not count towards this one's peak
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
         try:
             process_settings(case)
             return {**case, **KINDS[case["kind"]](case)}

@@ -188,7 +188,9 @@ def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
     fast = tiny_net(name, dims).train()
     narrow = [m for m in fast.modules() if isinstance(m, (layers.NarrowConv2d, layers.NarrowConv3d))]
     assert narrow, "the tiny widths include narrow convolutions"
-    assert all(layers.prefers_channels_last(dims, m.in_channels, m.out_channels) for m in narrow)
+    assert all(
+        layers.prefers_channels_last(dims, m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in narrow
+    )
     monkeypatch.setattr(layers, "NARROW_CHANNELS_LAST", False)
     plain = tiny_net(name, dims).train()
     assert not any(isinstance(m, (layers.NarrowConv2d, layers.NarrowConv3d)) for m in plain.modules())
@@ -208,3 +210,54 @@ def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
     conv = narrow[0]
     z = torch.randn(2, conv.in_channels, *([8] * dims)).contiguous(memory_format=fmt)
     assert conv(z).is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
+def test_strided_pointwise_convolutions_stay_channels_first(dims):
+    """A 1x1 convolution with a stride (residual shortcuts) is never moved to channels-last: oneDNN's channels-last
+    weight gradient for it corrupts the heap with 3 or more threads (uxlfoundation/oneDNN#6035)."""
+    from monai_unet_variants.networks.blocks import layers
+
+    assert not layers.prefers_channels_last(dims, 4, 8, kernel_size=1, stride=2)
+    assert not layers.prefers_channels_last(dims, 4, 8, kernel_size=1, stride=(1,) * (dims - 1) + (2,))
+    assert layers.prefers_channels_last(dims, 4, 8, kernel_size=1, stride=1)
+    assert layers.prefers_channels_last(dims, 4, 8, kernel_size=3, stride=2)
+    unit = layers.convolution(dims, 4, 8, kernel_size=1, strides=2, conv_only=True)
+    assert type(unit.conv) is (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)
+    assert type(layers.convolution(dims, 4, 8, kernel_size=3, strides=2).conv) is not type(unit.conv)
+
+
+@pytest.mark.slow
+def test_training_steps_with_many_threads():
+    """Every network's training step on a CPU with 16 threads (as on a workstation): in a child process, since a
+    bad kernel choice corrupts the heap (it crashed the ResUNet before strided 1x1 convolutions stayed
+    channels-first), and with the same gradients as the channels-first network."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+from conftest import NETWORK_NAMES, tiny_input, tiny_net
+from monai_unet_variants.networks.blocks import layers
+torch.set_num_threads(16)
+for name in NETWORK_NAMES:
+    for dims in (2, 3):
+        nets = []
+        for narrow in (True, False):
+            layers.NARROW_CHANNELS_LAST = narrow
+            net = tiny_net(name, dims).train()
+            for _ in range(3):
+                net.zero_grad()
+                net(tiny_input(dims)).square().mean().backward()
+            nets.append(net)
+        for (n, p), (_, q) in zip(nets[0].named_parameters(), nets[1].named_parameters()):
+            if p.grad is not None:
+                where = f"{name} {dims}D {n}"
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=lambda m: f"{where}: {m}")
+print("ok")
+"""
+    tests = str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", script, tests], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from monai.networks.blocks import ADN, Convolution
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
+from monai.utils import ensure_tuple_rep
 from torch import nn
 
 __all__ = [
@@ -81,7 +82,13 @@ class ChannelShift(nn.Module):
 NARROW_CHANNELS_LAST = True
 
 
-def prefers_channels_last(spatial_dims: int, in_channels: int, out_channels: int) -> bool:
+def prefers_channels_last(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Sequence[int] | int = 3,
+    stride: Sequence[int] | int = 1,
+) -> bool:
     """Whether a convolution this narrow runs faster in channels-last layout on a CPU (always ``False`` when
     ``NARROW_CHANNELS_LAST`` is off).
 
@@ -90,8 +97,17 @@ def prefers_channels_last(spatial_dims: int, in_channels: int, out_channels: int
     forward+backward including the two layout copies), channels-last takes 0.1-0.7x the time for 3D
     convolutions with 2-16 input and at most 16 output channels at 64^3 (1-channel inputs: no change; wider:
     1.0-1.4x slower) and for 2D ones with 2-8 channels in and out at 256^2 (wider: up to 2.7x slower).
+
+    A convolution whose stride exceeds its kernel (the strided 1x1 projections of residual shortcuts) stays
+    channels-first: oneDNN's channels-last 1x1 weight gradient with a stride writes past its workspace when the
+    input has fewer channels than its block (uxlfoundation/oneDNN#6035; seen here with PyTorch 2.11 and 2.13 as
+    heap corruption and segmentation faults from 3 threads on, in 2D; reported elsewhere as silently wrong
+    weight gradients).
     """
     if not NARROW_CHANNELS_LAST:
+        return False
+    kernel, strides = ensure_tuple_rep(kernel_size, spatial_dims), ensure_tuple_rep(stride, spatial_dims)
+    if any(s > k for s, k in zip(strides, kernel, strict=True)):
         return False
     if spatial_dims == 3:
         return 2 <= in_channels <= 16 and out_channels <= 16 and in_channels * out_channels < 256
@@ -126,7 +142,7 @@ def convolution(spatial_dims: int, in_channels: int, out_channels: int, **kwargs
     unit = Convolution(spatial_dims, in_channels, out_channels, **kwargs)
     conv = unit.conv
     if type(conv) in (nn.Conv2d, nn.Conv3d) and conv.groups == 1 and prefers_channels_last(
-        spatial_dims, in_channels, out_channels
+        spatial_dims, in_channels, out_channels, conv.kernel_size, conv.stride
     ):
         narrow = nn.utils.skip_init(
             NarrowConv3d if spatial_dims == 3 else NarrowConv2d, in_channels, out_channels, conv.kernel_size,
