@@ -210,6 +210,12 @@ def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
     conv = narrow[0]
     z = torch.randn(2, conv.in_channels, *([8] * dims)).contiguous(memory_format=fmt)
     assert conv(z).is_contiguous(memory_format=fmt)
+    # the layers before get their gradient back in their own layout (mixed layouts slow their backward)
+    grads: list = []
+    h = torch.randn(2, conv.in_channels, *([8] * dims), requires_grad=True) * 1.0
+    h.register_hook(grads.append)
+    conv(h).sum().backward()
+    assert grads[0].is_contiguous(), grads[0].stride()
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])

@@ -114,15 +114,36 @@ def prefers_channels_last(
     return 2 <= in_channels <= 8 and out_channels <= 8
 
 
+class _ToChannelsLast(torch.autograd.Function):
+    """A channels-first tensor copied to channels-last layout, whose gradient is copied back to channels-first.
+
+    A plain ``x.contiguous(memory_format=...)`` hands the convolution's channels-last input gradient on as it is;
+    the layers before (activation, normalisation, concatenation) then mix layouts in their backward, which runs
+    several times slower (measured: ReLU's backward x5.6 on a 2 x 8 x 64^3 tensor).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 class _ChannelsLastOnCpu:
     """``forward`` of ``NarrowConv2d``/``NarrowConv3d``: a channels-first CPU tensor is computed in channels-last
-    layout and the result returned channels-first; other inputs (GPU, a layout chosen by the caller) and traced
-    calls (ONNX has no channels-last-3d copy) run as in the plain convolution."""
+    layout and the result (and the input's gradient) returned channels-first; other inputs (GPU, a layout chosen
+    by the caller) and traced calls (ONNX has no channels-last-3d copy) run as in the plain convolution."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing():
-            fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-            return self._conv_forward(x.contiguous(memory_format=fmt), self.weight, self.bias).contiguous()
+            if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function
+                fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+                x = x.contiguous(memory_format=fmt)
+            else:
+                x = _ToChannelsLast.apply(x)
+            return self._conv_forward(x, self.weight, self.bias).contiguous()
         return self._conv_forward(x, self.weight, self.bias)
 
 
