@@ -7,8 +7,8 @@ and page zeroing on all of them, often more than the memory-bound layers themsel
 threshold and turning trimming off keeps freed memory in the process for the next allocation of the same size.
 
 Measured on this project's 2-core CPU (``benchmarks/run.py``, batch 2, bundle widths, README's table): without
-it the 3D 96^3 training step takes 1.7x (U-Net, MultiResUNet) to 2.1x (DenseUNet) as long, the 2D step 2.4-2.7x;
-sliding-window inference of the flagship bundle 657 -> 305 s. The price: the process's resident size stays at its
+it the 3D 96^3 training step takes 1.7x (U-Net) to 2.3x (MultiResUNet, DenseUNet) as long, the 2D step 2.3-2.9x;
+sliding-window inference of the flagship bundle 657 -> 332 s. The price: the process's resident size stays at its
 peak instead of following live memory. Every bundle's configs call it in
 ``initialize``; call it yourself at the start of a training script of your own.
 """
