@@ -114,6 +114,11 @@ def prefers_channels_last(
     return 2 <= in_channels <= 8 and out_channels <= 8
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` copied to the channels-last layout of its rank (2D or 3D)."""
+    return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+
+
 class _ToChannelsLast(torch.autograd.Function):
     """A channels-first tensor copied to channels-last layout, whose gradient is copied back to channels-first.
 
@@ -124,7 +129,7 @@ class _ToChannelsLast(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+        return _channels_last(x)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
@@ -139,8 +144,7 @@ class _ChannelsLastOnCpu:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and x.is_contiguous() and not torch.jit.is_tracing():
             if torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function
-                fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-                x = x.contiguous(memory_format=fmt)
+                x = _channels_last(x)
             else:
                 x = _ToChannelsLast.apply(x)
             return self._conv_forward(x, self.weight, self.bias).contiguous()
