@@ -17,7 +17,7 @@ from .registry import create_network, list_networks, list_presets, register_netw
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("bundle", "data", "runtime")
+_LAZY_SUBMODULES = ("acceleration", "bundle", "data", "options", "runtime")
 
 
 def __getattr__(name: str):

@@ -1,11 +1,17 @@
-"""Shared helpers: tiny configurations of every registered network, in 2D and 3D."""
+"""Shared helpers: tiny configurations of every registered network, in 2D and 3D; a small synthetic data set and
+the flagship bundle's training pipeline built from its config."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from monai_unet_variants import create_network, list_networks
+
+REPO = Path(__file__).resolve().parents[1]
+FLAGSHIP = REPO / "bundles" / "attunet_pancreas"
 
 #: every registered network; a new registration is tested with no new test code
 NETWORK_NAMES = list_networks()
@@ -46,3 +52,35 @@ def name(request) -> str:
 @pytest.fixture(params=DIMS, ids=lambda d: f"{d}d")
 def dims(request) -> int:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> Path:
+    """Five training cases and one test case (NIfTI, and the test case as a DICOM series) of the synthetic set."""
+    from monai_unet_variants.data import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "Task07", num_train=5, num_test=1, shape=(100, 88, 24),
+                        progress=False)
+
+
+def training_dataset(dataset_dir: Path, data_device: str, roi: int = 32, **overrides):
+    """The flagship bundle's cached training dataset, read from its ``train.json`` (``data_device``: where the cached
+    volumes and the random transforms live)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(FLAGSHIP / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(dataset_dir), "roi_size": [roi] * 3, "num_workers": 0,
+                   "data_device": data_device, **overrides})
+    parser["train#dataset#progress"] = False
+    return parser.get_parsed_content("train#dataset")
+
+
+def training_crops(dataset, count: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``count`` random training samples (image, label) of ``dataset`` from a seeded random state."""
+    dataset.transform.set_random_state(seed=seed)
+    crops = []
+    for i in range(count):
+        for item in dataset[i % len(dataset)]:
+            crops.append((item["image"], item["label"]))
+    return crops

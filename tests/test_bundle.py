@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from monai_unet_variants import bundle as mb
-from monai_unet_variants.data import make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "attunet_pancreas"
@@ -35,12 +34,6 @@ def run_bundle(*args: str, cwd: Path | None = None, check: bool = True, timeout:
     if check and proc.returncode != 0:
         raise AssertionError(f"monai.bundle {args[0]} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
-
-
-@pytest.fixture(scope="session")
-def sample(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "Task07", num_train=5, num_test=1, shape=(100, 88, 24),
-                        progress=False)
 
 
 @pytest.fixture(scope="session")

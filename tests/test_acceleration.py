@@ -1,0 +1,237 @@
+"""The GPU-speed machinery, checked on the CPU: boolean options as typed, the padded sliding window, the compile
+monitor (with Dynamo's ``eager`` backend: real guards and recompilations, no code generation), the training pipeline
+of the bundle (plain tensors on ``data_device``, a cache that random transforms never change), and a compiled bundle
+training run through the real command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FLAGSHIP, training_crops, training_dataset
+from monai.data import MetaTensor, get_track_meta
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import RandFlip, RandFlipd
+
+from monai_unet_variants import create_network
+from monai_unet_variants.acceleration import CompileMonitor, NoMetaCompose, PaddedSlidingWindowInferer, compiled_graphs
+from monai_unet_variants.options import as_bool, as_device
+
+TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "3",
+        "--num_workers", "0", "--batch_size", "2"]
+
+
+def tiny_unet() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16),
+                          strides=(2, 2)).eval()
+
+
+# ----------------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("value, expected", [
+    (True, True), (False, False), (1, True), (0, False), ("true", True), ("False", False), ("TRUE", True),
+    ("yes", True), ("No", False), ("1", True), ("0", False), (" false ", False),
+])
+def test_as_bool_reads_what_was_typed(value, expected):
+    assert as_bool(value, "resume") is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "flase", "", "2", 2, None, 0.0, "on"])
+def test_as_bool_rejects_anything_else(value):
+    with pytest.raises(ValueError, match=r"--amp must be true or false \(also 1/0, yes/no"):
+        as_bool(value, "amp")
+
+
+def test_as_device():
+    assert as_device("cpu") == torch.device("cpu") and as_device(torch.device("cpu")).type == "cpu"
+    with pytest.raises(ValueError, match="--data_device must be a device"):
+        as_device("gpu0", "data_device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            as_device("cuda")
+
+
+# --------------------------------------------------------------------------------- padded sliding window
+class _Spy(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.batches = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(x.shape[0])
+        return self.net(x)
+
+
+@pytest.mark.parametrize("sw_batch_size", [3, 5, 7])
+def test_padded_sliding_window_equals_the_plain_one(sw_batch_size):
+    """Every call gets a full window batch, and the stitched output is the plain inferer's."""
+    net = tiny_unet()
+    spy = _Spy(net)
+    volume = torch.rand(1, 1, 40, 20, 20)  # 4 x 2 x 2 = 16 windows: a remainder for every batch size here
+    args = dict(roi_size=(16, 16, 16), sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian")
+    with torch.no_grad():
+        plain = SlidingWindowInferer(**args)(volume, net)
+        padded = PaddedSlidingWindowInferer(**args)(volume, spy)
+    assert set(spy.batches) == {sw_batch_size}
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-6)
+    spy.batches.clear()
+    with torch.no_grad():
+        PaddedSlidingWindowInferer(**args, static_batch=False)(volume, spy)
+    assert len(set(spy.batches)) == 2  # without padding the remainder batch is smaller
+
+
+def test_padded_sliding_window_keeps_sequence_outputs():
+    net = tiny_unet()
+    two = lambda x: (net(x), net(x)[:, :1])  # noqa: E731
+    with torch.no_grad():
+        out = PaddedSlidingWindowInferer((16, 16, 16), sw_batch_size=4, overlap=0.25)(torch.rand(1, 1, 40, 16, 16), two)
+    assert [o.shape for o in out] == [(1, 3, 40, 16, 16), (1, 1, 40, 16, 16)]
+
+
+def test_padded_sliding_window_compiles_once_for_volumes_of_any_size():
+    """A statically compiled network sees one shape through the padded inferer, whatever the volume; without padding
+    each new remainder compiles again."""
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_unet(), backend="eager", dynamic=False)
+    volumes = [torch.rand(1, 1, 40, 28, 20), torch.rand(1, 1, 48, 36, 16), torch.rand(1, 1, 24, 24, 24)]
+    counts = {}
+    for static in (True, False):
+        inferer = PaddedSlidingWindowInferer((16, 16, 16), sw_batch_size=5, overlap=0.5, static_batch=static)
+        graphs = compiled_graphs()
+        with torch.no_grad():
+            for volume in volumes:
+                inferer(volume, compiled)
+        counts[static] = compiled_graphs() - graphs
+    assert counts[True] <= 1  # the one shape (compiled before, in the first loop)
+    assert counts[False] == 2  # 24, 20 and 8 windows: remainders of 4 and 3 windows, two new shapes
+
+
+# ----------------------------------------------------------------------------------------- compile monitor
+def test_compile_monitor_times_the_first_compile_and_counts_recompiles(caplog):
+    from ignite.engine import Engine
+
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny_unet(), backend="eager", dynamic=False)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            return compiled(torch.rand(batch, 1, 16, 16, 16))
+
+    engine = Engine(step)
+    monitor = CompileMonitor(name="validation")
+    monitor.attach(engine)
+    with caplog.at_level(logging.INFO):
+        engine.run([2, 2, 2, 1, 1], max_epochs=1)
+    assert monitor.compile_seconds is not None and monitor.compile_seconds > 0
+    assert monitor.graphs == 1 and monitor.recompiles == 1  # batch 1 at the fourth iteration
+    text = caplog.text
+    assert "torch.compile: the validation network compiled in" in text
+    assert "compiled again at iteration 4" in text
+
+
+def test_compile_monitor_off_attaches_nothing():
+    from ignite.engine import Engine, Events
+
+    engine = Engine(lambda e, b: b)
+    CompileMonitor(enabled=False).attach(engine)
+    assert not engine.has_event_handler(lambda e: None, Events.ITERATION_COMPLETED)
+    assert len(engine._event_handlers[Events.ITERATION_COMPLETED]) == 0
+
+
+# ------------------------------------------------------------------------------------ training pipeline
+def test_no_meta_compose_returns_plain_tensors_and_restores_tracking():
+    compose = NoMetaCompose([RandFlip(prob=1.0, spatial_axis=0)])
+    out = compose(MetaTensor(torch.arange(8.0).reshape(1, 2, 2, 2)))
+    assert type(out) is torch.Tensor and get_track_meta()
+
+    def boom(x):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        NoMetaCompose([boom])(torch.zeros(1))
+    assert get_track_meta()
+    d = NoMetaCompose([RandFlipd("image", prob=1.0)])({"image": torch.zeros(1, 2, 2, 2)})
+    assert type(d["image"]) is torch.Tensor
+
+
+def test_training_pipeline_caches_plain_tensors_it_never_changes(sample):
+    """The cached volumes are plain tensors on ``data_device`` with precomputed crop centres; the random part
+    (crops, flips, rotations, intensity) runs without metadata and, with ``copy_cache`` off, leaves the cache as it
+    was: the crops of a second pass over the same random state are the first pass's."""
+    dataset = training_dataset(sample, "cpu")
+    cached = dataset._cache
+    assert all(type(c["image"]) is torch.Tensor and c["image"].device.type == "cpu" for c in cached)
+    assert all(len(c["label_cls_indices"]) == 3 for c in cached)
+    before = [c["image"].clone() for c in cached]
+    first = training_crops(dataset, 12, seed=3)
+    second = training_crops(dataset, 12, seed=3)
+    for (img1, lbl1), (img2, lbl2) in zip(first, second, strict=True):
+        assert type(img1) is torch.Tensor and img1.shape == (1, 32, 32, 32) and img1.dtype == torch.float32
+        assert lbl1.shape == (1, 32, 32, 32) and lbl1.dtype == torch.float32
+        assert torch.equal(img1, img2) and torch.equal(lbl1, lbl2)
+    for c, b in zip(cached, before, strict=True):
+        assert torch.equal(c["image"], b)
+    # RandCropByLabelClassesd ratios 1:1:1 centre two thirds of the crops on pancreas or tumour voxels
+    with_foreground = sum(bool((lbl > 0).any()) for _, lbl in first)
+    assert with_foreground >= len(first) // 2
+
+
+def test_crop_centres_are_capped(sample):
+    dataset = training_dataset(sample, "cpu", max_samples_per_class=50)
+    assert max(len(ix) for c in dataset._cache for ix in c["label_cls_indices"]) <= 50
+    assert training_crops(dataset, 2)[0][0].shape == (1, 32, 32, 32)
+
+
+# --------------------------------------------------------------------------------- the real command line
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stdout[-3000:] + proc.stderr[-5000:])
+    return proc
+
+
+@pytest.mark.slow
+def test_compiled_training_compiles_once_and_saves_plain_weights(tmp_path, sample):
+    """``--compile true`` (Dynamo's eager backend on this CPU): one compilation per graph, logged with its time,
+    none while training and validating three epochs (the last window batch is padded); ``model.pt`` has the plain
+    network's keys and loads into an eager network."""
+    root = tmp_path / "bundle"
+    shutil.copytree(FLAGSHIP, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    proc = _run("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+                "--epochs", "3", "--val_interval", "1", *TINY, "--compile", "True", "--compile_kwargs#backend", "eager")
+    log = proc.stdout + proc.stderr
+    assert log.count("torch.compile: the training network compiled in") == 1
+    assert log.count("torch.compile: the validation network compiled in") == 1
+    assert "compiled again" not in log
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert not [k for k in state if "_orig_mod" in k]
+    net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16, 32, 64),
+                         norm=("instance", {"affine": True}))
+    net.load_state_dict(state, strict=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", ["resume", "amp", "compile"])
+def test_boolean_options_refuse_what_they_cannot_read(tmp_path, sample, option):
+    root = tmp_path / "bundle"
+    shutil.copytree(FLAGSHIP, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    proc = _run("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+                "--epochs", "1", *TINY, f"--{option}", "maybe", check=False)
+    assert proc.returncode != 0
+    assert f"--{option} must be true or false (also 1/0, yes/no, in any case), got 'maybe'" in proc.stderr
+    assert not (root / "models" / "model.pt").exists()
+
+
+def test_compile_and_amp_follow_the_device():
+    """On a CPU the bundles run eager and in float32 unless told otherwise; on a GPU both default to on."""
+    for name in ("train.json", "inference.json"):
+        config = json.loads((FLAGSHIP / "configs" / name).read_text())
+        assert config["compile"] == config["amp"] == "$torch.device(@device).type == 'cuda'"
+        assert config["compile_kwargs"] == {"mode": "default", "dynamic": False}
