@@ -21,13 +21,20 @@ convolution (64 -> 64 channels, 3^3 kernel) measured in the same run with the sa
 practical roof, so the figure compares across machines.
 
 Further sections: attention gates at the coarse grid (the paper's) against gates at skip resolution; activation
-checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials (``--options``) of
-``torch.compile``, channels-last memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed
-memory goes back to the kernel at once, 128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in
-channels-first layout) and ``cudnn_benchmark`` (cuDNN picks its algorithms by timing them; GPU); sliding-window
-inference throughput of the flagship bundle's inferer on a 512x512x128 volume; the flagship bundle's training
-throughput and its share of step time spent waiting for data. Results: a table on stdout, ``results.json`` and
-``results.csv`` in ``--out``.
+checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional trials (``--options``, several joined
+by ``+``) of ``torch.compile`` (``compile``: default mode; ``compile_cudagraphs``: ``mode="reduce-overhead"``;
+``compile_autotune``: ``mode="max-autotune-no-cudagraphs"``; the compile time is reported separately), channels-last
+memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed memory goes back to the kernel at once,
+128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in channels-first layout) and ``cudnn_benchmark``
+(cuDNN picks its algorithms by timing them; GPU); sliding-window inference of the flagship bundle's inference
+config on a 512x512x128 synthetic CT volume, as configured and in the trials of ``--sw_trials`` (config overrides:
+window batch, compile, AMP, ...), each label map compared voxel by voxel with an eager float32 run's; the flagship
+bundle's training throughput, its share of step time spent waiting for data and its compile times. Results: a
+table on stdout, ``results.json`` and ``results.csv`` in ``--out``.
+
+``--jobs N`` prepares up to N cases at once, each in its own process (building, compiling, warming up: the
+compilation of ``torch.compile`` takes tens of seconds per network and runs on the CPU), then lets them time one
+after another while the others wait, so that no two timings share the device.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +63,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_unet+same": ("attention_unet", {"attention": "same"}),
     "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
-OPTIONS = ("compile", "channels_last", "amp", "no_reuse", "no_narrow", "cudnn_benchmark")
+OPTIONS = ("compile", "compile_cudagraphs", "compile_autotune", "channels_last", "amp", "no_reuse", "no_narrow",
+           "cudnn_benchmark")
+#: ``torch.compile`` modes of the compile options
+COMPILE_MODES = {"compile": "default", "compile_cudagraphs": "reduce-overhead",
+                 "compile_autotune": "max-autotune-no-cudagraphs"}
+#: the inference trial every other is compared with: eager, float32, the bundle's window batch before tuning
+REFERENCE_TRIAL = "compile=false,amp=false,sw_batch_size=2"
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -140,6 +154,34 @@ def median_seconds(fn: Callable[[], Any], device: Any, warmup: int, repeats: int
     return statistics.median(times)
 
 
+def _noop() -> None:
+    """``wait_turn`` of a case that runs alone: nothing to wait for."""
+
+
+def synchronize(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: Any) -> tuple[Any, float]:
+    """``fn()`` and its duration in seconds, the device's queue included."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def compile_mode(options: dict) -> str | None:
+    """The ``torch.compile`` mode that a case's options ask for (``None``: eager)."""
+    modes = [COMPILE_MODES[k] for k, v in options.items() if v and k in COMPILE_MODES]
+    if len(modes) > 1:
+        raise ValueError(f"one compile option at a time, got {sorted(k for k in options if k in COMPILE_MODES)}")
+    return modes[0] if modes else None
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` (``torch.utils.flop_counter``: convolutions and matrix products)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -173,10 +215,17 @@ def process_settings(case: dict) -> None:
     torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))  # reset for the next case in-process
 
 
-def measure_case(case: dict) -> dict:
-    """Everything about one network in one configuration (runs in a fresh process)."""
+def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
+    """Everything about one network in one configuration (runs in a fresh process).
+
+    Preparation (building, FLOP counting, compiling, warming up, the peak-memory step) comes before ``wait_turn()``,
+    the timings after it. With a compile option the first training step and the first forward pass are timed on
+    their own (``compile_s``, ``compile_eval_s``: compilation included), and graphs compiled during the timed runs
+    are counted (``recompiles``: 0 when the shapes stay static).
+    """
     import torch
 
+    from monai_unet_variants.acceleration import compiled_graphs
     from monai_unet_variants.runtime import reuse_freed_memory
 
     torch.manual_seed(0)
@@ -206,19 +255,26 @@ def measure_case(case: dict) -> dict:
     flops_fwd = count_flops(forward)
     net.train()
     flops_fb = count_flops(step)
-    if opts.get("compile"):
-        run = torch.compile(net)
+    mode = compile_mode(opts)
+    if mode:
+        run = torch.compile(net, mode=mode, dynamic=False, backend=case.get("compile_backend", "inductor"))
     # memory first, while freed blocks have always gone back to the kernel (resident size = live memory): once
     # the heap has held large blocks, steps reuse them without a rise of resident size, and the reading is void
     reuse_freed_memory(False)
-    step()  # warm-up (and compilation)
+    graphs = compiled_graphs()
+    _, first_step = timed(step, device)  # warm-up (and compilation of the training graph)
     with PeakMemory(device) as mem:
         step()
+    net.eval()
+    _, first_forward = timed(forward, device)  # warm-up (and compilation of the inference graph)
+    net.train()
     reuse_freed_memory(not opts.get("no_reuse"))
+    compiled = compiled_graphs() - graphs
+    wait_turn()
     t_fb = median_seconds(step, device, case["warmup"], case["repeats"])
     net.eval()
-    t_fwd = median_seconds(forward, device, case["warmup"] + 1, case["repeats"])
-    return {
+    t_fwd = median_seconds(forward, device, case["warmup"], case["repeats"])
+    out = {
         "params": params,
         "gflop_fwd": flops_fwd / 1e9,
         "gflop_fwd_bwd": flops_fb / 1e9,
@@ -227,9 +283,13 @@ def measure_case(case: dict) -> dict:
         "peak_mib": mem.mib,
         "tflops_achieved": flops_fb / t_fb / 1e12,
     }
+    if mode:
+        out.update(compile_mode=mode, compile_s=first_step, compile_eval_s=first_forward, graphs=compiled,
+                   recompiles=compiled_graphs() - graphs - compiled)
+    return out
 
 
-def measure_gates(case: dict) -> dict:
+def measure_gates(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     """The attention gates alone: every skip path of the Attention U-Net, forward+backward, on the level's tensor
     shapes: the paper's gates with their additive attention at the coarse grid (``grid``), LeeJunHyun's and MONAI's
     smaller gates at skip resolution (``same``), and like for like, the paper's gates with their additive attention
@@ -242,6 +302,7 @@ def measure_gates(case: dict) -> dict:
     device = torch.device(case["device"])
     dims, size, batch, channels = case["spatial_dims"], case["size"], case["batch"], case["channels"]
     out: dict[str, float] = {}
+    steps: dict[str, Callable[[], None]] = {}
     for mode, name in (("grid", "attention_unet"), ("same", "attention_unet+same"), ("grid_at_skip", "attention_unet")):
         torch.manual_seed(0)
         net = build(name, dims, channels, case["norm"])
@@ -268,6 +329,9 @@ def measure_gates(case: dict) -> dict:
             total.backward()
 
         out[f"{mode}_gflop"] = count_flops(step) / 1e9
+        steps[mode] = step
+    wait_turn()
+    for mode, step in steps.items():
         out[f"{mode}_ms"] = median_seconds(step, device, case["warmup"], case["repeats"]) * 1e3
     out["time_ratio"] = out["grid_ms"] / out["same_ms"]
     out["flop_ratio"] = out["grid_gflop"] / out["same_gflop"]
@@ -276,7 +340,7 @@ def measure_gates(case: dict) -> dict:
     return out
 
 
-def measure_roof(case: dict) -> dict:
+def measure_roof(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     """FLOP/s of one large 3D convolution, forward and forward+backward: the machine's practical roof."""
     import torch
 
@@ -295,15 +359,56 @@ def measure_roof(case: dict) -> dict:
         y.float().sum().backward()
 
     f_fwd, f_fb = count_flops(fwd), count_flops(fb)
+    wait_turn()
     t_fwd = median_seconds(fwd, device, case["warmup"], case["repeats"])
     t_fb = median_seconds(fb, device, case["warmup"], case["repeats"])
     return {"tflops_fwd": f_fwd / t_fwd / 1e12, "tflops_fwd_bwd": f_fb / t_fb / 1e12}
 
 
-def measure_sliding_window(case: dict) -> dict:
-    """Voxels per second of the flagship bundle's inferer and network on a CT-sized volume."""
+def parse_trial(text: str) -> dict:
+    """``"compile=false,sw_batch_size=8"`` -> ``{"compile": False, "sw_batch_size": 8}``: overrides of the inference
+    config (ids as on the bundle command line, ``#`` for nested ones), values read as JSON where they are JSON."""
+    overrides: dict[str, Any] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"sliding-window trial {text!r}: write key=value pairs separated by commas")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def sliding_window_volume(shape: Sequence[int], seed: int = 7) -> Any:
+    """A CT-like volume for the sliding-window section: a synthetic case of the sample's generator at ``shape``
+    (1 mm voxels, so the inference preprocessing would leave its grid alone), windowed to [0, 1] as the bundle's
+    preprocessing does; float32, ``(1, 1, *shape)``."""
+    import numpy as np
+    from monai.bundle import ConfigParser
+
+    from monai_unet_variants.data import generate_case
+
+    parser = ConfigParser()
+    parser.read_config(str(FLAGSHIP / "configs" / "inference.json"))
+    lo, hi = parser["hu_window"]
+    image, _, _ = generate_case(seed, shape, (1.0, 1.0, 1.0))
+    return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)[None, None]
+
+
+def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
+    """Voxels per second of the flagship bundle's inference config (inferer, network, AMP, compile) on a CT-sized
+    volume, with the case's overrides of that config (``case["overrides"]``). The first pass (compilation included)
+    runs on random data of the volume's shape before ``wait_turn()``; the timed passes run on ``case["volume_file"]``
+    (a ``.npy`` written by the parent; random data without one), and the last pass's label map is written to
+    ``case["labels_file"]`` for the comparison between trials."""
+    import numpy as np
     import torch
     from monai.bundle import ConfigParser
+
+    from monai_unet_variants.acceleration import compiled_graphs
+    from monai_unet_variants.bundle import check_checkpoint
+    from monai_unet_variants.options import as_bool
 
     device = torch.device(case["device"])
     parser = ConfigParser()
@@ -312,115 +417,284 @@ def measure_sliding_window(case: dict) -> dict:
                    "network_def#channels": case["channels"]})
     if case.get("roi_size"):
         parser["roi_size"] = [case["roi_size"]] * 3
+    for key, value in case.get("overrides", {}).items():
+        parser[key] = value
     parser["inferer#progress"] = False
     inferer = parser.get_parsed_content("inferer")
+    torch.manual_seed(0)  # the same weights in every trial's process
     net = parser.get_parsed_content("network").eval()
-    amp = case["amp"]
-    volume = torch.randn(1, 1, *case["volume"], device=device)
-    roi = list(parser.get_parsed_content("roi_size"))
+    if case.get("checkpoint"):
+        net.load_state_dict(check_checkpoint(case["checkpoint"]))
+    amp = parser.get_parsed_content("evaluator#amp")
+    use_compile = parser.get_parsed_content("evaluator#compile")
+    compile_kwargs = parser.get_parsed_content("evaluator#compile_kwargs") if use_compile else {}
+    run = torch.compile(net, **compile_kwargs) if use_compile else net
+    torch.manual_seed(0)
+    volume = torch.rand(1, 1, *case["volume"], device=device)
 
     def infer() -> Any:
         with torch.no_grad(), autocast(device, amp):
-            return inferer(volume, net)
+            return inferer(volume, run)
 
-    with torch.no_grad(), autocast(device, amp):  # warm-up on one window
-        net(torch.randn(1, 1, *roi, device=device))
+    graphs = compiled_graphs()
+    _, first = timed(infer, device)  # warm-up, compilation included
+    compiled = compiled_graphs() - graphs
+    with PeakMemory(device) as mem:
+        infer()
+    wait_turn()
+    if case.get("volume_file"):
+        volume = torch.from_numpy(np.load(case["volume_file"])).to(device)
     seconds = median_seconds(infer, device, 0, case["repeats"])
-    return {
+    out = {
         "volume": case["volume"],
-        "roi_size": roi,
+        "overrides": case.get("overrides", {}),
+        "roi_size": list(parser.get_parsed_content("roi_size")),
         "overlap": parser.get_parsed_content("overlap"),
-        "sw_batch_size": parser.get_parsed_content("sw_batch_size"),
+        "sw_batch_size": inferer.sw_batch_size,
+        "static_batch": getattr(inferer, "static_batch", False),
+        "amp": amp,
+        "compile": use_compile,
+        "compile_mode": compile_kwargs.get("mode"),
+        "channels_last": as_bool(parser.get_parsed_content("channels_last"), "channels_last"),
+        "first_pass_s": first,
+        "graphs": compiled,
+        "recompiles": compiled_graphs() - graphs - compiled,
         "seconds": seconds,
         "mvoxels_per_s": math.prod(case["volume"]) / seconds / 1e6,
+        "peak_mib": mem.mib,
     }
+    if case.get("labels_file"):
+        np.save(case["labels_file"], infer().argmax(1).to(torch.uint8).cpu().numpy())
+    return out
 
 
-def measure_bundle(case: dict) -> dict:
-    """Training iterations per second of the flagship bundle and the share of step time spent waiting for data.
+def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
+    """Training iterations per second of the flagship bundle as configured for the device (compiled network and
+    data pipeline on a GPU), the share of step time spent waiting for data, and what compilation cost.
 
     A step runs from fetching a batch (Ignite's GET_BATCH_STARTED) to the end of the iteration; the wait is
-    GET_BATCH_STARTED -> GET_BATCH_COMPLETED. The first epoch (worker start-up) is left out.
+    GET_BATCH_STARTED -> GET_BATCH_COMPLETED. The first epoch (compilation, the first validation) runs before
+    ``wait_turn()`` and is not counted; every later epoch validates (``val_interval`` 1), outside the steps. The
+    share is given over all steps and over the steps after each epoch's first batch (``data_wait_share_steady``:
+    an epoch's first batch waits for the loader's thread to start, which weighs a lot in a sample of a few batches
+    per epoch). ``graphs_after_first_epoch`` counts compilations after the first epoch (0: no recompilation).
     """
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
-    from monai_unet_variants.data import ensure_sample_data
+    from monai_unet_variants.acceleration import compiled_graphs
+    from monai_unet_variants.data import ensure_sample_data, make_dataset
 
     out = Path(tempfile.mkdtemp(prefix="muv_bench_bundle_"))
+    if case.get("cases"):
+        data_dir = make_dataset(out / "data", num_train=case["cases"], num_test=1, dicom=False, progress=False)
+    else:
+        data_dir = ensure_sample_data(case.get("sample_dir") or None)
     workflow = ConfigWorkflow(
         config_file=str(FLAGSHIP / "configs" / "train.json"),
         meta_file=str(FLAGSHIP / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type=None,
         bundle_root=str(out),
-        dataset_dir=str(ensure_sample_data(case.get("sample_dir") or None)),
+        dataset_dir=str(data_dir),
         epochs=case["epochs"],
-        val_interval=case["epochs"] + 1,
+        val_interval=1,
         device=f"$torch.device('{case['device']}')",
         **{"network_def#channels": case["channels"]},
         **({"roi_size": [case["roi_size"]] * 3} if case.get("roi_size") else {}),
+        **case.get("overrides", {}),
     )
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     marks: dict[str, float] = {}
     waits: list[float] = []
     steps: list[float] = []
+    firsts: list[bool] = []
+    graphs: dict[str, int] = {}
+    durations: dict[str, float] = {}
 
     def on(event: Any, fn: Callable[[Any], None]) -> None:
         trainer.add_event_handler(event, fn)
-
-    def counted(e: Any) -> bool:
-        return e.state.epoch > 1
 
     on(Events.GET_BATCH_STARTED, lambda e: marks.update(start=time.perf_counter()))
     on(Events.GET_BATCH_COMPLETED, lambda e: marks.update(got=time.perf_counter()))
 
     def done(e: Any) -> None:
-        if counted(e):
+        if e.state.iteration == 1:
+            durations["first_iteration_s"] = time.perf_counter() - marks["start"]
+        if e.state.epoch > 1:
             waits.append(marks["got"] - marks["start"])
             steps.append(time.perf_counter() - marks["start"])
+            firsts.append((e.state.iteration - 1) % e.state.epoch_length == 0)
+
+    def epoch_done(e: Any) -> None:  # attached after the config's handlers: runs after the validation
+        if e.state.epoch == 1:
+            durations["first_epoch_s"] = time.perf_counter() - marks["epoch"]
+            graphs["first_epoch"] = compiled_graphs()
+            wait_turn()
 
     on(Events.ITERATION_COMPLETED, done)
+    on(Events.EPOCH_STARTED, lambda e: marks.update(epoch=time.perf_counter()))
+    on(Events.EPOCH_COMPLETED, epoch_done)
+    graphs["start"] = compiled_graphs()
     workflow.run()
-    workflow.finalize()
-    return {
+    graphs["end"] = compiled_graphs()
+    parsed = workflow.parser.get_parsed_content
+    steady = [(w, s) for w, s, first in zip(waits, steps, firsts) if not first]
+    result = {
         "epochs_counted": case["epochs"] - 1,
         "iterations": len(steps),
-        "batch_size": workflow.parser.get_parsed_content("batch_size"),
-        "roi_size": workflow.parser.get_parsed_content("roi_size"),
-        "num_workers": workflow.parser.get_parsed_content("num_workers"),
+        "training_cases": len(parsed("train_datalist")),
+        "batch_size": parsed("batch_size"),
+        "roi_size": parsed("roi_size"),
+        "num_workers": parsed("num_workers"),
+        "data_device": str(parsed("data_device")),
+        "compile": parsed("train#trainer#compile"),
+        "amp": parsed("train#trainer#amp"),
         "iterations_per_s": len(steps) / sum(steps) if steps else float("nan"),
+        "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
         "data_wait_share": sum(waits) / sum(steps) if steps else float("nan"),
+        "data_wait_share_steady": sum(w for w, _ in steady) / sum(s for _, s in steady) if steady else float("nan"),
+        "graphs_first_epoch": graphs.get("first_epoch", graphs["end"]) - graphs["start"],
+        "graphs_after_first_epoch": graphs["end"] - graphs.get("first_epoch", graphs["end"]),
+        **durations,
     }
+    workflow.finalize()
+    return result
 
 
 KINDS = {"network": measure_case, "gates": measure_gates, "roof": measure_roof,
          "sliding_window": measure_sliding_window, "bundle": measure_bundle}
 
 
-def run_case(case: dict, verbose: bool = False, in_process: bool = False) -> dict:
-    """Run one case in a child process (or in this one) and return its figures (an ``error`` entry if it failed)."""
-    if in_process:
-        import gc
+def run_in_process(case: dict) -> dict:
+    """Run one case in this process and return its figures (an ``error`` entry if it failed)."""
+    import gc
 
-        import torch
+    import torch
 
-        gc.collect()  # the previous case's tensors and cached blocks do not count towards this one's peak
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        try:
-            process_settings(case)
-            return {**case, **KINDS[case["kind"]](case)}
-        except Exception as err:  # reported in the table like a failed child
-            return {**case, "error": f"{type(err).__name__}: {err}"}
-    proc = subprocess.run([sys.executable, __file__, "--_case", json.dumps(case)], capture_output=True, text=True)
-    if verbose and proc.stderr:
-        sys.stderr.write(proc.stderr)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        return {**case, "error": tail[0]}
-    return {**case, **json.loads(proc.stdout.strip().splitlines()[-1])}
+    gc.collect()  # the previous case's tensors and cached blocks do not count towards this one's peak
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        process_settings(case)
+        return {**case, **KINDS[case["kind"]](case)}
+    except Exception as err:  # reported in the table like a failed child
+        return {**case, "error": f"{type(err).__name__}: {err}"}
+
+
+class Child:
+    """One case in its own process: it prepares, says so (``<n>.ready`` in ``turn_dir``), waits for ``<n>.go``, times,
+    and prints its figures as the last line of its output."""
+
+    def __init__(self, index: int, case: dict, turn_dir: Path, env: dict) -> None:
+        self.index, self.case = index, case
+        self.ready, self.go = turn_dir / f"{index}.ready", turn_dir / f"{index}.go"
+        self.stdout, self.stderr = (open(turn_dir / f"{index}.{n}", "w+") for n in ("out", "err"))
+        self.started = time.monotonic()
+        self.error = ""
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--_case", json.dumps(case), "--_turn", str(turn_dir), "--_index", str(index)],
+            stdout=self.stdout, stderr=self.stderr, env=env)
+
+    def waiting(self) -> bool:
+        return self.proc.poll() is None and self.ready.exists()
+
+    def stop(self, why: str) -> None:
+        """End a child that ran past its time, with the Python stacks of its threads in its stderr (where it hung)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)  # faulthandler: every thread's stack, see main()
+            time.sleep(2)
+            self.proc.kill()
+            self.proc.wait()
+        self.error = why
+
+    def result(self, verbose: bool) -> dict:
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        out, err = self.stdout.read(), self.stderr.read()
+        if verbose and err:
+            sys.stderr.write(err)
+        if self.error:  # the main thread's innermost frames from faulthandler's dump (most recent call first)
+            dump = err[max(err.rfind("Current thread"), err.rfind("most recent call first"), 0):].splitlines()
+            where = [ln.strip() for ln in dump if ln.strip().startswith("File ")][:4]
+            return {**self.case, "error": f"{self.error}, in: {' <- '.join(where) or 'no stack dumped'}"}
+        if self.proc.returncode != 0:
+            tail = err.strip().splitlines()[-1:] or [f"exit {self.proc.returncode}"]
+            return {**self.case, "error": tail[0]}
+        return {**self.case, **json.loads(out.strip().splitlines()[-1])}
+
+
+def heavy(case: dict) -> bool:
+    """Whether a case compiles (tens of seconds of preparation) or trains a bundle."""
+    overrides = case.get("overrides", {})
+    return bool(compile_mode(case.get("options", {}))) or case["kind"] == "bundle" or (
+        case["kind"] == "sliding_window" and case["device"].startswith("cuda")
+        and str(overrides.get("compile", True)).lower() not in ("false", "0", "no"))
+
+
+def waves(count: int, jobs: int, is_heavy: Sequence[bool]) -> list[list[int]]:
+    """Case indices in waves of at most ``jobs``, the heavy cases dealt out evenly so that every wave's slowest
+    preparation is shared by as many light cases as fit."""
+    n_waves = max(1, math.ceil(count / max(1, jobs)))
+    out: list[list[int]] = [[] for _ in range(n_waves)]
+    for i in [i for i in range(count) if is_heavy[i]] + [i for i in range(count) if not is_heavy[i]]:
+        min(out, key=len).append(i)
+    return [sorted(w) for w in out]
+
+
+def run_children(cases: Sequence[dict], jobs: int = 1, verbose: bool = False, timeout: float = 0,
+                 progress: Callable[[dict], None] | None = None,
+                 on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run every case in its own process, ``jobs`` at a time: a wave of children prepares together, then each
+    times alone while the others wait (in case order), then the next wave starts. A child still preparing or timing
+    after ``timeout`` seconds (0: no limit) is stopped and reported with the place it was stuck."""
+    results: list[dict] = [{} for _ in cases]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if jobs > 1:  # two compile workers per child: jobs x cores worker processes would crowd the machine
+        env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "2")
+    with tempfile.TemporaryDirectory(prefix="muv_bench_turns_") as tmp:
+        for indices in waves(len(cases), jobs, [heavy(c) for c in cases]):
+            wave = [Child(i, cases[i], Path(tmp), env) for i in indices]
+            while any(c.proc.poll() is None and not c.ready.exists() for c in wave):
+                for c in wave:
+                    if timeout and c.proc.poll() is None and not c.ready.exists() and \
+                            time.monotonic() - c.started > timeout:
+                        c.stop(f"still preparing after {timeout:g} s")
+                time.sleep(0.2)
+            for c in wave:
+                if progress:
+                    progress(c.case)
+                if c.waiting():
+                    c.go.touch()
+                    try:
+                        c.proc.wait(timeout=timeout or None)
+                    except subprocess.TimeoutExpired:
+                        c.stop(f"still timing after {timeout:g} s")
+                c.proc.wait()
+                results[c.index] = c.result(verbose)
+                if on_result:
+                    on_result(results[c.index])
+    return results
+
+
+def child_main(case: dict, turn_dir: str, index: int) -> int:
+    """The child's side of ``run_children``: prepare, announce, wait for the turn, time, print the figures."""
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+    def wait_turn() -> None:
+        if not turn_dir:
+            return
+        (Path(turn_dir) / f"{index}.ready").touch()
+        go = Path(turn_dir) / f"{index}.go"
+        while not go.exists():
+            time.sleep(0.05)
+
+    process_settings(case)
+    print(json.dumps(KINDS[case["kind"]](case, wait_turn)))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -454,6 +728,7 @@ COLUMNS = [
     ("time_vs_basicunet", "{:>7.2f}", "xBasic"),
     ("time_vs_attentionunet", "{:>7.2f}", "xAttU"),
     ("time_per_flop_vs_unet", "{:>7.2f}", "t/F"),
+    ("compile_s", "{:>7.0f}", "comp s"),
 ]
 
 
@@ -515,7 +790,35 @@ def findings(rows: Sequence[dict]) -> list[str]:
             if r["spatial_dims"] == dims and r.get("options") and "error" not in r:
                 base = ok_rows(rows, r["network"], dims)
                 if base:
-                    out.append(f"{dims}D {label(r)} against the default: {_ratios(r, base)}")
+                    compiled = (f"; compiled in {r['compile_s']:.0f} s (training graph) + {r['compile_eval_s']:.0f} s "
+                                f"(inference graph), {r['recompiles']} recompilations while timed"
+                                if "compile_s" in r else "")
+                    out.append(f"{dims}D {label(r)} against the default: {_ratios(r, base)}{compiled}")
+        out += _against_basicunet(rows, dims)
+        unet = [r for r in rows if r["spatial_dims"] == dims and r["network"] == "unet" and "efficiency" in r]
+        best = max(unet, key=lambda r: r["efficiency"], default=None)
+        if best:
+            out.append(f"{dims}D U-Net training step: best {best['efficiency']:.0%} of the roof ({label(best)}, "
+                       f"{best['fwd_bwd_ms']:.1f} ms)")
+    return out
+
+
+def _against_basicunet(rows: Sequence[dict], dims: int) -> list[str]:
+    """Every network's forward+backward time against MONAI's BasicUNet under the same options (target: <= 1.5)."""
+    out = []
+    for opts in {json.dumps(r.get("options", {}), sort_keys=True) for r in rows if r["spatial_dims"] == dims}:
+        options = json.loads(opts)
+        ref = ok_rows(rows, "monai_basicunet", dims, **options)
+        if not ref:
+            continue
+        ours = [r for r in rows if r["spatial_dims"] == dims and r.get("options", {}) == options and "error" not in r
+                and r["network"] not in MONAI_NETS]
+        if ours:
+            ratios = ", ".join(f"{r['network']} x{r['fwd_bwd_ms'] / ref['fwd_bwd_ms']:.2f}"
+                               for r in sorted(ours, key=lambda r: r["network"]))
+            over = [r["network"] for r in ours if r["fwd_bwd_ms"] > 1.5 * ref["fwd_bwd_ms"]]
+            out.append(f"{dims}D forward+backward against MONAI's BasicUNet, both {'+'.join(options) or 'eager'}: "
+                       f"{ratios}; over 1.5x: {', '.join(over) or 'none'}")
     return out
 
 
@@ -535,19 +838,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--roof_size", type=int, default=64, help="edge of the roof convolution's volume")
     p.add_argument("--options", default="",
-                   help="also try these on --option_networks: " + ",".join(OPTIONS) + " (see the module's doc)")
-    p.add_argument("--option_networks", default="unet,attention_unet", help="networks for the --options trials")
+                   help="also try these on --option_networks, comma-separated, several at once joined by '+', "
+                   "on other networks than --option_networks after ':' (e.g. 'compile,compile_cudagraphs:unet/denseunet'): "
+                   + ",".join(OPTIONS) + " (see the module's doc)")
+    p.add_argument("--option_networks", default="unet,attention_unet",
+                   help="networks for the --options trials ('all': every network measured, MONAI's included)")
+    p.add_argument("--option_dims", default="", help="spatial dims of the --options trials (default: --dims)")
+    p.add_argument("--compile_backend", default="inductor",
+                   help="torch.compile backend of the compile options (default inductor; 'eager' checks the command "
+                   "quickly)")
     p.add_argument("--sw_volume", default="512,512,128", help="sliding-window volume (empty: skip)")
     p.add_argument("--sw_roi", type=int, default=0, help="sliding-window roi edge (default: the bundle's)")
+    p.add_argument("--sw_trials", default="",
+                   help="sliding-window trials besides the inference config as it is, separated by ';', each a list "
+                   "of config overrides such as 'compile=false,sw_batch_size=8'; with trials, an eager float32 run ("
+                   + REFERENCE_TRIAL + ") is added and every label map is compared with its")
+    p.add_argument("--sw_checkpoint", default="", help="weights for the sliding-window network (default: random)")
+    p.add_argument("--sw_repeats", type=int, default=1, help="timed sliding-window passes (median)")
     p.add_argument("--bundle_epochs", type=int, default=3, help="bundle training epochs, first not counted (0: skip)")
     p.add_argument("--bundle_roi", type=int, default=0, help="bundle training roi edge (default: the bundle's)")
+    p.add_argument("--bundle_cases", type=int, default=0,
+                   help="training cases of a synthetic set made for the bundle run (default: the built-in sample)")
+    p.add_argument("--bundle_trials", default="",
+                   help="bundle runs besides the config as it is, separated by ';', e.g. 'data_device=cpu'")
     p.add_argument("--sample_dir", default="", help="synthetic sample folder for the bundle run")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: checks the command, not speed")
     p.add_argument("--out", default="benchmark_results", help="folder for results.json and results.csv")
     p.add_argument("--verbose", action="store_true", help="show the children's stderr")
     p.add_argument("--in_process", action="store_true",
                    help="run every case in this process (faster start; peak memory then shares one heap)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cases prepared (built, compiled, warmed up) at once, each in its own process; they time "
+                   "one after another (default 1)")
+    p.add_argument("--case_timeout", type=float, default=0,
+                   help="stop a case still preparing or timing after this many seconds and report where it was "
+                   "(default 0: no limit)")
+    p.add_argument("--report", default="",
+                   help="only print the tables and findings of saved results (results.json, or results_partial.jsonl "
+                   "of a run cut short)")
     p.add_argument("--_case", default="", help=argparse.SUPPRESS)
+    p.add_argument("--_turn", default="", help=argparse.SUPPRESS)
+    p.add_argument("--_index", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.smoke:
         args.channels, args.size2d, args.size3d, args.batch = "8,16,32,64,128", 64, 32, 1
@@ -556,15 +887,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def parse_options(text: str) -> list[tuple[dict, list[str] | None]]:
+    """``"compile,compile+channels_last:unet/denseunet"`` -> ``[({"compile": True}, None), ({"compile": True,
+    "channels_last": True}, ["unet", "denseunet"])]``: option sets, and the networks of each when it names them."""
+    out = []
+    for trial in filter(None, (c.strip() for c in text.split(","))):
+        combo, _, networks = trial.partition(":")
+        names = combo.split("+")
+        unknown = [n for n in names if n not in OPTIONS]
+        if unknown:
+            raise SystemExit(f"unknown option {unknown[0]!r}: choose from {OPTIONS}")
+        compile_mode({n: True for n in names})  # one compile mode per trial
+        out.append(({n: True for n in names}, networks.split("/") if networks else None))
+    return out
+
+
 def plan(args: argparse.Namespace) -> list[dict]:
     from monai_unet_variants import list_networks
 
     channels = [int(c) for c in args.channels.split(",")]
     amp = args.device.startswith("cuda")
     base = {"device": args.device, "channels": channels, "batch": args.batch, "warmup": args.warmup,
-            "repeats": args.repeats, "norm": ["instance", {"affine": True}], "amp": amp}
+            "repeats": args.repeats, "norm": ["instance", {"affine": True}], "amp": amp,
+            "compile_backend": args.compile_backend}
     names = args.networks.split(",") if args.networks else [n for n in list_networks() if n != "composable"]
+    option_names = [*names, *MONAI_NETS] if args.option_networks == "all" else args.option_networks.split(",")
     names = [*names, *(v for v in VARIANTS if VARIANTS[v][0] in names), *MONAI_NETS]
+    options = parse_options(args.options)
+    option_dims = {int(d) for d in (args.option_dims or args.dims).split(",")}
     cases = [{"kind": "roof", **base, "size": args.roof_size, "spatial_dims": 3, "network": "conv3d_64"}]
     for dims in (int(d) for d in args.dims.split(",")):
         size = args.size2d if dims == 2 else args.size3d
@@ -572,62 +922,80 @@ def plan(args: argparse.Namespace) -> list[dict]:
             cases.append({"kind": "network", **base, "network": name, "spatial_dims": dims, "size": size})
         if "attention_unet" in names:
             cases.append({"kind": "gates", **base, "network": "attention gates", "spatial_dims": dims, "size": size})
-        for opt in filter(None, args.options.split(",")):
-            if opt not in OPTIONS:
-                raise SystemExit(f"unknown option {opt!r}: choose from {OPTIONS}")
-            for name in args.option_networks.split(","):
+        for opts, networks in options if dims in option_dims else []:
+            for name in networks or option_names:
                 cases.append({"kind": "network", **base, "network": name, "spatial_dims": dims, "size": size,
-                              "options": {opt: True}})
+                              "options": opts})
     if args.sw_volume:
-        cases.append({"kind": "sliding_window", **base, "network": "flagship", "spatial_dims": 3,
-                      "volume": [int(v) for v in args.sw_volume.split(",")], "roi_size": args.sw_roi,
-                      "repeats": 1})
+        sw = {"kind": "sliding_window", **base, "network": "flagship", "spatial_dims": 3,
+              "volume": [int(v) for v in args.sw_volume.split(",")], "roi_size": args.sw_roi,
+              "repeats": args.sw_repeats, "checkpoint": args.sw_checkpoint}
+        trials = [t for t in args.sw_trials.split(";") if t.strip()]
+        if trials:
+            trials = [REFERENCE_TRIAL, *trials]
+        cases.append({**sw, "trial": "as configured", "overrides": {}})
+        cases += [{**sw, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
     if args.bundle_epochs:
-        cases.append({"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3,
-                      "epochs": max(2, args.bundle_epochs), "roi_size": args.bundle_roi, "sample_dir": args.sample_dir})
+        bundle = {"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3,
+                  "epochs": max(2, args.bundle_epochs), "roi_size": args.bundle_roi, "sample_dir": args.sample_dir,
+                  "cases": args.bundle_cases}
+        trials = [t for t in args.bundle_trials.split(";") if t.strip()]
+        cases.append({**bundle, "trial": "as configured", "overrides": {}})
+        cases += [{**bundle, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
     return cases
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args._case:
-        case = json.loads(args._case)
-        process_settings(case)
-        print(json.dumps(KINDS[case["kind"]](case)))
-        return 0
-    import torch
+def compare_label_maps(results: list[dict], files: dict[int, Path]) -> None:
+    """Fraction of voxels of every sliding-window trial's label map equal to the reference trial's (``agreement``)."""
+    import numpy as np
 
-    cases = plan(args)
-    started = time.strftime("%Y-%m-%d %H:%M")
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else (
-        f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"benchmark {started} on {device_name}; widths {args.channels}, batch {args.batch}, "
-          f"2D {args.size2d}^2, 3D {args.size3d}^3, median of {args.repeats} after {args.warmup} warm-up")
-    results: list[dict] = []
-    try:
-        from tqdm import tqdm
+    ref = next((i for i, r in enumerate(results) if r.get("trial") == REFERENCE_TRIAL and "error" not in r), None)
+    if ref is None or not files[ref].is_file():
+        return
+    reference = np.load(files[ref])
+    for i, path in files.items():
+        if "error" not in results[i] and path.is_file():
+            results[i]["agreement"] = float((np.load(path) == reference).mean())
 
-        progress = tqdm(cases, desc="benchmark", unit="case", file=sys.stderr)
-    except ImportError:
-        progress = cases
-    for case in progress:
-        if hasattr(progress, "set_postfix_str"):
-            progress.set_postfix_str(f"{case['network']} {case['spatial_dims']}D")
-        results.append(run_case(case, args.verbose, args.in_process))
-    roof = next(r for r in results if r["kind"] == "roof")
+
+def _sliding_window_line(r: dict) -> str:
+    if "error" in r:
+        return f"sliding window ({r.get('trial')}): failed: {r['error']}"
+    what = (f"sw_batch {r['sw_batch_size']}, {'compiled' + (' ' + r['compile_mode'] if r['compile_mode'] else '') if r['compile'] else 'eager'}, "
+            f"{'AMP fp16' if r['amp'] else 'float32'}{', channels-last' if r.get('channels_last') else ''}")
+    agree = f", label map = reference on {r['agreement']:.4%} of voxels" if "agreement" in r else ""
+    return (f"sliding window [{r['trial']}] ({what}; roi {r['roi_size']}, overlap {r['overlap']}) on "
+            f"{'x'.join(map(str, r['volume']))}: {r['seconds']:.2f} s, {r['mvoxels_per_s']:.1f} Mvoxel/s, first pass "
+            f"{r['first_pass_s']:.1f} s, {r['recompiles']} recompilations, peak {r['peak_mib']:.0f} MiB{agree}")
+
+
+def _bundle_line(r: dict) -> str:
+    if "error" in r:
+        return f"bundle training ({r.get('trial')}): failed: {r['error']}"
+    return (f"bundle training [{r['trial']}] (flagship, {r['training_cases']} training cases, roi {r['roi_size']}, "
+            f"batch {r['batch_size']}, data on {r['data_device']}, {'compiled' if r['compile'] else 'eager'}): "
+            f"{r['iterations_per_s']:.2f} it/s over {r['iterations']} iterations (median step {r['step_ms']:.1f} ms), "
+            f"data wait {r['data_wait_share']:.1%} of step time ({r['data_wait_share_steady']:.1%} after each epoch's "
+            f"first batch); first iteration {r.get('first_iteration_s', float('nan')):.1f} s, first epoch "
+            f"{r.get('first_epoch_s', float('nan')):.1f} s with its validation; graphs compiled: "
+            f"{r['graphs_first_epoch']} in the first epoch, {r['graphs_after_first_epoch']} after")
+
+
+def render(results: list[dict]) -> tuple[list[dict], list[str]]:
+    """The network rows (with efficiency and ratios added) and the report's lines, from the cases' results."""
+    roof = next((r for r in results if r["kind"] == "roof"), {"error": "not measured", "size": "?"})
     rows = [r for r in results if r["kind"] == "network"]
     for r in rows:
         if "error" not in r and "error" not in roof:
             r["efficiency"] = r["tflops_achieved"] / roof["tflops_fwd_bwd"]
         r["label"] = label(r)
     add_ratios(rows)
-    report = [f"roof (one 64->64 3^3 conv on {args.roof_size}^3): "
+    report = [f"roof (one 64->64 3^3 conv on {roof['size']}^3): "
               + (f"{roof['tflops_fwd']:.3f} TFLOP/s forward, {roof['tflops_fwd_bwd']:.3f} TFLOP/s forward+backward"
                  if "error" not in roof else f"failed: {roof['error']}")]
     for dims in sorted({r["spatial_dims"] for r in rows}):
-        size = args.size2d if dims == 2 else args.size3d
-        table = format_table([r for r in rows if r["spatial_dims"] == dims])
-        report += ["", f"{dims}D, batch {args.batch} x 1 x {size}^{dims}", table]
+        same = [r for r in rows if r["spatial_dims"] == dims]
+        report += ["", f"{dims}D, batch {same[0]['batch']} x 1 x {same[0]['size']}^{dims}", format_table(same)]
     report += ["", *findings(rows)]
     for r in results:
         if r["kind"] == "gates":
@@ -639,24 +1007,102 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r['grid_at_skip_ms']:.0f} ms, {r['grid_at_skip_gflop']:.2f} GFLOP: time x{r['like_time_ratio']:.2f}, "
                 f"FLOPs x{r['like_flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
-            report.append(("sliding window: failed: " + r["error"]) if "error" in r else (
-                f"sliding-window inference (flagship bundle: roi {r['roi_size']}, overlap {r['overlap']}, "
-                f"sw_batch {r['sw_batch_size']}) on {'x'.join(map(str, r['volume']))}: {r['seconds']:.1f} s, "
-                f"{r['mvoxels_per_s']:.2f} Mvoxel/s"))
+            report.append(_sliding_window_line(r))
         if r["kind"] == "bundle":
-            report.append(("bundle training: failed: " + r["error"]) if "error" in r else (
-                f"bundle training (flagship, roi {r['roi_size']}, batch {r['batch_size']}, "
-                f"{r['num_workers']} caching workers): "
-                f"{r['iterations_per_s']:.2f} it/s over {r['iterations']} iterations, "
-                f"data wait {r['data_wait_share']:.1%} of step time"))
+            report.append(_bundle_line(r))
+    return rows, report
+
+
+def report_saved(path: str) -> int:
+    """Print the table and findings of saved results: a ``results.json`` or the ``results_partial.jsonl`` of a run
+    that was cut short (cases that had not finished are listed as missing)."""
+    text = Path(path).read_text()
+    if path.endswith(".jsonl"):
+        results = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        results = json.loads(text)["results"]
+    _, report = render(results)
     print("\n".join(report))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args._case:
+        return child_main(json.loads(args._case), args._turn, args._index)
+    if args.report:
+        return report_saved(args.report)
+    import threading
+
+    import numpy as np
+    import torch
+
+    cases = plan(args)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    device_name = (f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}" if args.device.startswith("cuda")
+                   else f"CPU, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"benchmark {started} on {device_name}; widths {args.channels}, batch {args.batch}, "
+          f"2D {args.size2d}^2, 3D {args.size3d}^3, median of {args.repeats} after {args.warmup} warm-up, "
+          f"{args.jobs} case(s) prepared at once")
+    work = Path(tempfile.mkdtemp(prefix="muv_bench_sw_"))
+    label_files: dict[int, Path] = {}
+    maker: threading.Thread | None = None
+    sw_cases = [i for i, c in enumerate(cases) if c["kind"] == "sliding_window"]
+    if sw_cases:  # one CT-like volume for every trial, made while the first cases prepare
+        volume_file = work / "volume.npy"
+
+        def make_volume() -> None:
+            np.save(volume_file, sliding_window_volume(cases[sw_cases[0]]["volume"]))
+
+        maker = threading.Thread(target=make_volume, daemon=True)
+        maker.start()
+        for i in sw_cases:
+            label_files[i] = work / f"labels_{i}.npy"
+            cases[i] = {**cases[i], "volume_file": str(volume_file), "labels_file": str(label_files[i])}
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cases), desc="benchmark", unit="case", file=sys.stderr)
+    except ImportError:
+        bar = None
+
+    def progress(case: dict) -> None:
+        if case["kind"] == "sliding_window" and maker is not None:
+            maker.join()
+        if bar is not None:
+            bar.set_postfix_str(f"{case['network']} {case['spatial_dims']}D")
+            bar.update()
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    partial = out / "results_partial.jsonl"  # every case's figures as soon as they exist (a run cut short keeps them)
+    partial.write_text("")
+
+    def keep(result: dict) -> None:
+        with open(partial, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+    if args.in_process:
+        results = []
+        for case in cases:
+            progress(case)
+            results.append(run_in_process(case))
+            keep(results[-1])
+    else:
+        results = run_children(cases, args.jobs, args.verbose, args.case_timeout, progress, keep)
+    if bar is not None:
+        bar.close()
+    compare_label_maps(results, label_files)
+    for path in work.iterdir():
+        path.unlink()
+    work.rmdir()
+    rows, report = render(results)
+    print("\n".join(report))
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     (out / "results.json").write_text(json.dumps(
         {"date": started, "device": device_name, "settings": settings, "results": results, "report": report}, indent=2))
     keys = ["label", "spatial_dims", "size", "batch", *(k for k, _, _ in COLUMNS[1:]), "gflop_fwd_bwd", "mem_vs_unet",
-            "tflops_achieved", "error"]
+            "tflops_achieved", "compile_eval_s", "recompiles", "error"]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

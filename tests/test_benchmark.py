@@ -52,3 +52,73 @@ def test_benchmark_smoke(tmp_path):
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and {"label", "params", "fwd_bwd_ms", "efficiency"} <= set(table[0])
+
+
+def _bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    return run
+
+
+def test_benchmark_trials_and_waves():
+    run = _bench()
+    assert run.parse_options("compile,compile+channels_last:unet/denseunet") == [
+        ({"compile": True}, None), ({"compile": True, "channels_last": True}, ["unet", "denseunet"])]
+    with pytest.raises(SystemExit, match="unknown option 'fast'"):
+        run.parse_options("fast")
+    with pytest.raises(ValueError, match="one compile option at a time"):
+        run.parse_options("compile+compile_cudagraphs")
+    assert run.parse_trial("compile=false,sw_batch_size=8,compile_kwargs#mode=reduce-overhead") == {
+        "compile": False, "sw_batch_size": 8, "compile_kwargs#mode": "reduce-overhead"}
+    with pytest.raises(SystemExit, match="key=value"):
+        run.parse_trial("compile")
+    # heavy cases (compiling, bundle runs) spread over the waves; every case once; no wave over the limit
+    heavy = [True, False, False, True, True, False, False, False, False, True]
+    waves = run.waves(len(heavy), 4, heavy)
+    assert sorted(i for w in waves for i in w) == list(range(10)) and max(len(w) for w in waves) <= 4
+    assert sorted(sum(heavy[i] for i in w) for w in waves) == [1, 1, 2]
+    case = {"kind": "network", "device": "cuda", "options": {"compile_cudagraphs": True}}
+    assert run.heavy(case) and not run.heavy({**case, "options": {"channels_last": True}})
+    sw = {"kind": "sliding_window", "device": "cuda", "overrides": {}}
+    assert run.heavy(sw) and not run.heavy({**sw, "overrides": {"compile": False}})
+
+
+@pytest.mark.slow
+def test_benchmark_children_trials_and_report(tmp_path):
+    """Cases in their own processes, two prepared at a time: compiled rows (Dynamo's eager backend), sliding-window
+    trials compared with the float32 reference, a bundle trial, the partial results and ``--report`` on them; a case
+    that runs past ``--case_timeout`` is stopped and reported, and the rest still run."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out", str(out),
+           "--dims", "3", "--networks", "unet", "--options", "compile:unet/monai_basicunet", "--compile_backend",
+           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3", "--bundle_trials",
+           "data_device=cpu", "--bundle_epochs", "2", "--sample_dir", str(tmp_path / "sample")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())["results"]
+    partial = [json.loads(line) for line in (out / "results_partial.jsonl").read_text().splitlines()]
+    assert len(partial) == len(results) and not [r for r in results if "error" in r]
+    compiled = [r for r in results if r.get("options") == {"compile": True}]
+    assert {r["network"] for r in compiled} == {"unet", "monai_basicunet"}
+    assert all(r["compile_s"] > 0 and r["recompiles"] == 0 for r in compiled)
+    sw = {r["trial"]: r for r in results if r["kind"] == "sliding_window"}
+    assert set(sw) == {"as configured", "compile=false,amp=false,sw_batch_size=2",
+                       "compile=true,compile_kwargs#backend=eager,sw_batch_size=3"}
+    # the same weights in every trial: float32 everywhere on a CPU, so the label maps are the reference's
+    assert all(r["agreement"] > 0.999 for r in sw.values())
+    trial = sw["compile=true,compile_kwargs#backend=eager,sw_batch_size=3"]
+    assert trial["compile"] and trial["static_batch"] and trial["sw_batch_size"] == 3 and trial["recompiles"] == 0
+    bundles = {r["trial"]: r for r in results if r["kind"] == "bundle"}
+    assert bundles["data_device=cpu"]["data_device"] == "cpu" and bundles["as configured"]["iterations"] > 0
+    report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--report",
+                             str(out / "results_partial.jsonl")], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and "unet +compile" in report.stdout and "sliding window [as configured]" in report.stdout
+
+    slow = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out",
+                           str(tmp_path / "cut"), "--dims", "3", "--networks", "unet", "--sw_volume", "",
+                           "--bundle_epochs", "0", "--case_timeout", "0.5"], capture_output=True, text=True, timeout=300)
+    assert slow.returncode == 1
+    assert "still preparing after 0.5 s" in slow.stdout

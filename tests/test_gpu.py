@@ -106,3 +106,104 @@ def test_checkpointing_saves_gpu_memory(dims):
 
     plain, saved = peak(False), peak(True)
     assert saved < 0.7 * plain, (saved, plain)
+
+
+# ------------------------------------------------------------------------------------------ compiled, on the GPU
+def test_compiled_training_step_matches_eager(name, dims, exact_float32):
+    """``torch.compile`` (Inductor, static shapes) computes the AMP training step of every network as well as eager
+    mode does: against the same step in float32, the compiled fp16 step's output and gradients are no further off
+    than the eager fp16 step's (twice its error, plus a little).
+
+    A direct comparison of the two fp16 steps is no test: on an H200 (2026-11-26) their outputs agreed to 1e-2, but
+    the first convolution's weight gradient of each network differed by 8-30% between them (two roundings of a small
+    gradient), so the yardstick is the float32 step that both approximate.
+    """
+    reference = tiny_net(name, dims).cuda().train()
+    eager, source = copy.deepcopy(reference), copy.deepcopy(reference)
+    compiled = torch.compile(source, dynamic=False)
+    x = tiny_input(dims).cuda()
+
+    def step(model: torch.nn.Module, owner: torch.nn.Module, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # the loss scaled as a GradScaler scales it, so that fp16 gradients do not underflow
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            y = model(x)
+        (y.float().square().mean() * 2.0**16).backward()
+        grads = [p.grad.float().flatten() / 2.0**16 for p in owner.parameters() if p.grad is not None]
+        return y.float(), torch.cat(grads)
+
+    y32, g32 = step(reference, reference, amp=False)
+    y_eager, g_eager = step(eager, eager, amp=True)
+    y_comp, g_comp = step(compiled, source, amp=True)
+    assert g_comp.shape == g_eager.shape == g32.shape
+    assert _relative_error(y_comp, y32) <= 2 * _relative_error(y_eager, y32) + 1e-3
+    assert _relative_error(g_comp, g32) <= 2 * _relative_error(g_eager, g32) + 1e-3
+
+
+def test_padded_inferer_compiles_once_on_the_gpu(exact_float32):
+    """Inductor on the GPU: volumes of three sizes through the padded sliding window add no graph after the first
+    volume, and the label map is the eager one's."""
+    from monai_unet_variants.acceleration import PaddedSlidingWindowInferer, compiled_graphs
+
+    torch.manual_seed(0)
+    net = tiny_net("attention_unet", 3, in_channels=1).cuda().eval()
+    compiled = torch.compile(net, dynamic=False)
+    inferer = PaddedSlidingWindowInferer((16, 16, 16), sw_batch_size=5, overlap=0.5, mode="gaussian")
+    volumes = [torch.rand(1, 1, *s, device="cuda") for s in ((40, 28, 20), (48, 36, 16), (24, 24, 24))]
+    with torch.no_grad():
+        first = inferer(volumes[0], compiled)
+        graphs = compiled_graphs()
+        outs = [inferer(v, compiled) for v in volumes[1:]]
+        eager = [inferer(v, net) for v in volumes]
+    assert compiled_graphs() == graphs
+    for got, ref in zip([first, *outs], eager, strict=True):
+        assert (got.argmax(1) == ref.argmax(1)).float().mean() > 0.999
+
+
+def test_gpu_pipeline_yields_the_cpu_pipeline_crops(sample):
+    """The bundle's training pipeline with its cache and random transforms on the GPU draws the same crops as on the
+    CPU from the same random state: equal labels, images equal up to float rounding of the intensity transforms."""
+    from conftest import training_crops, training_dataset
+
+    cpu = training_crops(training_dataset(sample, "cpu"), 12, seed=5)
+    gpu = training_crops(training_dataset(sample, "cuda"), 12, seed=5)
+    for (img_c, lbl_c), (img_g, lbl_g) in zip(cpu, gpu, strict=True):
+        assert img_g.is_cuda and lbl_g.is_cuda and type(img_g) is torch.Tensor
+        assert torch.equal(lbl_g.cpu(), lbl_c)
+        torch.testing.assert_close(img_g.cpu(), img_c, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("compile_flag", ["true", "false"])
+def test_bundle_compiles_once_on_the_gpu(tmp_path, sample, compile_flag):
+    """The flagship bundle on the GPU through the real command line: compiled by default, one compilation each for
+    training and validation and none during three epochs, plain weights in ``model.pt``; ``--compile false`` runs
+    eager."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import FLAGSHIP
+
+    from monai_unet_variants import create_network
+
+    root = tmp_path / "bundle"
+    shutil.copytree(FLAGSHIP, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    args = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "3",
+            "--num_workers", "0", "--batch_size", "2", "--epochs", "3", "--val_interval", "1"]
+    if compile_flag == "false":
+        args += ["--compile", "false"]
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(root / "configs" / "train.json"), "--dataset_dir", str(sample), *args],
+                          capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    if compile_flag == "true":
+        assert log.count("torch.compile: the training network compiled in") == 1
+        assert log.count("torch.compile: the validation network compiled in") == 1
+        assert "compiled again" not in log
+    else:
+        assert "torch.compile" not in log
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16, 32, 64),
+                         norm=("instance", {"affine": True}))
+    net.load_state_dict(state, strict=True)

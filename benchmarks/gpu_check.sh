@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine is needed for, in one prepared call: install the packages its image lacks (wheels
+# carried in .whl/), record the machine, run the benchmark's GPU sections, then the GPU tests. Results and logs go to
+# $OUT (default gpu_results/); each step has its own time limit, so a step that runs long never costs the others.
+#
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh                       # the defaults below
+#   BENCH_ARGS="--networks unet --dims 3" BENCH_TIMEOUT=120 bash benchmarks/gpu_check.sh
+#
+# Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest; PROBE=1 also runs the benchmark of 251be93 (kept in
+# .devcarry/old_run.py) with --options compile in one process, to see whether that compile path still hangs
+# (a SIGABRT at its time limit makes Python print where every thread was).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "wheel install failed" >&2; exit 2; }
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    python3 -c "import torch, monai, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__, 'cpus', __import__('os').cpu_count())"
+    python3 -c "import subprocess, sys, time; t = time.time(); subprocess.run([sys.executable, '-c', 'import torch, monai']); print(f'a python3 process importing torch and monai: {time.time() - t:.1f} s')"
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    SW_CKPT=""
+    [ -f .devcarry/attunet_cpu40.pt ] && SW_CKPT="--sw_checkpoint .devcarry/attunet_cpu40.pt"
+    # shellcheck disable=SC2086
+    timeout -s INT "${BENCH_TIMEOUT:-420}" python3 benchmarks/run.py --device cuda --out "$OUT/bench" \
+        --repeats 10 --warmup 3 --roof_size 128 --case_timeout ${CASE_TIMEOUT:-300} $SW_CKPT \
+        ${BENCH_ARGS:---dims 3 --jobs 19 --options compile,compile_cudagraphs:unet/denseunet/multiresunet/monai_basicunet --option_networks all --sw_trials "compile=false,sw_batch_size=2;sw_batch_size=4;sw_batch_size=16;compile_kwargs#mode=reduce-overhead" --bundle_epochs 6 --bundle_cases 24 --bundle_trials "data_device=cpu;compile=false"} \
+        > "$OUT/bench.log" 2>&1
+    echo "benchmark: exit $?"
+    grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60
+fi
+
+# the probe runs beside the tests (neither is timed)
+if [ "${PROBE:-0}" = 1 ] && [ -f .devcarry/old_run.py ]; then
+    PYTHONFAULTHANDLER=1 timeout -s ABRT "${PROBE_TIMEOUT:-150}" python3 .devcarry/old_run.py --device cuda --in_process \
+        --networks unet --dims 3 --options compile --option_networks unet --sw_volume "" --bundle_epochs 0 \
+        --repeats 3 --warmup 1 --out "$OUT/probe" > "$OUT/probe.log" 2>&1 &
+    probe=$!
+fi
+
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+    n=""
+    python3 -c "import xdist" 2>/dev/null && n="-n ${TEST_JOBS:-8}"
+    # shellcheck disable=SC2086
+    TORCHINDUCTOR_COMPILE_THREADS=2 timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -p no:cacheprovider $n \
+        tests/test_gpu.py ${TEST_SELECT:+-k "$TEST_SELECT"} > "$OUT/pytest.log" 2>&1
+    echo "GPU tests: exit $?"
+    tail -15 "$OUT/pytest.log"
+fi
+
+if [ -n "${probe:-}" ]; then
+    wait "$probe"
+    echo "probe (251be93 benchmark, --options compile, in one process): exit $?"
+    grep -E "unet \+compile|against the default|Thread|File|Fatal" "$OUT/probe.log" | head -30
+fi
