@@ -490,9 +490,10 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         data_dir = make_dataset(out / "data", num_train=case["cases"], num_test=1, dicom=False, progress=False)
     else:
         data_dir = ensure_sample_data(case.get("sample_dir") or None)
+    bundle_dir = Path(case.get("bundle_dir") or FLAGSHIP)
     workflow = ConfigWorkflow(
-        config_file=str(FLAGSHIP / "configs" / "train.json"),
-        meta_file=str(FLAGSHIP / "configs" / "metadata.json"),
+        config_file=str(bundle_dir / "configs" / "train.json"),
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
         logging_file=False,
         workflow_type=None,
         bundle_root=str(out),
@@ -539,7 +540,9 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     graphs["start"] = compiled_graphs()
     workflow.run()
     graphs["end"] = compiled_graphs()
-    parsed = workflow.parser.get_parsed_content
+    def parsed(key: str, default: Any = None) -> Any:  # an older bundle (--bundle_dir) may lack a setting
+        return workflow.parser.get_parsed_content(key) if workflow.parser.get(key) is not None else default
+
     steady = [(w, s) for w, s, first in zip(waits, steps, firsts) if not first]
     result = {
         "epochs_counted": case["epochs"] - 1,
@@ -548,8 +551,8 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         "batch_size": parsed("batch_size"),
         "roi_size": parsed("roi_size"),
         "num_workers": parsed("num_workers"),
-        "data_device": str(parsed("data_device")),
-        "compile": parsed("train#trainer#compile"),
+        "data_device": str(parsed("data_device", "cpu")),
+        "compile": parsed("train#trainer#compile", False),
         "amp": parsed("train#trainer#amp"),
         "iterations_per_s": len(steps) / sum(steps) if steps else float("nan"),
         "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
@@ -861,7 +864,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="training cases of a synthetic set made for the bundle run (default: the built-in sample)")
     p.add_argument("--bundle_trials", default="",
                    help="bundle runs besides the config as it is, separated by ';', e.g. 'data_device=cpu'")
+    p.add_argument("--bundle_dir", default="",
+                   help="bundle folder for the bundle run (default: the flagship; e.g. an older copy to compare with)")
     p.add_argument("--sample_dir", default="", help="synthetic sample folder for the bundle run")
+    p.add_argument("--sections", default="networks,gates,sliding_window,bundle",
+                   help="what to measure (default: all of networks,gates,sliding_window,bundle)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: checks the command, not speed")
     p.add_argument("--out", default="benchmark_results", help="folder for results.json and results.csv")
     p.add_argument("--verbose", action="store_true", help="show the children's stderr")
@@ -938,11 +945,14 @@ def plan(args: argparse.Namespace) -> list[dict]:
     if args.bundle_epochs:
         bundle = {"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3,
                   "epochs": max(2, args.bundle_epochs), "roi_size": args.bundle_roi, "sample_dir": args.sample_dir,
-                  "cases": args.bundle_cases}
+                  "cases": args.bundle_cases, "bundle_dir": args.bundle_dir}
         trials = [t for t in args.bundle_trials.split(";") if t.strip()]
         cases.append({**bundle, "trial": "as configured", "overrides": {}})
         cases += [{**bundle, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
-    return cases
+    sections = {s.strip() for s in args.sections.split(",")}
+    kinds = {"roof": "networks", "network": "networks", "gates": "gates", "sliding_window": "sliding_window",
+             "bundle": "bundle"}
+    return [c for c in cases if kinds[c["kind"]] in sections]
 
 
 def compare_label_maps(results: list[dict], files: dict[int, Path]) -> None:
