@@ -123,6 +123,7 @@ def test_evaluate_writes_metrics_table(trained, sample):
     assert "dice_pancreas" in proc.stdout
 
 
+@pytest.mark.slow  # ~15 s; every network's TorchScript and ONNX export is also tested in test_export.py
 def test_exports(trained, tmp_path):
     cfg = ["--meta_file", str(trained / "configs" / "metadata.json"), "--config_file",
            str(trained / "configs" / "inference.json"), "--ckpt_file", str(trained / "models" / "model.pt"),

@@ -32,7 +32,9 @@ PROBE = textwrap.dedent(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc and /proc are Linux's")
 @pytest.mark.parametrize(
     "mode, sizes, kept",
-    [("keep", "64", True), ("return", "64", False), ("keep", "1200,1200", True), ("return", "1200,1200", False)],
+    [("keep", "64", True), ("return", "64", False),  # the 2 x 1200 MiB cases take ~10 s each: slow
+     pytest.param("keep", "1200,1200", True, marks=pytest.mark.slow),
+     pytest.param("return", "1200,1200", False, marks=pytest.mark.slow)],
     ids=["keep-64MiB", "return-64MiB", "keep-2x1200MiB", "return-2x1200MiB"],
 )
 def test_reuse_freed_memory(mode, sizes, kept):
