@@ -319,7 +319,7 @@ def test_best_metric_state_round_trip():
 
 def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint_latest.pt"
-    mb._atomic_save({"a": torch.ones(3)}, target)
+    mb.checkpoints._atomic_save({"a": torch.ones(3)}, target)
 
     def broken_save(obj, f):
         f.write(b"partial")
@@ -327,7 +327,7 @@ def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        mb._atomic_save({"a": torch.zeros(3)}, target)
+        mb.checkpoints._atomic_save({"a": torch.zeros(3)}, target)
     assert torch.equal(torch.load(target, weights_only=True)["a"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_latest.pt"]
 

@@ -1,0 +1,41 @@
+"""Helpers that the MONAI bundles under ``bundles/`` call from their configs, by concern:
+
+- ``datalists``: the bundle's own folder, MSD-style datalists (NIfTI files or DICOM series folders), the split;
+- ``checks``: every file checked before any work starts, every loaded case checked, messages that name the file;
+- ``transforms``: ``MetaSafeSpacingd`` (MONAI Label's ``image_path`` left alone);
+- ``handlers``: validation after the last epoch, per-class metric selection;
+- ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
+- ``metrics``: per-case Dice and HD95 tables.
+
+Every name is importable from ``monai_unet_variants.bundle`` itself, the path the configs' ``_target_`` use.
+"""
+
+from .checkpoints import (
+    LATEST_CHECKPOINT,
+    AtomicCheckpointSaver,
+    BestMetricState,
+    SafeCheckpointLoader,
+    check_checkpoint,
+)
+from .checks import CheckCased, check_inputs
+from .datalists import find_bundle_root, load_datalist, test_inputs
+from .handlers import FinalValidationHandler, select_class
+from .metrics import PerCaseMetricsWriter
+from .transforms import MetaSafeSpacingd
+
+__all__ = [
+    "LATEST_CHECKPOINT",
+    "AtomicCheckpointSaver",
+    "BestMetricState",
+    "CheckCased",
+    "FinalValidationHandler",
+    "MetaSafeSpacingd",
+    "PerCaseMetricsWriter",
+    "SafeCheckpointLoader",
+    "check_checkpoint",
+    "check_inputs",
+    "find_bundle_root",
+    "load_datalist",
+    "select_class",
+    "test_inputs",
+]

@@ -1,0 +1,111 @@
+"""Where a bundle lives and what it reads: the bundle folder from the command line, MSD-style datalists of NIfTI files
+or DICOM series folders, with paths made absolute and a deterministic training/validation split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["find_bundle_root", "load_datalist", "test_inputs"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+
+def find_bundle_root(argv: Sequence[str] | None = None, cwd: str | os.PathLike | None = None) -> str:
+    """The bundle folder of the config being run.
+
+    MONAI does not tell a config where it lives, and a plain ``"."`` would put checkpoints and logs in
+    whatever folder the command runs from. This reads ``--config_file`` from the command line (a path or
+    a list of paths, as ``monai.bundle run`` accepts) and returns the folder above ``configs/``; without
+    one, it returns the working directory when that holds ``configs/metadata.json``. Override with
+    ``--bundle_root`` as usual.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+    if value:
+        first = value.strip().strip("[]()").split(",")[0].strip().strip("'\"")
+        folder = Path(first).expanduser().resolve().parent
+        return str(folder.parent if folder.name == "configs" else folder)
+    here = Path(cwd or os.getcwd()).resolve()
+    if (here / "configs" / "metadata.json").is_file():
+        return str(here)
+    if here.name == "configs" and (here / "metadata.json").is_file():
+        return str(here.parent)
+    logger.warning("could not tell the bundle folder (no --config_file); using %s", here)
+    return str(here)
+
+
+def _resolve(entry: Any, base: Path) -> Any:
+    if isinstance(entry, str):
+        p = Path(entry).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+    if isinstance(entry, Mapping):
+        return {k: _resolve(v, base) if k in ("image", "label") else v for k, v in entry.items()}
+    raise ValueError(f"datalist entries must be paths or {{'image': ..., 'label': ...}} dicts, got {entry!r}")
+
+
+def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
+    path = Path(datalist).expanduser()
+    if path.is_dir():
+        path = path / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"datalist {path} does not exist: point --dataset_dir at an MSD Task07 folder (with dataset.json) or "
+            "--datalist at a JSON file with 'training' (and optionally 'validation', 'test') entries"
+        )
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist {path} must hold a JSON object with a 'training' list")
+    return content, path.parent
+
+
+def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fraction: float = 0.2) -> list:
+    """Cases of an MSD ``dataset.json`` or a datalist JSON of the same form, with absolute paths.
+
+    ``section``: ``"training"`` or ``"validation"`` (the deterministic split below), ``"all"`` (every labelled
+    case) or ``"test"`` (unlabelled inputs). Paths are relative to the JSON file's folder; an ``image`` may be a
+    NIfTI file or a DICOM series folder.
+
+    Split: if the file has a ``"validation"`` list it is used as is; otherwise the labelled cases are sorted
+    by image path and the last ``max(1, round(val_fraction * n))`` form the validation set (never trained on).
+    """
+    content, base = _read_datalist(datalist)
+    labelled = [_resolve(e, base) for e in content.get("training", [])]
+    if section == "test":
+        return [_resolve(e, base) for e in content.get("test", [])]
+    if not labelled:
+        raise ValueError(f"datalist {base} has no 'training' cases")
+    for e in labelled:
+        if not isinstance(e, dict) or "image" not in e or "label" not in e:
+            raise ValueError(f"datalist {base}: every 'training' entry needs 'image' and 'label', got {e!r}")
+    if section == "all":
+        return labelled
+    if "validation" in content:
+        train, val = labelled, [_resolve(e, base) for e in content["validation"]]
+    else:
+        ordered = sorted(labelled, key=lambda e: e["image"])
+        n_val = max(1, round(val_fraction * len(ordered))) if len(ordered) > 1 else 0
+        train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
+    if section == "training":
+        return train
+    if section == "validation":
+        return val
+    raise ValueError(f"section must be 'training', 'validation', 'all' or 'test' (got {section!r})")
+
+
+def test_inputs(datalist: str | os.PathLike) -> list[str]:
+    """Image paths of the ``test`` section of a datalist / MSD ``dataset.json`` (the inference default)."""
+    return [e["image"] if isinstance(e, dict) else e for e in load_datalist(datalist, "test")]

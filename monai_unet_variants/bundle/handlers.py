@@ -1,0 +1,43 @@
+"""Ignite handlers and output transforms of the bundles' training and validation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from monai.handlers import ValidationHandler
+
+__all__ = ["FinalValidationHandler", "select_class"]
+
+
+class FinalValidationHandler(ValidationHandler):
+    """``ValidationHandler`` that also validates after the last epoch when ``interval`` skipped it.
+
+    Without it a run of 5 epochs with ``val_interval`` 2 ends on an unvalidated model, and a short run (a MONAI
+    Label training request of one epoch) never writes ``model.pt``. Takes ``ValidationHandler``'s arguments.
+    """
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        super().attach(engine)
+        engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _final(self, engine: Any) -> None:
+        done = engine.state.epoch if self.epoch_level else engine.state.iteration
+        if done % self.interval != 0:
+            self(engine)
+
+
+def select_class(index: int, keys: tuple[str, str] = ("pred", "label")) -> Callable:
+    """An ignite ``output_transform`` keeping one class channel of one-hot ``pred`` and ``label``
+    (for per-class Dice with ``MeanDice(include_background=True)``)."""
+    from monai.handlers.utils import from_engine
+
+    get = from_engine(list(keys))
+
+    def transform(output: Any) -> tuple[list, list]:
+        preds, labels = get(output)
+        return [p[index : index + 1] for p in preds], [lb[index : index + 1] for lb in labels]
+
+    return transform
