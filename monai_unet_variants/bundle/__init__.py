@@ -17,8 +17,16 @@ from .checkpoints import (
     SafeCheckpointLoader,
     check_checkpoint,
 )
-from .checks import CheckCased, check_inputs
+from .checks import (
+    BadCaseError,
+    CheckCased,
+    CheckedCacheDataset,
+    CheckedThreadDataLoader,
+    SkippedCasesReport,
+    check_inputs,
+)
 from .datalists import find_bundle_root, load_datalist, test_inputs
+from .errors import summarize_errors
 from .handlers import FinalValidationHandler, select_class
 from .metrics import PerCaseMetricsWriter
 from .transforms import MetaSafeSpacingd
@@ -26,16 +34,21 @@ from .transforms import MetaSafeSpacingd
 __all__ = [
     "LATEST_CHECKPOINT",
     "AtomicCheckpointSaver",
+    "BadCaseError",
     "BestMetricState",
     "CheckCased",
+    "CheckedCacheDataset",
+    "CheckedThreadDataLoader",
     "FinalValidationHandler",
     "MetaSafeSpacingd",
     "PerCaseMetricsWriter",
     "SafeCheckpointLoader",
+    "SkippedCasesReport",
     "check_checkpoint",
     "check_inputs",
     "find_bundle_root",
     "load_datalist",
     "select_class",
+    "summarize_errors",
     "test_inputs",
 ]

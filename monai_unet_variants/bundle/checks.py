@@ -3,16 +3,29 @@ with messages that name the file and the problem."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
+from queue import Empty, Full, Queue
+from threading import Thread
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data import CacheDataset, ThreadDataLoader
 from monai.transforms import MapTransform
 
-__all__ = ["CheckCased", "check_inputs"]
+from .errors import root_cause
+
+__all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDataLoader", "SkippedCasesReport",
+           "check_inputs"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+#: how far (mm) a label's voxel grid may lie from its image's before the pair is refused: far above the rounding of
+#: header fields (1e-4 mm), far below a voxel
+AFFINE_TOLERANCE_MM = 0.1
 
 
 def _check_file(path: str, role: str) -> None:
@@ -35,6 +48,11 @@ def _check_file(path: str, role: str) -> None:
             raise ValueError(f"{role} {p} is not a readable NIfTI file: {err}") from err
         if len(shape) < 3 or min(shape[:3]) < 1:
             raise ValueError(f"{role} {p} is not a 3D volume (shape {shape})")
+        if len(shape) > 3 and any(n > 1 for n in shape[3:]):
+            raise ValueError(
+                f"{role} {p} is a {len(shape)}D volume (shape {shape}): expected one 3D volume; take the volume you "
+                "mean out of it first (e.g. with nibabel's four_to_three)"
+            )
 
 
 def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label")) -> list:
@@ -52,46 +70,290 @@ def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"))
     return list(items)
 
 
-class CheckCased(MapTransform):
-    """Check a loaded case: finite, non-constant image; label of the image's shape with values in ``labels``.
+def _name(x: Any) -> str:
+    meta = getattr(x, "meta", {})
+    return str(meta.get("filename_or_obj", "<unknown file>"))
 
-    Errors name both files and the problem, so a bad case fails at caching time with a readable message.
+
+def _grid_distance_mm(a: torch.Tensor, b: torch.Tensor, spatial_shape: Sequence[int]) -> float:
+    """The largest distance (mm) between the world positions that two affines give the corners of one voxel grid."""
+    corners = torch.cartesian_prod(*[torch.tensor([0.0, float(max(n - 1, 0))]) for n in spatial_shape])
+    corners = torch.cat([corners, torch.ones(len(corners), 1)], dim=1).double()
+    pa = corners @ torch.as_tensor(a, dtype=torch.float64).T
+    pb = corners @ torch.as_tensor(b, dtype=torch.float64).T
+    return float((pa[:, :3] - pb[:, :3]).norm(dim=1).max())
+
+
+class CheckCased(MapTransform):
+    """Check a loaded case before anything is learnt from it; every error names the file(s) and the problem.
+
+    Image: one channel, not empty, finite, not constant. Label: one channel, finite, whole numbers within ``labels``,
+    the image's shape, and on the image's voxel grid (the world positions of the grid's corners under the two
+    affines within ``affine_tolerance_mm``: a label shifted, rescaled or rotated against its image is refused even
+    when the shapes agree). A label without any foreground is accepted with a warning. Place it right after
+    ``EnsureChannelFirstd``, before any resampling (a fractional value is only detectable before nearest-neighbour
+    resampling hides it).
+
+    Args:
+        keys: the image key, then the label key (the label is optional). Defaults to ``("image", "label")``.
+        labels: allowed label values. Defaults to ``(0, 1, 2)``.
+        affine_tolerance_mm: largest allowed distance between the two grids, in mm. Defaults to 0.1.
+        allow_missing_keys: accept items without a label (inference). Defaults to ``True``.
     """
 
     def __init__(
-        self, keys: KeysCollection = ("image", "label"), labels: Sequence[int] = (0, 1, 2), allow_missing_keys: bool = True
-    ):
+        self,
+        keys: KeysCollection = ("image", "label"),
+        labels: Sequence[int] = (0, 1, 2),
+        affine_tolerance_mm: float = AFFINE_TOLERANCE_MM,
+        allow_missing_keys: bool = True,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.labels = set(int(v) for v in labels)
+        self.affine_tolerance_mm = float(affine_tolerance_mm)
 
-    @staticmethod
-    def _name(x: Any) -> str:
-        meta = getattr(x, "meta", {})
-        return str(meta.get("filename_or_obj", "<unknown file>"))
+    def _check_image(self, image: Any) -> None:
+        name = _name(image)
+        arr = torch.as_tensor(image)
+        if arr.numel() == 0:
+            raise ValueError(f"image {name} is empty (shape {tuple(arr.shape)})")
+        if arr.shape[0] != 1:
+            raise ValueError(
+                f"image {name} has {arr.shape[0]} channels (shape {tuple(arr.shape)}): expected one CT volume; is it "
+                "a 4D file (several time points or phases)? Take the volume you mean out of it"
+            )
+        if not torch.isfinite(arr).all():
+            raise ValueError(f"image {name} contains NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low == high:
+            raise ValueError(f"image {name} is constant (every voxel {low:g}): an empty or failed export, not a scan")
+
+    def _check_label(self, label: Any, image: Any) -> None:
+        name, lname = _name(image), _name(label)
+        if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+            raise ValueError(
+                f"label {lname} has shape {tuple(label.shape[1:])} but image {name} has {tuple(image.shape[1:])}: "
+                "they must be voxel-aligned volumes of the same size"
+            )
+        if label.shape[0] != 1:
+            raise ValueError(f"label {lname} has {label.shape[0]} channels (shape {tuple(label.shape)}): expected one "
+                             "label map with values 0, 1, 2 (a 4D file, or one-hot labels?)")
+        values = torch.as_tensor(label)
+        if not torch.isfinite(values).all():
+            raise ValueError(f"label {lname} contains NaN or infinite values: a label map holds whole numbers only")
+        if values.is_floating_point():
+            fractional = values[values != values.round()]
+            if fractional.numel():
+                raise ValueError(
+                    f"label {lname} has fractional values (e.g. {float(fractional[0]):g}, {fractional.numel()} voxels): "
+                    "was it resampled with linear interpolation? Resample label maps with nearest neighbour"
+                )
+        found = set(int(v) for v in torch.unique(values).tolist())
+        extra = sorted(found - self.labels)
+        if extra:
+            raise ValueError(
+                f"label {lname} has values {extra} outside {sorted(self.labels)} "
+                "(0 background, 1 pancreas, 2 tumour): is it the right file, or another task's labels?"
+            )
+        affine, laffine = getattr(image, "affine", None), getattr(label, "affine", None)
+        if affine is not None and laffine is not None:
+            distance = _grid_distance_mm(affine, laffine, image.shape[1:])
+            if distance > self.affine_tolerance_mm:
+                raise ValueError(
+                    f"label {lname} is not on the voxel grid of image {name}: with the same shape, its grid lies up "
+                    f"to {distance:.2f} mm from the image's (tolerance {self.affine_tolerance_mm} mm; position, spacing "
+                    "or orientation differ). Is it the label of another scan or series, or was its header changed?"
+                )
+        if found <= {0}:
+            logger.warning(f"label {lname} has no foreground (every voxel 0): {name} trains as background only")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         image_key, label_key = self.keys[0], self.keys[1] if len(self.keys) > 1 else None
-        image = d[image_key]
-        name = self._name(image)
-        arr = torch.as_tensor(image)
-        if arr.numel() == 0:
-            raise ValueError(f"image {name} is empty (shape {tuple(arr.shape)})")
-        if not torch.isfinite(arr).all():
-            raise ValueError(f"image {name} contains NaN or infinite values")
+        self._check_image(d[image_key])
         if label_key is not None and label_key in d:
-            label = d[label_key]
-            lname = self._name(label)
-            if tuple(label.shape[1:]) != tuple(image.shape[1:]):
-                raise ValueError(
-                    f"label {lname} has shape {tuple(label.shape[1:])} but image {name} has {tuple(image.shape[1:])}: "
-                    "they must be voxel-aligned volumes of the same size"
-                )
-            values = set(int(v) for v in torch.unique(torch.as_tensor(label)).tolist())
-            extra = sorted(values - self.labels)
-            if extra:
-                raise ValueError(
-                    f"label {lname} has values {extra} outside {sorted(self.labels)} "
-                    "(0 background, 1 pancreas, 2 tumour): is it the right file, or another task's labels?"
-                )
+            self._check_label(d[label_key], d[image_key])
         return d
+
+
+# ------------------------------------------------------------------------------------------ loading failures
+class BadCaseError(ValueError):
+    """Cases that could not be loaded or checked; the message has one line per case, naming its file and cause."""
+
+
+def _guilty_file(item: Any) -> str:
+    """The file of a case that fails to load on its own (image or label), else the case's image."""
+    from monai.transforms import LoadImage
+
+    entries = item if isinstance(item, Mapping) else {"image": item}
+    for key in ("image", "label"):
+        path = entries.get(key)
+        if isinstance(path, (str, os.PathLike)):
+            try:
+                LoadImage(image_only=True)(path)
+            except Exception:  # the one that does not load is the one to name
+                return f"{key} {path}"
+    return f"image {entries.get('image', item)}"
+
+
+def describe_failure(item: Any, err: BaseException) -> str:
+    """One line: the case's file, the cause, and what to do."""
+    cause = root_cause(err)
+    if isinstance(cause, ValueError) and str(cause).startswith(("image ", "label ")):
+        return str(cause)  # our own checks name their files already
+    return (f"{_guilty_file(item)} cannot be loaded ({type(cause).__name__}: {cause}): the file is truncated, corrupt "
+            "or not an image; replace it or take the case out of the datalist")
+
+
+class _BadCase:
+    def __init__(self, index: int, item: Any, err: BaseException) -> None:
+        self.index, self.item, self.message = index, item, describe_failure(item, err)
+
+
+class CheckedCacheDataset(CacheDataset):
+    """``CacheDataset`` that never trains on a case it could not load, and never dies in a loader thread.
+
+    Every case's deterministic transforms run in the cache threads as before; a case that raises is recorded instead
+    of killing its thread (which left MONAI's pool to be torn down at exit: ``terminate called without an active
+    exception``, SIGABRT). After caching, the failed cases stop the run with one ``BadCaseError`` listing each file
+    and cause, or, with ``skip_bad_cases=True``, are taken out of the dataset, logged as a warning and reported again
+    at the end of the run (``SkippedCasesReport``). A case beyond the cache (``cache_rate`` < 1) that fails when it is
+    drawn fails the run the same way, or is replaced by the next case and counted.
+
+    Args:
+        data, transform, cache_num, cache_rate, num_workers, progress, copy_cache, ...: as ``CacheDataset``.
+        skip_bad_cases: drop failing cases (counted and reported) instead of failing. Defaults to ``False``.
+        name: what the messages call the set (``"training"``, ``"validation"``). Defaults to ``"dataset"``.
+    """
+
+    def __init__(self, *args: Any, skip_bad_cases: bool = False, name: str = "dataset", **kwargs: Any) -> None:
+        self.skip_bad_cases = bool(skip_bad_cases)
+        self.name = name
+        self.skipped: list[str] = []
+        super().__init__(*args, **kwargs)
+
+    def _load_cache_item(self, idx: int) -> Any:
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:  # recorded, decided on after the pool has finished
+            return _BadCase(idx, self.data[idx], err)
+
+    def set_data(self, data: Sequence) -> None:
+        super().set_data(data)
+        bad = [c for c in self._cache if isinstance(c, _BadCase)]
+        if not bad:
+            return
+        lines = "\n  ".join(c.message for c in bad)
+        if not self.skip_bad_cases:
+            raise BadCaseError(
+                f"{len(bad)} of {len(self.data)} {self.name} cases cannot be used:\n  {lines}\n"
+                "Fix or remove them, or run with --skip_bad_cases true to go on without them."
+            )
+        gone = {c.index for c in bad}
+        self.skipped += [c.message for c in bad]
+        logger.warning(
+            f"skipping {len(bad)} of {len(self.data)} {self.name} cases (--skip_bad_cases true):\n  {lines}"
+        )
+        keep = [i for i in range(len(self.data)) if i not in gone]
+        cached = [c for c in self._cache if not isinstance(c, _BadCase)]
+        self.data = [self.data[i] for i in keep]
+        self._cache = cached
+        self.cache_num = len(cached)
+        if not self.data:
+            raise BadCaseError(f"every {self.name} case failed; nothing is left to train on:\n  {lines}")
+
+    def _transform(self, index: int) -> Any:
+        if not -len(self.data) <= index < len(self.data):
+            raise IndexError(f"index {index} is out of range for {len(self.data)} {self.name} cases")
+        for attempt in range(len(self.data)):  # the case asked for, then (skipping) the next ones
+            i = (index + attempt) % len(self.data)
+            try:
+                return super()._transform(i)
+            except Exception as err:
+                message = describe_failure(self.data[i], err)
+                if not self.skip_bad_cases:
+                    raise BadCaseError(f"{self.name} case cannot be used: {message}") from err
+                self.skipped.append(message)
+                logger.warning(f"skipping a {self.name} case (--skip_bad_cases true): {message}")
+        raise BadCaseError(f"every {self.name} case failed to load")
+
+
+class SkippedCasesReport:
+    """Repeat, at the end of a run, which cases ``CheckedCacheDataset(skip_bad_cases=True)`` left out (nothing when
+    none was)."""
+
+    def __init__(self, datasets: Sequence[Any]) -> None:
+        self.datasets = list(datasets)
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        for ds in self.datasets:
+            skipped = getattr(ds, "skipped", [])
+            if skipped:
+                lines = "\n  ".join(skipped)
+                engine.logger.warning(f"this run left out {len(skipped)} {getattr(ds, 'name', '')} case(s) "
+                                      f"that could not be used:\n  {lines}")
+
+
+class _Failure:
+    def __init__(self, err: BaseException) -> None:
+        self.err = err
+
+
+class CheckedThreadDataLoader(ThreadDataLoader):
+    """``ThreadDataLoader`` whose background thread hands its exceptions to the training loop.
+
+    MONAI's ``ThreadBuffer`` lets an exception end its thread quietly: the epoch then just stops early and training
+    goes on (a case that failed to load was skipped without a word, and a run exited 0). Here the exception is
+    raised again where the batch is taken. Takes ``ThreadDataLoader``'s arguments (``repeats`` is not supported).
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        source = super(ThreadDataLoader, self).__iter__()  # the plain DataLoader iterator, consumed in a thread
+        buffer: Queue = Queue(max(1, self.buffer_size))
+        running = [True]
+        done = object()
+
+        def fill() -> None:
+            try:
+                for batch in source:
+                    while running[0]:
+                        try:
+                            buffer.put(batch, timeout=self.buffer_timeout)
+                            break
+                        except Full:
+                            continue
+                    if not running[0]:
+                        return
+                item: Any = done
+            except BaseException as err:  # handed over to the consumer below
+                item = _Failure(err)
+            while running[0]:
+                try:
+                    buffer.put(item, timeout=self.buffer_timeout)
+                    return
+                except Full:
+                    continue
+
+        thread = Thread(target=fill, daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = buffer.get(timeout=self.buffer_timeout)
+                except Empty:
+                    if not thread.is_alive() and buffer.empty():
+                        return
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.err
+                yield item
+        finally:
+            running[0] = False
+            thread.join()

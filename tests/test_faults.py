@@ -1,0 +1,244 @@
+"""The fault suite: broken inputs built from the synthetic sample, each refused with the file, the case and the reason.
+
+Fast tests check the pieces (case checks, the cached dataset, the loader thread, the last line of a failed run); the
+slow ones run the real ``python -m monai.bundle`` command line on each broken data set and check the exit code, that
+the last line of the output names the file, and that a good ``model.pt`` already in ``ckpt_dir`` is left as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import FLAGSHIP
+from monai.data import DataLoader, Dataset, MetaTensor, ThreadDataLoader
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from monai_unet_variants import bundle as mb
+
+TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "4",
+        "--num_workers", "2", "--batch_size", "2"]
+
+
+def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _ramp(shape=(16, 16, 8)) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.int16).reshape(shape) % 400 - 200
+
+
+def _case(tmp_path: Path, label: np.ndarray, label_affine: np.ndarray | None = None, image: np.ndarray | None = None):
+    img = _write(tmp_path / "img.nii.gz", _ramp() if image is None else image)
+    lbl = _write(tmp_path / "lbl.nii.gz", label, label_affine)
+    load = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"])])
+    return load({"image": str(img), "label": str(lbl)}), img, lbl
+
+
+def _label() -> np.ndarray:
+    label = np.zeros((16, 16, 8), np.uint8)
+    label[4:10, 4:10, 2:5] = 1
+    label[6:8, 6:8, 3] = 2
+    return label
+
+
+# ----------------------------------------------------------------------------------------------- case checks
+def test_label_off_the_image_grid_is_refused(tmp_path):
+    shifted = np.eye(4)
+    shifted[:3, 3] = [20.0, -5.0, 0.0]  # same shape, 2 cm away
+    data, img, lbl = _case(tmp_path, _label(), shifted)
+    with pytest.raises(ValueError, match=f"label {lbl} is not on the voxel grid of image {img}: .* up to 20.62 mm"):
+        mb.CheckCased()(data)
+    scaled = np.diag([1.2, 1.0, 1.0, 1.0])  # another spacing
+    data, _, _ = _case(tmp_path, _label(), scaled)
+    with pytest.raises(ValueError, match="is not on the voxel grid"):
+        mb.CheckCased()(data)
+
+
+def test_sub_millimetre_header_rounding_is_accepted(tmp_path):
+    nudged = np.eye(4)
+    nudged[:3, 3] = [0.03, -0.02, 0.01]
+    data, _, _ = _case(tmp_path, _label(), nudged)
+    assert mb.CheckCased()(data)["label"].shape == (1, 16, 16, 8)
+
+
+def test_fractional_nan_and_multichannel_labels_are_refused(tmp_path):
+    frac = _label().astype(np.float32) * 0.6  # a label resampled with linear interpolation
+    data, _, lbl = _case(tmp_path, frac)
+    with pytest.raises(ValueError, match=f"label {lbl} has fractional values \\(e.g. 0.6"):
+        mb.CheckCased()(data)
+    nan = _label().astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    data, _, lbl = _case(tmp_path, nan)
+    with pytest.raises(ValueError, match=f"label {lbl} contains NaN"):
+        mb.CheckCased()(data)
+    data, _, _ = _case(tmp_path, _label())
+    data["label"] = MetaTensor(torch.cat([data["label"], data["label"]]), meta=data["label"].meta)
+    with pytest.raises(ValueError, match="has 2 channels"):
+        mb.CheckCased()(data)
+
+
+def test_constant_image_and_empty_label(tmp_path, caplog):
+    data, img, _ = _case(tmp_path, _label(), image=np.full((16, 16, 8), -1024, np.int16))
+    with pytest.raises(ValueError, match=f"image {img} is constant \\(every voxel -1024\\)"):
+        mb.CheckCased()(data)
+    data, _, lbl = _case(tmp_path, np.zeros((16, 16, 8), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        mb.CheckCased()(data)
+    assert f"label {lbl} has no foreground" in caplog.text
+
+
+def test_four_dimensional_files_are_refused(tmp_path):
+    four = _write(tmp_path / "4d.nii.gz", np.stack([_ramp(), _ramp()], axis=-1))
+    with pytest.raises(ValueError, match=f"image {four} is a 4D volume \\(shape \\(16, 16, 8, 2\\)\\)"):
+        mb.check_inputs([str(four)])
+    single = _write(tmp_path / "4d1.nii.gz", _ramp()[..., None])  # one volume stored as 4D: fine
+    assert mb.check_inputs([str(single)]) == [str(single)]
+
+
+# ------------------------------------------------------------------------------------------ loading failures
+def _truncated(tmp_path: Path) -> Path:
+    good = _write(tmp_path / "good.nii.gz", _ramp())
+    data = good.read_bytes()
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(data[: len(data) // 2])
+    return bad
+
+
+def _load_transform() -> Compose:
+    return Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")])
+
+
+def test_cached_dataset_names_the_file_that_fails_and_can_skip_it(tmp_path, caplog):
+    bad = _truncated(tmp_path)
+    good = tmp_path / "good.nii.gz"
+    items = [{"image": str(good)}, {"image": str(bad)}, {"image": str(good)}]
+    with pytest.raises(mb.BadCaseError, match=f"1 of 3 training cases cannot be used:\n  image {bad} cannot be "
+                                              "loaded \\(EOFError"):
+        mb.CheckedCacheDataset(items, _load_transform(), num_workers=2, progress=False, name="training")
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        ds = mb.CheckedCacheDataset(items, _load_transform(), num_workers=2, progress=False, skip_bad_cases=True)
+    assert len(ds) == 2 and all(d["image"].shape == (1, 16, 16, 8) for d in ds)
+    assert len(ds.skipped) == 1 and str(bad) in ds.skipped[0] and "skipping 1 of 3" in caplog.text
+
+
+def test_uncached_failure_fails_or_is_replaced_and_counted(tmp_path):
+    bad = _truncated(tmp_path)
+    items = [{"image": str(tmp_path / "good.nii.gz")}, {"image": str(bad)}]
+    strict = mb.CheckedCacheDataset(items, _load_transform(), cache_rate=0.0, progress=False)
+    with pytest.raises(mb.BadCaseError, match=f"image {bad} cannot be loaded"):
+        strict[1]
+    lenient = mb.CheckedCacheDataset(items, _load_transform(), cache_rate=0.0, progress=False, skip_bad_cases=True)
+    assert lenient[1]["image"].shape == (1, 16, 16, 8) and len(lenient.skipped) == 1
+
+
+def test_loader_thread_hands_its_errors_over(tmp_path):
+    """MONAI's ThreadDataLoader ends an epoch early and quietly when its thread fails; ours raises."""
+    bad = _truncated(tmp_path)
+    items = [{"image": str(tmp_path / "good.nii.gz")}] * 3 + [{"image": str(bad)}] + [{"image": str(tmp_path / "good.nii.gz")}]
+    ds = Dataset(items, _load_transform())
+    quiet = list(ThreadDataLoader(ds, batch_size=1, num_workers=0))
+    assert len(quiet) == 3  # the fault this guards against: two batches lost without an error
+    loader = mb.CheckedThreadDataLoader(ds, batch_size=1, num_workers=0)
+    seen = []
+    with pytest.raises(RuntimeError, match="applying transform"):
+        for batch in loader:
+            seen.append(batch)
+    assert len(seen) == 3
+    assert len(list(mb.CheckedThreadDataLoader(Dataset(items[:3], _load_transform()), batch_size=2))) == 2
+    assert len(list(DataLoader(Dataset(items[:3], _load_transform()), batch_size=2))) == 2
+
+
+def test_the_last_line_of_a_failed_run_is_the_cause(tmp_path):
+    script = (
+        "from monai_unet_variants.bundle import summarize_errors\n"
+        "summarize_errors()\n"
+        "try:\n    raise ValueError('image /data/ct.nii.gz is constant')\n"
+        "except ValueError as e:\n    raise RuntimeError('Failed to instantiate component') from e\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "error: ValueError: image /data/ct.nii.gz is constant"
+
+
+# --------------------------------------------------------------------------------- the real command line
+def _hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _break(root: Path, fault: str) -> Path:
+    """Break case pancreas_001 of the data set copy at ``root`` in one way; return the file to be named."""
+    img, lbl = root / "imagesTr" / "pancreas_001.nii.gz", root / "labelsTr" / "pancreas_001.nii.gz"
+    image, label = nib.load(str(img)), nib.load(str(lbl))
+    if fault == "truncated image":
+        data = img.read_bytes()
+        img.write_bytes(data[: len(data) // 2])
+        return img
+    if fault == "label off the grid":
+        moved = label.affine.copy()
+        moved[:3, 3] += [15.0, 0.0, 0.0]
+        _write(lbl, np.asarray(label.dataobj), moved)
+        return lbl
+    if fault == "fractional label":
+        _write(lbl, np.asarray(label.dataobj).astype(np.float32) * 0.6, label.affine)
+        return lbl
+    if fault == "NaN label":
+        values = np.asarray(label.dataobj).astype(np.float32)
+        values[0, 0, 0] = np.nan
+        _write(lbl, values, label.affine)
+        return lbl
+    if fault == "constant image":
+        _write(img, np.full(image.shape, -1000, np.int16), image.affine)
+        return img
+    if fault == "4D label":
+        _write(lbl, np.stack([np.asarray(label.dataobj)] * 2, axis=-1), label.affine)
+        return lbl
+    raise ValueError(fault)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["truncated image", "label off the grid", "fractional label", "NaN label",
+                                   "constant image", "4D label"])
+def test_training_refuses_broken_data(tmp_path, sample, fault):
+    data = tmp_path / "data"
+    shutil.copytree(sample, data)
+    named = _break(data, fault)
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    good = ckpt / "model.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    before = _hash(good)
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(data), "--epochs", "1",
+                           "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), *TINY],
+                          capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.returncode == 1, proc.stderr[-3000:]  # a clean failure: no abort from a thread (134)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(named) in last, last
+    assert _hash(good) == before and sorted(p.name for p in ckpt.iterdir()) == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_skip_bad_cases_trains_on_the_rest_and_says_so(tmp_path, sample):
+    data = tmp_path / "data"
+    shutil.copytree(sample, data)
+    named = _break(data, "truncated image")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(data), "--epochs", "1",
+                           "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), *TINY,
+                           "--skip_bad_cases", "true"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "skipping 1 of 4 training cases" in log
+    assert "this run left out 1 training case(s)" in log and str(named) in log.split("this run left out")[1]
+    assert (tmp_path / "models" / "model.pt").is_file()
