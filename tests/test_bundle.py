@@ -77,7 +77,7 @@ def test_training_writes_into_the_bundle_copy(trained):
     assert (trained / "models" / "model.pt").is_file()
     latest = torch.load(trained / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
     assert latest["trainer"]["iteration"] == 2 * latest["trainer"]["epoch_length"]  # ignite keeps iterations
-    assert set(latest) == {"network", "optimizer", "lr_scheduler", "best_metric", "trainer"}
+    assert set(latest) == {"network", "optimizer", "lr_scheduler", "best_metric", "rng", "trainer"}
     assert latest["best_metric"]["best_metric_epoch"] in (1, 2)
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
     assert not (REPO / "models").exists()

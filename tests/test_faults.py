@@ -242,3 +242,147 @@ def test_skip_bad_cases_trains_on_the_rest_and_says_so(tmp_path, sample):
     assert "skipping 1 of 4 training cases" in log
     assert "this run left out 1 training case(s)" in log and str(named) in log.split("this run left out")[1]
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+# ---------------------------------------------------------------------------------- resuming and checkpoints
+def test_atomic_write_names_the_file_and_leaves_nothing_behind(tmp_path):
+    out = mb.atomic_write(tmp_path / "a" / "table.csv", lambda f: f.write(b"x\n"))
+    assert out.read_bytes() == b"x\n"
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_current_umask())  # readable by a server's other user
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(mb.OutputError, match=f"cannot write {tmp_path / 'file' / 'seg.nii.gz'}: (Not a directory|File exists)"):
+        mb.atomic_write(tmp_path / "file" / "seg.nii.gz", lambda f: f.write(b"x"))
+
+    def refuse(path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(mb.OutputError, match=f"cannot write {out}: No space left on device"):
+        mb.atomic_write(out, lambda f: f.write(b"new"), verify=refuse)
+    assert out.read_bytes() == b"x\n" and sorted(p.name for p in out.parent.iterdir()) == ["table.csv"]
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_leftovers_of_killed_saves_are_swept(tmp_path):
+    for name in (".checkpoint_latest.pt.k2j3.tmp", ".model.pt.aa.tmp", "notes.tmp", "model.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    mb.AtomicCheckpointSaver(str(tmp_path), {"m": torch.nn.Linear(1, 1)}, save_key_metric=True).attach(_Engine())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "notes.tmp"]
+
+
+class _Engine:
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        self.state = SimpleNamespace(best_metric=-1.0, best_metric_epoch=-1, epoch=0)
+
+    def add_event_handler(self, *args) -> None:
+        pass
+
+
+def test_random_states_round_trip():
+    import random
+
+    from monai.transforms import RandFlipd, RandScaleIntensityd
+
+    pipeline = Compose([RandFlipd("image", prob=0.5), Compose([RandScaleIntensityd("image", factors=0.1, prob=0.5)])])
+    pipeline.set_random_state(seed=4)
+    states = mb.RandomStates(pipeline)
+    saved = states.state_dict()
+
+    def draw() -> list:
+        return [torch.rand(1).item(), np.random.rand(), random.random(),
+                *(t.R.rand() for t in states._randomized())]
+
+    first = draw()
+    states.load_state_dict(saved)
+    assert draw() == first
+    # both Composes, both dictionary transforms and the array transform inside RandScaleIntensityd
+    assert len(saved["transforms"]) == 5
+    with pytest.raises(ValueError, match="random states of 5 random transforms, the training pipeline has 2"):
+        mb.RandomStates(Compose([RandFlipd("image", prob=0.5)])).load_state_dict(saved)
+
+
+def test_best_metric_record_wins_over_an_older_checkpoint(tmp_path):
+    engine = _Engine()
+    record = tmp_path / "best_metric.json"
+    record.write_text('{"metric": 0.8, "epoch": 7, "file": "model.pt"}')
+    mb.BestMetricState(engine, record).load_state_dict({"best_metric": 0.7, "best_metric_epoch": 6})
+    assert (engine.state.best_metric, engine.state.best_metric_epoch) == (0.8, 7)
+    mb.BestMetricState(engine, record).load_state_dict({"best_metric": 0.9, "best_metric_epoch": 9})
+    assert engine.state.best_metric == 0.9
+
+
+def test_loader_messages_and_schedule_extension(tmp_path):
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(4, 2)
+    with pytest.raises(FileNotFoundError, match="--resume true, but there is nothing to resume: .*point --ckpt_dir"):
+        mb.SafeCheckpointLoader(str(tmp_path / "none.pt"), {"network": net}, purpose="resume")(Engine(lambda e, b: b))
+    torch.save(torch.nn.Linear(8, 2).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'other.pt'} does not fit the network .* "
+                                         "--network_def#_target_"):
+        mb.SafeCheckpointLoader(str(tmp_path / "other.pt"), {"network": net})(Engine(lambda e, b: b))
+
+    def schedule(epochs: int) -> tuple:
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-6)
+
+    opt, sched = schedule(2)
+    for _ in range(2):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(1e-6)  # a finished 2-epoch schedule
+    torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, tmp_path / "latest.pt")
+    opt4, sched4 = schedule(4)
+    loader = mb.SafeCheckpointLoader(str(tmp_path / "latest.pt"), {"optimizer": opt4, "lr_scheduler": sched4},
+                                     purpose="resume", extend_schedule_to=4)
+    loader(Engine(lambda e, b: b))
+    ref_opt, ref = schedule(4)
+    lrs, ref_lrs = [], []
+    for _ in range(2):
+        ref_opt.step()
+        ref.step()
+    for _ in range(2):  # epochs 3 and 4: on the 4-epoch cosine, never back up
+        lrs.append(opt4.param_groups[0]["lr"])
+        ref_lrs.append(ref_opt.param_groups[0]["lr"])
+        opt4.step()
+        sched4.step()
+        ref_opt.step()
+        ref.step()
+    assert lrs == pytest.approx(ref_lrs) and lrs[0] < 1e-3 * 0.51 and lrs[1] < lrs[0]
+
+
+def test_bundle_root_with_a_comma_in_its_name(tmp_path):
+    root = tmp_path / "pancreas,v2"
+    (root / "configs").mkdir(parents=True)
+    cfg = root / "configs" / "train.json"
+    cfg.write_text("{}")
+    assert mb.find_bundle_root(["x", "run", "--config_file", str(cfg)]) == str(root)
+    assert mb.find_bundle_root(["x", "run", "--config_file", f"['{cfg}', '{root}/configs/evaluate.json']"]) == str(root)
+
+
+@pytest.mark.slow
+def test_resumed_training_continues_the_uninterrupted_run(tmp_path, sample):
+    """Two epochs in one go, and one epoch then ``--resume true --epochs 2``: the same weights at the end
+    (optimizer, schedule, best metric and every random generator restored)."""
+    def train(ckpt: Path, *extra: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                               str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(sample), "--ckpt_dir",
+                               str(ckpt), "--output_dir", str(ckpt.parent / "eval"), "--val_interval", "1", *TINY,
+                               "--num_workers", "0", *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    train(tmp_path / "once" / "models", "--epochs", "2")
+    train(tmp_path / "twice" / "models", "--epochs", "1")
+    train(tmp_path / "twice" / "models", "--epochs", "2", "--resume", "true")
+    a = torch.load(tmp_path / "once" / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "twice" / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"]
+    for key, value in a["network"].items():
+        torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert oct((tmp_path / "twice" / "models" / "model.pt").stat().st_mode & 0o044) == oct(0o044)

@@ -1,37 +1,123 @@
-"""Checkpoints written atomically and read with errors that name the file; the evaluator's best metric as part of
-the resumable state."""
+"""Checkpoints and other outputs written atomically, read with errors that name the file; everything a resumed run
+needs to go on as if it had never stopped (the evaluator's best metric, the random states, the schedule's length)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import glob
+import json
+import logging
+import math
 import os
+import random
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 import torch
 from monai.handlers import CheckpointLoader
 
-__all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "SafeCheckpointLoader", "check_checkpoint"]
+__all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "OutputError", "RandomStates",
+           "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "sweep_temporaries"]
 
 LATEST_CHECKPOINT = "checkpoint_latest.pt"
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+
+class OutputError(OSError):
+    """An output that could not be written: the message names the file and the operating system's reason."""
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            found = re.search(r"Umask:\s+([0-7]+)", f.read())
+        return int(found.group(1), 8) if found else 0o022
+    except OSError:
+        return 0o022
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None],
+                 verify: Callable[[Path], None] | None = None, suffix: str = ".tmp") -> Path:
+    """Write ``path`` so that it is either complete and checked or not there at all.
+
+    ``write(f)`` fills a temporary file in the same folder, which is flushed and fsync-ed, given the permissions a
+    new file gets (0644 under the usual umask: a server running as another user can read it), checked with
+    ``verify(tmp_path)`` if given (size, a header read back), renamed over ``path``, and the folder is fsync-ed so
+    that the rename survives a crash. On any failure the temporary file is removed and ``OutputError`` names
+    ``path`` and the reason (``No space left on device``, ``Permission denied``, ``Not a directory``, ...).
+
+    Args:
+        path: the file to write.
+        write: writes the content to the open binary file it is given.
+        verify: raises if the written temporary file is not what it should be. Defaults to ``None``.
+        suffix: the temporary file's suffix (a writer may need the real one, e.g. ``.nii.gz``). Defaults to ``.tmp``.
+
+    Examples::
+
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
+        >>> atomic_write(out, lambda f: f.write(b"case,dice\\n")).read_text()
+        'case,dice\\n'
+    """
+    path = Path(path)
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        if verify is not None:
+            verify(Path(tmp))
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise OutputError(err.errno or errno.EIO, f"cannot write {path}: {reason}") from err
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush it to disk, then rename over ``path``:
-    a kill at any moment leaves either the old file or the new one, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through ``atomic_write``: a kill at any moment leaves the old file or the new one."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def sweep_temporaries(folder: str | os.PathLike, names: list[str]) -> list[Path]:
+    """Remove the temporary files that killed saves of ``names`` left in ``folder`` (``.<name>.*.tmp``); returns
+    them. Only for a folder whose writer is this process (a training run holds its ``ckpt_dir``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    gone = []
+    for name in names:
+        for leftover in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+                gone.append(leftover)
+    if gone:
+        logger.info(f"removed {len(gone)} temporary file(s) of interrupted saves in {folder}")
+    return gone
 
 
 def check_checkpoint(path: str | os.PathLike) -> dict:
@@ -53,6 +139,11 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
 class AtomicCheckpointSaver:
     """Save ``save_dict`` atomically: the latest state every ``save_interval`` epochs (for resuming) and/or
     the network each time the evaluator's key metric improves (``model.pt``).
+
+    Temporary files of saves that a kill interrupted are removed when it is attached. Before ``model.pt`` is
+    replaced, the metric it is saved for is recorded in ``best_metric.json`` beside it (write-ahead), so that a run
+    killed between ``model.pt`` and the next ``checkpoint_latest.pt`` resumes knowing how good ``model.pt`` is, and no
+    worse model replaces it (``BestMetricState(record=...)`` reads it back).
 
     Args:
         save_dir: folder of the checkpoints.
@@ -105,6 +196,10 @@ class AtomicCheckpointSaver:
 
         if self.engine_key:
             self.save_dict[self.engine_key] = engine
+        if self._rank0():
+            names = [self.latest_filename] if self.save_interval > 0 else []
+            names += [self.key_metric_filename, BEST_METRIC_RECORD] if self.save_key_metric else []
+            sweep_temporaries(self.save_dir, names)
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save_latest)
         if self.save_key_metric:
@@ -117,40 +212,164 @@ class AtomicCheckpointSaver:
     def save_best(self, engine: Any) -> None:
         state = engine.state
         if getattr(state, "best_metric_epoch", -1) == state.epoch and self._rank0():
+            record = {"metric": float(state.best_metric), "epoch": int(state.epoch), "file": self.key_metric_filename}
+            atomic_write(self.save_dir / BEST_METRIC_RECORD, lambda f: f.write(json.dumps(record).encode()))
             _atomic_save(self._state(), self.save_dir / self.key_metric_filename)
             engine.logger.info(f"saved best checkpoint {self.save_dir / self.key_metric_filename} "
                                f"(key metric {state.best_metric:.4f} at epoch {state.epoch})")
 
 
+#: the metric ``model.pt`` was saved for, written before it (see ``AtomicCheckpointSaver``)
+BEST_METRIC_RECORD = "best_metric.json"
+
+
 class BestMetricState:
     """The best key metric of an evaluator as a checkpointable object, so that a resumed training does not
-    overwrite ``model.pt`` with a worse model just because the evaluator forgot its best value."""
+    overwrite ``model.pt`` with a worse model just because the evaluator forgot its best value.
 
-    def __init__(self, engine: Any) -> None:
+    Args:
+        engine: the evaluator.
+        record: ``best_metric.json`` beside ``model.pt`` (see ``AtomicCheckpointSaver``): on loading, a better metric
+            recorded there than in the checkpoint (a kill between the two saves) wins. Defaults to ``None``.
+    """
+
+    def __init__(self, engine: Any, record: str | os.PathLike | None = None) -> None:
         self.engine = engine
+        self.record = Path(record) if record else None
 
     def state_dict(self) -> dict:
         state = self.engine.state
         return {"best_metric": float(state.best_metric), "best_metric_epoch": int(state.best_metric_epoch)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.engine.state.best_metric = float(state["best_metric"])
-        self.engine.state.best_metric_epoch = int(state["best_metric_epoch"])
+        best, epoch = float(state["best_metric"]), int(state["best_metric_epoch"])
+        if self.record is not None and self.record.is_file():
+            try:
+                recorded = json.loads(self.record.read_text())
+                metric, at = float(recorded["metric"]), int(recorded["epoch"])
+            except (ValueError, KeyError, TypeError, OSError) as err:
+                raise ValueError(f"{self.record} cannot be read ({err}): remove it to resume") from err
+            if metric > best:
+                logger.warning(f"{self.record} records a better model.pt ({metric:.4f} at epoch {at}) than the "
+                               f"checkpoint being resumed ({best:.4f}): the run was stopped between the two saves; "
+                               "keeping the better value, so that no worse model replaces model.pt")
+                best, epoch = metric, at
+        self.engine.state.best_metric = best
+        self.engine.state.best_metric_epoch = epoch
+
+
+def _tensor_of(state: Any) -> Any:
+    """A random generator's state in tensors and numbers only (``weights_only`` checkpoints hold nothing else)."""
+    if isinstance(state, np.ndarray):
+        return torch.from_numpy(state.astype(np.int64))
+    if isinstance(state, tuple):
+        return [_tensor_of(s) for s in state]
+    return state
+
+
+class RandomStates:
+    """Every random generator a training run draws from, as a checkpointable object: PyTorch's (CPU and CUDA),
+    NumPy's and Python's global ones, and the generator of every random transform of ``transform`` (crop centres,
+    flips, rotations, intensity changes). Restored with the rest of the checkpoint, a resumed run draws what the
+    uninterrupted run would have drawn.
+
+    Args:
+        transform: the training transform (a ``Compose``, nested ones included). Defaults to ``None``.
+    """
+
+    def __init__(self, transform: Any = None) -> None:
+        self.transform = transform
+
+    def _randomized(self) -> Iterator[Any]:
+        """Every object with a generator ``R`` in the transform, nested ``Compose``s and the array transforms inside
+        dictionary transforms (``RandScaleIntensityd.scaler``) included, in a fixed order."""
+        from monai.transforms import Randomizable
+
+        seen: set[int] = set()
+
+        def walk(t: Any) -> Iterator[Any]:
+            if id(t) in seen:
+                return
+            seen.add(id(t))
+            if isinstance(getattr(t, "R", None), np.random.RandomState):
+                yield t
+            for inner in getattr(t, "transforms", ()):
+                yield from walk(inner)
+            for value in vars(t).values() if hasattr(t, "__dict__") else ():
+                if isinstance(value, Randomizable):
+                    yield from walk(value)
+
+        if self.transform is not None:
+            yield from walk(self.transform)
+
+    def state_dict(self) -> dict:
+        py = random.getstate()
+        np_state = np.random.get_state()
+        out: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": _tensor_of(np_state[1:]),
+            "python": [py[0], torch.tensor(py[1], dtype=torch.int64), py[2]],
+            "transforms": [_tensor_of(t.R.get_state()[1:]) for t in self._randomized()],
+        }
+        if torch.cuda.is_available():
+            out["cuda"] = torch.cuda.get_rng_state_all()
+        return out
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        def numpy_state(s: list) -> tuple:
+            return ("MT19937", s[0].numpy().astype(np.uint32), int(s[1]), int(s[2]), float(s[3]))
+
+        transforms = list(self._randomized())
+        if len(state["transforms"]) != len(transforms):
+            raise ValueError(f"the checkpoint holds the random states of {len(state['transforms'])} random transforms, "
+                             f"the training pipeline has {len(transforms)}: it was saved by another pipeline")
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        np.random.set_state(numpy_state(state["numpy"]))
+        version, values, gauss = state["python"]
+        random.setstate((version, tuple(int(v) for v in values.tolist()), gauss))
+        for t, s in zip(transforms, state["transforms"], strict=True):
+            t.R.set_state(numpy_state(s))
 
 
 class SafeCheckpointLoader(CheckpointLoader):
-    """MONAI's ``CheckpointLoader`` (``weights_only=True``) whose errors name the file and the problem.
+    """MONAI's ``CheckpointLoader`` (``weights_only=True``) whose errors name the file, the problem and the fix.
 
     With ``enabled=False`` it does nothing (a config can switch resuming on and off with one id);
     ``engine_key`` adds the engine it is attached to into ``load_dict`` (to restore the trainer's epoch).
+
+    Args:
+        load_path, load_dict, map_location, strict, ...: as ``CheckpointLoader``.
+        enabled: load (``True``) or do nothing. Defaults to ``True``.
+        engine_key: add the engine under this key to ``load_dict``. Defaults to ``None``.
+        purpose: ``"resume"`` (a training's own latest checkpoint) or ``"weights"`` (a network's weights), for the
+            messages. Defaults to ``"weights"``.
+        extend_schedule_to: the run's epochs: when the restored cosine schedule was made for another number (a
+            finished 2-epoch run resumed with ``--epochs 4``), it is stretched to this many epochs from where it is,
+            and the learning rate set to the longer schedule's value at the current epoch (it never climbs back).
+            Defaults to ``None``.
+        optional_keys: entries of ``load_dict`` that a checkpoint may lack (it is then resumed without them, with a
+            warning). Defaults to ``("rng",)``.
     """
 
     def __init__(
-        self, load_path: str, load_dict: dict, enabled: bool = True, engine_key: str | None = None, **kwargs: Any
+        self,
+        load_path: str,
+        load_dict: dict,
+        enabled: bool = True,
+        engine_key: str | None = None,
+        purpose: str = "weights",
+        extend_schedule_to: int | None = None,
+        optional_keys: tuple[str, ...] = ("rng",),
+        **kwargs: Any,
     ) -> None:
         super().__init__(load_path=load_path, load_dict=dict(load_dict), **kwargs)
         self.enabled = enabled
         self.engine_key = engine_key
+        self.purpose = purpose
+        self.extend_schedule_to = extend_schedule_to
+        self.optional_keys = tuple(optional_keys)
 
     def attach(self, engine: Any) -> None:
         if self.engine_key:
@@ -159,5 +378,45 @@ class SafeCheckpointLoader(CheckpointLoader):
             super().attach(engine)
 
     def __call__(self, engine: Any) -> None:
-        check_checkpoint(self.load_path)
-        super().__call__(engine)
+        path = Path(self.load_path)
+        if self.purpose == "resume" and not path.is_file():
+            raise FileNotFoundError(
+                f"--resume true, but there is nothing to resume: {path} does not exist. Train without --resume, or "
+                f"point --ckpt_dir at the models folder of the run to continue"
+            )
+        content = check_checkpoint(path)
+        missing = [k for k in self.optional_keys if k in self.load_dict and isinstance(content, Mapping)
+                   and k not in content and len(self.load_dict) > 1]
+        for key in missing:  # e.g. the random states, which checkpoints of older versions do not hold
+            logger.warning(f"{path} holds no '{key}' (saved by an older version): resuming without it")
+        kept = {k: self.load_dict.pop(k) for k in missing}
+        try:
+            super().__call__(engine)
+        except RuntimeError as err:
+            if "state_dict" not in str(err) and "size mismatch" not in str(err):
+                raise
+            first = str(err).strip().splitlines()
+            raise ValueError(
+                f"checkpoint {path} does not fit the network ({first[0]} ...): it was saved from another network or "
+                "other widths. Pass the network_def it was trained with, e.g. --network_def#_target_ "
+                "monai_unet_variants.networks.ResUNet or --network_def#channels \"[16,32,64,128,256]\""
+            ) from err
+        finally:
+            self.load_dict.update(kept)
+        self._extend_schedule()
+
+    def _extend_schedule(self) -> None:
+        scheduler = self.load_dict.get("lr_scheduler")
+        target = self.extend_schedule_to
+        if target is None or scheduler is None or not hasattr(scheduler, "T_max") or scheduler.T_max == target:
+            return
+        done, old = scheduler.last_epoch, scheduler.T_max
+        scheduler.T_max = int(target)
+        lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / target)) / 2
+               for base in scheduler.base_lrs]
+        for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs
+        logger.warning(f"resuming at epoch {done} with --epochs {target}: the cosine schedule of {self.load_path} was "
+                       f"made for {old} epochs and now runs over {target}; learning rate {lrs[0]:.3g} (the value of "
+                       f"a {target}-epoch schedule at epoch {done})")

@@ -3,6 +3,7 @@ or DICOM series folders, with paths made absolute and a deterministic training/v
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
@@ -14,6 +15,22 @@ from typing import Any
 __all__ = ["find_bundle_root", "load_datalist", "test_inputs"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
+
+
+def _first_config(value: str) -> str:
+    """The first file of a ``--config_file`` value: a list literal (``"['a/train.json','a/evaluate.json']"``, whose
+    paths may hold commas), a path, or MONAI's comma-separated paths."""
+    text = value.strip()
+    if text[:1] in "[(":
+        try:
+            files = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            files = None
+        if isinstance(files, (list, tuple)) and files:
+            return str(files[0])
+    if Path(text).expanduser().exists():
+        return text
+    return text.strip("[]()").split(",")[0].strip().strip("'\"")
 
 
 def find_bundle_root(argv: Sequence[str] | None = None, cwd: str | os.PathLike | None = None) -> str:
@@ -33,8 +50,7 @@ def find_bundle_root(argv: Sequence[str] | None = None, cwd: str | os.PathLike |
         elif arg.startswith("--config_file="):
             value = arg.split("=", 1)[1]
     if value:
-        first = value.strip().strip("[]()").split(",")[0].strip().strip("'\"")
-        folder = Path(first).expanduser().resolve().parent
+        folder = Path(_first_config(value)).expanduser().resolve().parent
         return str(folder.parent if folder.name == "configs" else folder)
     here = Path(cwd or os.getcwd()).resolve()
     if (here / "configs" / "metadata.json").is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .checkpoints import atomic_write
 
 __all__ = ["PerCaseMetricsWriter"]
 
@@ -64,11 +67,12 @@ class PerCaseMetricsWriter:
             vals = [r[c] for r in self.rows if not math.isnan(r[c])]
             mean[c] = float(np.mean(vals)) if vals else float("nan")
         path = self.output_dir / self.filename
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=cols)
-            writer.writeheader()
-            for r in self.rows + [mean]:
-                writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=cols)
+        writer.writeheader()
+        for r in self.rows + [mean]:
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
+        atomic_write(path, lambda f: f.write(table.getvalue().encode()))  # complete or absent, never half written
         width = max(len(r["case"]) for r in self.rows + [mean]) + 2
         lines = ["".join([f"{'case':<{width}}"] + [f"{c:>16}" for c in cols[1:]])]
         for r in self.rows + [mean]:
