@@ -220,12 +220,12 @@ def test_training_refuses_broken_data(tmp_path, sample, fault):
     before = _hash(good)
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
                            str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(data), "--epochs", "1",
-                           "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), *TINY],
+                           "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), *TINY, "--overwrite", "true"],
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert proc.returncode == 1, proc.stderr[-3000:]  # a clean failure: no abort from a thread (134)
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(named) in last, last
-    assert _hash(good) == before and sorted(p.name for p in ckpt.iterdir()) == ["model.pt"]
+    assert _hash(good) == before and sorted(p.name for p in ckpt.iterdir() if not p.name.startswith(".")) == ["model.pt"]
 
 
 @pytest.mark.slow
@@ -386,3 +386,132 @@ def test_resumed_training_continues_the_uninterrupted_run(tmp_path, sample):
     for key, value in a["network"].items():
         torch.testing.assert_close(b["network"][key], value, rtol=1e-5, atol=1e-6, msg=key)
     assert oct((tmp_path / "twice" / "models" / "model.pt").stat().st_mode & 0o044) == oct(0o044)
+
+
+# ----------------------------------------------------------------------------------- outputs that clobber
+def test_output_names_are_unique_per_input(tmp_path):
+    (tmp_path / "ct").mkdir()
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    names = mb.output_names([str(tmp_path / "siteA" / "ct.nii.gz"), str(tmp_path / "siteB" / "ct.nii.gz"),
+                             str(tmp_path / "ct.nii.gz"), str(tmp_path / "ct"), str(tmp_path / "liver.nii")])
+    assert set(names.values()) == {"ct_dicom_seg.nii.gz", f"{tmp_path.name}_ct_seg.nii.gz", "liver_seg.nii.gz",
+                                   "siteA_ct_seg.nii.gz", "siteB_ct_seg.nii.gz"}
+
+
+def test_a_second_training_in_the_same_folders_is_refused(tmp_path):
+    ckpt, out = tmp_path / "models", tmp_path / "eval"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom monai_unet_variants.bundle import claim_training_folders\n"
+        f"claim_training_folders({str(ckpt)!r}, {str(out)!r})\nprint('held', flush=True)\ntime.sleep(60)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        second = subprocess.run([sys.executable, "-c", (
+            "from monai_unet_variants.bundle import claim_training_folders\n"
+            f"claim_training_folders({str(ckpt)!r}, {str(out)!r})\n")], capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"--ckpt_dir {ckpt} is in use by a training run that is still going (pid {holder.pid})" in second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert mb.claim_training_folders(ckpt, out)  # free again once the holder is gone
+    torch.save({}, ckpt / "model.pt")
+    with pytest.raises(FileExistsError, match=f"{ckpt / 'model.pt'} exist.* --resume true .* --overwrite true"):
+        mb.claim_training_folders(tmp_path / "models", tmp_path / "eval2")
+    assert mb.claim_training_folders(ckpt, out, resume="true") and mb.claim_training_folders(ckpt, out, overwrite="yes")
+
+
+def _run_bundle(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, sample) -> Path:
+    ckpt = tmp_path_factory.mktemp("trained") / "models"
+    proc = _run_bundle("--config_file", str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(sample),
+                       "--epochs", "1", "--ckpt_dir", str(ckpt), "--output_dir", str(ckpt.parent / "eval"), *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return ckpt / "model.pt"
+
+
+def _infer(model: Path, sample: Path, inputs: list, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    listing = "[" + ",".join(f"'{p}'" for p in inputs) + "]"
+    return _run_bundle("--config_file", str(FLAGSHIP / "configs" / "inference.json"), "--dataset_dir", str(sample),
+                       "--ckpt_path", str(model), "--datalist", listing, "--output_dir", str(out), *TINY[:4], *extra)
+
+
+@pytest.mark.slow
+def test_inference_outputs_are_unique_checked_and_never_clobbered(tmp_path, sample, tiny_model):
+    image = sample / "imagesTs" / "pancreas_005.nii.gz"
+    for site in ("siteA", "siteB"):
+        (tmp_path / site).mkdir()
+        shutil.copy(image, tmp_path / site / "ct.nii.gz")
+    inputs = [tmp_path / "siteA" / "ct.nii.gz", tmp_path / "siteB" / "ct.nii.gz"]
+    out = tmp_path / "out"
+    proc = _infer(tiny_model, sample, inputs, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["siteA_ct_seg.nii.gz", "siteB_ct_seg.nii.gz"]
+    before = {p.name: _hash(p) for p in out.iterdir()}
+    again = _infer(tiny_model, sample, inputs, out)  # a re-run over existing outputs
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1].startswith("error: FileExistsError: 2 output(s) exist already")
+    assert {p.name: _hash(p) for p in out.iterdir()} == before
+    assert _infer(tiny_model, sample, inputs, out, "--overwrite", "true").returncode == 0
+
+
+@pytest.mark.slow
+def test_a_case_that_cannot_be_written_fails_the_run_after_the_others(tmp_path, sample, tiny_model):
+    image = sample / "imagesTs" / "pancreas_005.nii.gz"
+    shutil.copy(image, tmp_path / "a.nii.gz")
+    shutil.copy(image, tmp_path / "b.nii.gz")
+    out = tmp_path / "out"
+    (out / "a_seg.nii.gz").mkdir(parents=True)  # a folder where a's output must go
+    proc = _infer(tiny_model, sample, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], out, "--overwrite", "true")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "1 case(s) have no output; the other 1 were written" in last and str(tmp_path / "a.nii.gz") in last
+    assert f"cannot write {out / 'a_seg.nii.gz'}" in last
+    assert nib.load(str(out / "b_seg.nii.gz")).shape == nib.load(str(image)).shape  # the other case: complete
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".a_seg")]
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    proc = _infer(tiny_model, sample, [tmp_path / "b.nii.gz"], blocked)
+    assert proc.returncode == 1 and str(blocked) in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_inference_onto_a_full_disk_fails_naming_the_file(tmp_path, sample, tiny_model):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root and permission to mount a tmpfs")
+    try:
+        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # fill the disk to the last byte
+            while os.write(fd, b"\0" * 1024):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        image = sample / "imagesTs" / "pancreas_005.nii.gz"
+        proc = _infer(tiny_model, sample, [image], mount)
+        assert proc.returncode == 1
+        last = proc.stderr.strip().splitlines()[-1]
+        assert f"cannot write {mount / 'pancreas_005_seg.nii.gz'}: No space left on device" in last
+        assert [p.name for p in mount.iterdir()] == ["filler"]  # no 0-byte or partial file left behind
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_training_again_over_a_finished_run_is_refused(tmp_path, sample, tiny_model):
+    before = _hash(tiny_model)
+    proc = _run_bundle("--config_file", str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(sample),
+                       "--epochs", "1", "--ckpt_dir", str(tiny_model.parent),
+                       "--output_dir", str(tmp_path / "eval"), *TINY)
+    assert proc.returncode == 1
+    assert "exist from an earlier run: --resume true continues" in proc.stderr.strip().splitlines()[-1]
+    assert _hash(tiny_model) == before

@@ -33,6 +33,7 @@ from .datalists import find_bundle_root, load_datalist, test_inputs
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, select_class
 from .metrics import PerCaseMetricsWriter
+from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
 from .transforms import MetaSafeSpacingd
 
 __all__ = [
@@ -46,15 +47,19 @@ __all__ = [
     "FinalValidationHandler",
     "MetaSafeSpacingd",
     "OutputError",
+    "OutputsReport",
     "PerCaseMetricsWriter",
     "RandomStates",
     "SafeCheckpointLoader",
+    "SegmentationWriter",
     "SkippedCasesReport",
     "atomic_write",
     "check_checkpoint",
     "check_inputs",
+    "claim_training_folders",
     "find_bundle_root",
     "load_datalist",
+    "output_names",
     "select_class",
     "summarize_errors",
     "sweep_temporaries",

@@ -1,0 +1,288 @@
+"""Outputs that are complete, checked and never clobber each other.
+
+- ``claim_training_folders``: a training run locks its ``ckpt_dir`` and ``output_dir`` (a second run writing there
+  is refused while the first one lives) and refuses to start afresh over an earlier run's checkpoints unless told
+  to resume or overwrite.
+- ``output_names``: one output name per input, unique even when two inputs share a file name (``siteA/ct.nii.gz``
+  and ``siteB/ct.nii.gz``) or a NIfTI file and a DICOM folder share a stem.
+- ``SegmentationWriter``: ``SaveImaged`` whose files are written through ``atomic_write`` and read back before
+  they replace anything; a case that cannot be written is reported, and the run fails at its end naming every case
+  without output (or at once, with ``keep_going=False``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from monai.transforms import SaveImaged
+
+from .checkpoints import LATEST_CHECKPOINT, OutputError, atomic_write
+
+__all__ = ["OutputsReport", "SegmentationWriter", "claim_training_folders", "output_names"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+LOCK_FILE = ".training.lock"
+_LOCKS: dict[str, IO[str]] = {}  # folder -> its open, locked file, held until the process ends
+
+
+def _lock(folder: Path, what: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    key = str(folder.resolve())
+    if key in _LOCKS:
+        return
+    path = folder / LOCK_FILE
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RuntimeError(
+            f"{what} {folder} is in use by a training run that is still going ({holder}): two runs writing one "
+            f"folder replace each other's checkpoints and mix their logs. Give this run its own folder "
+            f"(--ckpt_dir and --output_dir), or wait for the other one"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    _LOCKS[key] = handle
+
+
+def claim_training_folders(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: Any = False,
+                           overwrite: Any = False) -> bool:
+    """Lock ``ckpt_dir`` and ``output_dir`` for this training run, and refuse a fresh start over an earlier run.
+
+    A fresh start (no ``--resume``) in a ``ckpt_dir`` that already holds ``model.pt`` or ``checkpoint_latest.pt``
+    would replace them, whatever the new run is worth: it is refused unless ``overwrite`` is true. Under
+    ``torch.distributed`` only rank 0 claims the folders (the others write nothing there). The locks last as long
+    as the process.
+
+    Args:
+        ckpt_dir: the checkpoints' folder.
+        output_dir: the logs' folder.
+        resume: the run's ``--resume`` (text or boolean).
+        overwrite: the run's ``--overwrite`` (text or boolean).
+
+    Returns:
+        ``True`` (a config can call it in ``initialize``).
+    """
+    import torch
+
+    from ..options import as_bool
+
+    resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+        return True
+    ckpt, out = Path(ckpt_dir), Path(output_dir)
+    _lock(ckpt, "--ckpt_dir")
+    if out.resolve() != ckpt.resolve():
+        _lock(out, "--output_dir")
+    earlier = [p for p in (ckpt / "model.pt", ckpt / LATEST_CHECKPOINT) if p.is_file()]
+    if earlier and not resume and not overwrite:
+        raise FileExistsError(
+            f"{' and '.join(str(p) for p in earlier)} exist from an earlier run: --resume true continues that run, "
+            "--overwrite true starts afresh and replaces them, or give this run its own --ckpt_dir"
+        )
+    return True
+
+
+def _stem(path: str) -> str:
+    name = Path(path.rstrip("/\\")).name
+    for ext in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def output_names(inputs: Sequence[Any], postfix: str = "seg", ext: str = ".nii.gz") -> dict[str, str]:
+    """A unique output file name for every input path (a NIfTI file or a DICOM series folder).
+
+    The name is ``<stem>_<postfix><ext>``, the stem being the file name without its extension or the folder's
+    name. Where stems collide: a DICOM folder that collides with a file gets ``_dicom`` (``ct.nii.gz`` and ``ct/``
+    -> ``ct_seg.nii.gz``, ``ct_dicom_seg.nii.gz``); inputs still colliding get the nearest parent folders that tell
+    them apart in front (``siteA/ct.nii.gz``, ``siteB/ct.nii.gz`` -> ``siteA_ct_seg.nii.gz``, ``siteB_ct_seg.nii.gz``);
+    anything still equal (the same path twice) gets its position in the list.
+
+    Examples::
+
+        >>> names = output_names(["/a/siteA/ct.nii.gz", "/a/siteB/ct.nii.gz", "/a/x/liver.nii"])
+        >>> [names[p] for p in sorted(names)]
+        ['siteA_ct_seg.nii.gz', 'siteB_ct_seg.nii.gz', 'liver_seg.nii.gz']
+    """
+    paths = list(dict.fromkeys(str(p["image"] if isinstance(p, Mapping) else p) for p in inputs))
+    names = {p: _stem(p) for p in paths}
+
+    def clashes() -> list[list[str]]:
+        groups: dict[str, list[str]] = {}
+        for p in paths:
+            groups.setdefault(names[p], []).append(p)
+        return [g for g in groups.values() if len(g) > 1]
+
+    for group in clashes():
+        if any(Path(p).is_dir() for p in group) and not all(Path(p).is_dir() for p in group):
+            for p in group:
+                if Path(p).is_dir():
+                    names[p] += "_dicom"
+    base = dict(names)
+    parents = {p: [x for x in Path(p.rstrip("/\\")).parent.parts[::-1] if x.strip("/\\")] for p in paths}
+    depth = {p: 0 for p in paths}
+    while True:  # a colliding input takes one more parent folder each round, until it stands apart
+        for p in paths:
+            names[p] = "_".join([*reversed(parents[p][: depth[p]]), base[p]])
+        deeper = [p for group in clashes() for p in group if depth[p] < len(parents[p])]
+        if not deeper:
+            break
+        for p in deeper:
+            depth[p] += 1
+    for group in clashes():
+        for i, p in enumerate(group[1:], start=2):
+            names[p] = f"{names[p]}_{i}"
+    return {p: f"{names[p]}_{postfix}{ext}" for p in paths}
+
+
+class SegmentationWriter(SaveImaged):
+    """``SaveImaged`` for label maps whose files are complete, checked and uniquely named.
+
+    Every output goes through ``atomic_write``: written to a temporary file in the output folder, fsync-ed, read
+    back (a NIfTI header with the label map's shape), then renamed; a failure (a full disk, a read-only or missing
+    folder, a file in the folder's place) leaves no partial file and is reported with the path and the operating
+    system's reason. The output name comes from ``output_names(inputs)``. An existing output is replaced only with
+    ``overwrite=True`` (the bundle checks all of them before the first case runs: ``check_outputs``).
+
+    Args:
+        keys: the label map's key.
+        output_dir: the folder of the outputs.
+        inputs: every input of the run (paths or ``{"image": path}``), for the names. Defaults to ``()`` (names from
+            each input's own file name only).
+        output_postfix: added to the name. Defaults to ``"seg"``.
+        overwrite: replace existing outputs. Defaults to ``False``.
+        keep_going: after a case that cannot be written, go on with the others (the run fails at its end, naming
+            every case without output, through ``OutputsReport``) instead of failing at once. Defaults to ``True``.
+        kwargs: ``SaveImaged``'s other arguments (``output_dtype``, ``print_log``, ...); ``output_ext`` is
+            ``.nii.gz``.
+    """
+
+    def __init__(self, keys: Any, output_dir: str, inputs: Sequence[Any] = (), output_postfix: str = "seg",
+                 overwrite: bool = False, keep_going: bool = True, **kwargs: Any) -> None:
+        kwargs.pop("output_ext", None)
+        kwargs.pop("separate_folder", None)
+        super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_ext=".nii.gz",
+                         separate_folder=False, **kwargs)
+        self.out_dir = Path(output_dir)
+        self.postfix = output_postfix
+        self.set_inputs(inputs)
+        self.overwrite = bool(overwrite)
+        self.keep_going = bool(keep_going)
+        self.dtype = np.dtype(kwargs.get("output_dtype", np.uint8))
+        self.print_log = kwargs.get("print_log", True)
+        self.written: list[Path] = []
+        self.failed: list[str] = []
+
+    def set_inputs(self, inputs: Sequence[Any]) -> None:
+        """Every input of the run, so that their output names are unique (``OutputsReport`` passes them)."""
+        self.names = output_names(inputs, self.postfix)
+
+    def target(self, source: str) -> Path:
+        return self.out_dir / self.names.get(source, output_names([source], self.postfix)[source])
+
+    def check_outputs(self) -> bool:
+        """Refuse to start when an output of this run exists already (unless ``overwrite``)."""
+        existing = [self.out_dir / n for n in self.names.values() if (self.out_dir / n).exists()]
+        if existing and not self.overwrite:
+            shown = ", ".join(str(p) for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
+            raise FileExistsError(f"{len(existing)} output(s) exist already ({shown}): --overwrite true replaces "
+                                  "them, or write to another --output_dir")
+        return True
+
+    def _write_one(self, array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+        import nibabel as nib
+
+        image = nib.Nifti1Image(array.astype(self.dtype), affine)
+        image.header.set_xyzt_units("mm", "sec")
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        data = image.to_bytes()
+
+        def write(f: IO[bytes]) -> None:
+            with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=6, mtime=0) as gz:
+                gz.write(data)
+
+        def verify(tmp: Path) -> None:
+            if tmp.stat().st_size == 0:
+                raise OSError(5, "the written file is empty")
+            try:
+                back = nib.load(str(tmp))
+                shape = back.shape
+            except Exception as err:  # any reader failure means the file is not what was written
+                raise OSError(5, f"the written file cannot be read back ({err})") from err
+            if tuple(shape) != tuple(array.shape):
+                raise OSError(5, f"the written file has shape {shape}, not {array.shape}")
+
+        if path.exists() and not self.overwrite:
+            raise OutputError(17, f"cannot write {path}: it exists already (--overwrite true replaces it)")
+        atomic_write(path, write, verify, suffix=".nii.gz")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            meta = getattr(label, "meta", {})
+            source = str(meta.get("filename_or_obj", f"case_{len(self.written) + len(self.failed)}"))
+            path = self.target(source)
+            array = np.asarray(label.detach().cpu() if hasattr(label, "detach") else label)
+            array = array[0] if array.ndim == 4 else array
+            affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
+            try:
+                self._write_one(array, affine, path)
+            except OutputError as err:
+                self.failed.append(f"{source}: {err}")
+                logger.error(f"no output for {source}: {err}")
+                if not self.keep_going:
+                    raise
+                continue
+            self.written.append(path)
+            if self.print_log:
+                logger.info(f"wrote {path}")
+        return d
+
+
+class OutputsReport:
+    """The outputs of an inference run: before the first case, every input's output name (unique) and the check
+    that none exists yet (unless overwriting); at the end, a failure if any case has no output, one line per case
+    with its path and reason.
+
+    Args:
+        writer: the run's ``SegmentationWriter``.
+        inputs: every input of the run (paths or ``{"image": path}``).
+    """
+
+    def __init__(self, writer: SegmentationWriter, inputs: Sequence[Any] = ()) -> None:
+        self.writer = writer
+        self.inputs = list(inputs)
+
+    def _start(self, engine: Any) -> None:
+        if self.inputs:
+            self.writer.set_inputs(self.inputs)
+        self.writer.check_outputs()
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        if self.writer.failed:
+            lines = "\n  ".join(self.writer.failed)
+            raise OutputError(5, f"{len(self.writer.failed)} case(s) have no output; the other "
+                                 f"{len(self.writer.written)} were written:\n  {lines}")
+        engine.logger.info(f"wrote {len(self.writer.written)} segmentation(s) to {self.writer.out_dir}")
