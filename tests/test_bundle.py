@@ -220,6 +220,7 @@ def test_bad_labels_are_named(tmp_path):
         check(load({"image": str(img), "label": str(wrong)}))
 
 
+@pytest.mark.slow  # the fast checks are in test_faults.py
 def test_bad_label_fails_training_with_the_file_name(tmp_path, sample):
     bad = tmp_path / "bad"
     shutil.copytree(sample, bad)

@@ -159,16 +159,21 @@ def test_loader_thread_hands_its_errors_over(tmp_path):
     assert len(list(DataLoader(Dataset(items[:3], _load_transform()), batch_size=2))) == 2
 
 
-def test_the_last_line_of_a_failed_run_is_the_cause(tmp_path):
-    script = (
-        "from monai_unet_variants.bundle import summarize_errors\n"
-        "summarize_errors()\n"
-        "try:\n    raise ValueError('image /data/ct.nii.gz is constant')\n"
-        "except ValueError as e:\n    raise RuntimeError('Failed to instantiate component') from e\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == "error: ValueError: image /data/ct.nii.gz is constant"
+def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch):
+    from monai_unet_variants.bundle import errors
+
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    assert mb.summarize_errors() and sys.excepthook is errors._hook and mb.summarize_errors()
+    try:
+        try:
+            raise ValueError("image /data/ct.nii.gz is constant")
+        except ValueError as e:
+            raise RuntimeError("Failed to instantiate component") from e
+    except RuntimeError as err:
+        sys.excepthook(type(err), err, err.__traceback__)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == "error: ValueError: image /data/ct.nii.gz is constant"
+    assert any("Failed to instantiate component" in line for line in lines)  # Python's traceback stays
 
 
 # --------------------------------------------------------------------------------- the real command line
@@ -398,22 +403,28 @@ def test_output_names_are_unique_per_input(tmp_path):
                                    "siteA_ct_seg.nii.gz", "siteB_ct_seg.nii.gz"}
 
 
+def _hold(ckpt: str, out: str, ready, release) -> None:  # a forked process: the package is already imported
+    mb.claim_training_folders(ckpt, out)
+    ready.set()
+    release.wait(60)
+
+
 def test_a_second_training_in_the_same_folders_is_refused(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
     ckpt, out = tmp_path / "models", tmp_path / "eval"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom monai_unet_variants.bundle import claim_training_folders\n"
-        f"claim_training_folders({str(ckpt)!r}, {str(out)!r})\nprint('held', flush=True)\ntime.sleep(60)\n")],
-        stdout=subprocess.PIPE, text=True)
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(ckpt), str(out), ready, release))
+    holder.start()
     try:
-        assert holder.stdout.readline().strip() == "held"
-        second = subprocess.run([sys.executable, "-c", (
-            "from monai_unet_variants.bundle import claim_training_folders\n"
-            f"claim_training_folders({str(ckpt)!r}, {str(out)!r})\n")], capture_output=True, text=True, timeout=60)
-        assert second.returncode == 1
-        assert f"--ckpt_dir {ckpt} is in use by a training run that is still going (pid {holder.pid})" in second.stderr
+        assert ready.wait(30)
+        with pytest.raises(RuntimeError, match=f"--ckpt_dir {ckpt} is in use by a training run that is still going "
+                                               f"\\(pid {holder.pid}\\)"):
+            mb.claim_training_folders(ckpt, out)
     finally:
-        holder.kill()
-        holder.wait()
+        release.set()
+        holder.join(30)
     assert mb.claim_training_folders(ckpt, out)  # free again once the holder is gone
     torch.save({}, ckpt / "model.pt")
     with pytest.raises(FileExistsError, match=f"{ckpt / 'model.pt'} exist.* --resume true .* --overwrite true"):
