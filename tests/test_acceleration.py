@@ -217,18 +217,6 @@ def test_compiled_training_compiles_once_and_saves_plain_weights(tmp_path, sampl
     net.load_state_dict(state, strict=True)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("option", ["resume", "amp", "compile"])
-def test_boolean_options_refuse_what_they_cannot_read(tmp_path, sample, option):
-    root = tmp_path / "bundle"
-    shutil.copytree(FLAGSHIP, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
-    proc = _run("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
-                "--epochs", "1", *TINY, f"--{option}", "maybe", check=False)
-    assert proc.returncode != 0
-    assert f"--{option} must be true or false (also 1/0, yes/no, in any case), got 'maybe'" in proc.stderr
-    assert not (root / "models" / "model.pt").exists()
-
-
 def test_compile_and_amp_follow_the_device():
     """On a CPU the bundles run eager and in float32 unless told otherwise; on a GPU both default to on."""
     for name in ("train.json", "inference.json"):

@@ -526,3 +526,41 @@ def test_training_again_over_a_finished_run_is_refused(tmp_path, sample, tiny_mo
     assert proc.returncode == 1
     assert "exist from an earlier run: --resume true continues" in proc.stderr.strip().splitlines()[-1]
     assert _hash(tiny_model) == before
+
+
+# -------------------------------------------------------------------------------- options as they were typed
+TRAIN_FLAGS = ["resume", "overwrite", "amp", "compile", "channels_last", "skip_bad_cases"]
+INFERENCE_FLAGS = ["largest_component", "overwrite", "keep_going", "amp", "compile", "channels_last"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config, option", [("train.json", o) for o in TRAIN_FLAGS]
+                         + [("inference.json", o) for o in INFERENCE_FLAGS])
+def test_boolean_options_refuse_what_they_cannot_read(tmp_path, sample, tiny_model, config, option):
+    """Every boolean option of both configs, through the real command line: a value that is not true/false/1/0/
+    yes/no stops the run with the option's name, before anything is written."""
+    args = ["--config_file", str(FLAGSHIP / "configs" / config), "--dataset_dir", str(sample),
+            "--output_dir", str(tmp_path / "out"), *TINY, f"--{option}", "maybe"]
+    if config == "train.json":
+        args += ["--epochs", "1", "--ckpt_dir", str(tmp_path / "models")]
+    else:
+        args += ["--ckpt_path", str(tiny_model)]
+    proc = _run_bundle(*args)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: ValueError: --{option} must be true or false (also 1/0, yes/no, in any case), got 'maybe'")
+    assert not (tmp_path / "models" / "model.pt").exists() and not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+@pytest.mark.slow
+def test_resume_false_starts_afresh(tmp_path, sample):
+    """``--resume false`` (the text "false", as the command line passes it) does not resume."""
+    ckpt = tmp_path / "models"
+    common = ["--config_file", str(FLAGSHIP / "configs" / "train.json"), "--dataset_dir", str(sample),
+              "--ckpt_dir", str(ckpt), "--output_dir", str(tmp_path / "eval"), *TINY]
+    assert _run_bundle(*common, "--epochs", "2").returncode == 0
+    proc = _run_bundle(*common, "--epochs", "1", "--resume", "FALSE", "--overwrite", "Yes")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = torch.load(ckpt / mb.LATEST_CHECKPOINT, weights_only=True)["trainer"]
+    assert state["iteration"] == state["epoch_length"]  # one epoch from the start, not epoch 2 + 1
+    assert "Restored all variables" not in proc.stdout + proc.stderr
