@@ -202,7 +202,7 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match=f"image {corrupt} is not a readable NIfTI file"):
         mb.check_inputs([str(corrupt)])
     (tmp_path / "nodicom").mkdir()
-    with pytest.raises(ValueError, match="is an empty folder: expected a DICOM series"):
+    with pytest.raises(ValueError, match="is not a DICOM series: it holds no files and no DICOM file"):
         mb.check_inputs([str(tmp_path / "nodicom")])
 
 

@@ -564,3 +564,83 @@ def test_resume_false_starts_afresh(tmp_path, sample):
     state = torch.load(ckpt / mb.LATEST_CHECKPOINT, weights_only=True)["trainer"]
     assert state["iteration"] == state["epoch_length"]  # one epoch from the start, not epoch 2 + 1
     assert "Restored all variables" not in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- DICOM series
+@pytest.fixture
+def series(tmp_path, sample) -> Path:
+    folder = tmp_path / "series"
+    shutil.copytree(sample / "dicomTs" / "pancreas_005", folder)
+    return folder
+
+
+def test_a_complete_series_is_read_as_it_is(series):
+    assert mb.check_inputs([str(series)]) == [str(series)]
+
+
+def test_a_missing_slice_is_found(series):
+    (series / "IM0010.dcm").unlink()
+    with pytest.raises(mb.DicomSeriesError, match=f"series .* in {series} is not evenly spaced: 5 mm between "
+                                                  "IM0011.dcm and IM0009.dcm, 2.5 mm elsewhere \\(1 slice missing"):
+        mb.check_inputs([str(series)])
+
+
+def test_a_missing_instance_number_is_found(series):
+    import pydicom
+
+    ds = pydicom.dcmread(str(series / "IM0005.dcm"))
+    ds.InstanceNumber = 40  # numbering 1..24 with 5 absent and 40 present
+    ds.save_as(str(series / "IM0005.dcm"))
+    with pytest.raises(mb.DicomSeriesError, match="numbered 1..40: instance number\\(s\\) \\[5, 25, 26"):
+        mb.check_inputs([str(series)])
+
+
+@pytest.mark.parametrize("keep", [200, -1000], ids=["header cut", "pixels cut"])
+def test_an_unreadable_slice_is_named(series, keep):
+    slice_ = series / "IM0007.dcm"
+    slice_.write_bytes(slice_.read_bytes()[:keep])
+    with pytest.raises(mb.DicomSeriesError, match=f"{slice_} of the DICOM folder {series} cannot be read"):
+        mb.check_inputs([str(series)])
+
+
+def test_two_series_in_one_folder_are_refused_or_chosen(series, caplog):
+    from monai_unet_variants.data import generate_case, write_dicom_series
+
+    image, _, affine = generate_case(7, (40, 32, 6))
+    other = series.parent / "other"
+    write_dicom_series(image, affine, other, seed=7)
+    for f in other.iterdir():
+        shutil.copy(f, series / f"B{f.name}")
+    with pytest.raises(mb.DicomSeriesError, match=f"DICOM folder {series} holds 2 series: ") as err:
+        mb.check_inputs([str(series)])
+    assert "(24 files," in str(err.value) and "(6 files," in str(err.value) and "--dicom_series largest" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        [chosen] = mb.check_inputs([str(series)], dicom_series="largest")
+    assert Path(chosen).name == series.name and len(list(Path(chosen).iterdir())) == 24
+    assert "holds 2 series; reading" in caplog.text
+
+
+def test_a_series_one_folder_down_is_found(series, caplog):
+    outer = series.parent / "study"
+    outer.mkdir()
+    shutil.move(str(series), outer / "series")
+    (outer / "notes.txt").write_text("not an image")
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        assert mb.check_inputs([str(outer)]) == [str(outer / "series")]
+    assert "holds no DICOM file itself; reading its subfolder" in caplog.text
+    empty = series.parent / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("x")
+    with pytest.raises(mb.DicomSeriesError, match=f"{empty} is not a DICOM series: it holds 1 other file\\(s\\) "
+                                                  "\\(e.g. readme.txt\\)"):
+        mb.check_inputs([str(empty)])
+
+
+@pytest.mark.slow
+def test_inference_refuses_a_series_with_a_gap(series, sample, tiny_model, tmp_path):
+    (series / "IM0012.dcm").unlink()
+    proc = _infer(tiny_model, sample, [series], tmp_path / "out")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: DicomSeriesError: series") and f"in {series} is not evenly spaced" in last
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -30,6 +30,7 @@ from .checks import (
     check_inputs,
 )
 from .datalists import find_bundle_root, load_datalist, test_inputs
+from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, select_class
 from .metrics import PerCaseMetricsWriter
@@ -44,6 +45,7 @@ __all__ = [
     "CheckCased",
     "CheckedCacheDataset",
     "CheckedThreadDataLoader",
+    "DicomSeriesError",
     "FinalValidationHandler",
     "MetaSafeSpacingd",
     "OutputError",
@@ -55,6 +57,7 @@ __all__ = [
     "SkippedCasesReport",
     "atomic_write",
     "check_checkpoint",
+    "check_dicom_folder",
     "check_inputs",
     "claim_training_folders",
     "find_bundle_root",

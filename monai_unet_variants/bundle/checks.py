@@ -16,6 +16,7 @@ from monai.config import KeysCollection
 from monai.data import CacheDataset, ThreadDataLoader
 from monai.transforms import MapTransform
 
+from .dicom import check_dicom_folder, series_choice
 from .errors import root_cause
 
 __all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDataLoader", "SkippedCasesReport",
@@ -28,12 +29,11 @@ logger = logging.getLogger("monai_unet_variants.bundle")
 AFFINE_TOLERANCE_MM = 0.1
 
 
-def _check_file(path: str, role: str) -> None:
+def _check_file(path: str, role: str, dicom_series: str | None = None) -> str:
+    """Check one input and return the path to read (a DICOM folder may lead to its one series' folder)."""
     p = Path(path)
     if p.is_dir():
-        if not any(f.is_file() for f in p.iterdir()):
-            raise ValueError(f"{role} {p} is an empty folder: expected a DICOM series")
-        return
+        return check_dicom_folder(p, series_choice(dicom_series))
     if not p.exists():
         raise FileNotFoundError(f"{role} {p} does not exist")
     if p.stat().st_size == 0:
@@ -53,21 +53,36 @@ def _check_file(path: str, role: str) -> None:
                 f"{role} {p} is a {len(shape)}D volume (shape {shape}): expected one 3D volume; take the volume you "
                 "mean out of it first (e.g. with nibabel's four_to_three)"
             )
+    return str(p)
 
 
-def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label")) -> list:
-    """Check that every file of a datalist exists and has a readable header, before any work starts.
+def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"), dicom_series: str | None = None) -> list:
+    """Check that every file of a datalist exists and has a readable header, and every DICOM folder holds one complete,
+    evenly spaced series, before any work starts.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the file. Returns ``items`` unchanged.
+    Args:
+        items: paths, or dicts with ``keys``.
+        keys: the keys of a dict item that hold paths. Defaults to ``("image", "label")``.
+        dicom_series: how to pick one of several series in a DICOM folder: ``None`` (refuse), ``"largest"`` or a
+            ``SeriesInstanceUID`` (see ``dicom.check_dicom_folder``). Defaults to ``None``.
+
+    Returns:
+        The items, with a DICOM folder replaced by the folder to read where the check chose one (logged).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file and the problem.
     """
+    out = []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
-            _check_file(str(item), "image")
+            out.append(_check_file(str(item), "image", dicom_series))
             continue
+        item = dict(item)
         for key in keys:
             if key in item:
-                _check_file(str(item[key]), key)
-    return list(items)
+                item[key] = _check_file(str(item[key]), key, dicom_series)
+        out.append(item)
+    return out
 
 
 def _name(x: Any) -> str:

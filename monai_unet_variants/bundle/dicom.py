@@ -1,0 +1,202 @@
+"""DICOM series folders checked before they are read: one series, every slice there, evenly spaced.
+
+ITK reads whatever DICOM files a folder holds: a folder with a missing slice gives a volume with one slice fewer
+(and the wrong spacing, with only a warning on stderr), a folder holding two series gives one of them without a word,
+and a series one folder down gives "an empty folder". ``check_dicom_folder`` reads every file's header (pydicom,
+pixels untouched), groups the files by ``SeriesInstanceUID``, and checks the chosen series: the same orientation on
+every slice, no two slices at one position, slice positions evenly spaced along the slice normal, instance numbers
+without gaps. It goes one folder down when the folder holds no DICOM file itself and exactly one subfolder does.
+
+pydicom rather than SimpleITK's GDCM series tools: it is already a dependency of the bundles (SimpleITK would add
+~50 MB), and the checks need the raw header values (instance numbers, positions, orientation) that pydicom exposes
+directly; GDCM's ordering is the same sort by position along the normal that is done here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DicomSeriesError", "check_dicom_folder", "series_choice"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+#: largest allowed deviation of one slice gap from the median gap: 1% (and at least 0.01 mm)
+SPACING_TOLERANCE = 0.01
+
+
+class DicomSeriesError(ValueError):
+    """A DICOM folder that does not hold exactly one complete, evenly spaced series; the message names the folder,
+    what was found and the fix."""
+
+
+def _pixels_complete(ds: Any, path: Path) -> bool:
+    """Whether the file holds all of its pixel data (a file cut short ends before the value's declared length)."""
+    if "PixelData" not in ds:
+        return False
+    try:
+        raw = ds.get_item("PixelData", keep_deferred=True)  # pydicom 3: the deferred element, not its value
+    except TypeError:  # pydicom 2 returns the raw element as it is
+        raw = ds.get_item("PixelData")
+    tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+    if tell is None or length in (None, 0xFFFFFFFF):  # read already, or encapsulated (undefined length)
+        return True
+    return tell + length <= path.stat().st_size
+
+
+def _headers(folder: Path) -> tuple[list[tuple[Path, Any]], list[Path]]:
+    """(file, header) of every DICOM file directly in ``folder``, and the files that are not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    found, other = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        with open(path, "rb") as f:
+            marked = f.read(132)[128:] == b"DICM"  # a DICOM file's own mark: such a file must read completely
+        try:
+            ds = pydicom.dcmread(str(path), defer_size=1024)  # large values (the pixels) are not read, only located
+            if marked and ("SeriesInstanceUID" not in ds or not _pixels_complete(ds, path)):
+                raise ValueError("its header or pixel data is incomplete")
+        except InvalidDicomError:
+            if marked:
+                raise DicomSeriesError(f"{path} of the DICOM folder {folder} cannot be read (not a valid DICOM "
+                                       "file): the file is truncated or corrupt; replace it") from None
+            other.append(path)
+            continue
+        except Exception as err:  # a DICOM file cut short, or otherwise unreadable
+            raise DicomSeriesError(f"{path} of the DICOM folder {folder} cannot be read ({type(err).__name__}: "
+                                   f"{err}): the file is truncated or corrupt; replace it") from err
+        if "SeriesInstanceUID" not in ds:
+            other.append(path)
+            continue
+        found.append((path, ds))
+    return found, other
+
+
+def _describe(uid: str, items: list) -> str:
+    ds = items[0][1]
+    return (f"{uid} ({len(items)} files, '{getattr(ds, 'SeriesDescription', '')}', "
+            f"series {getattr(ds, 'SeriesNumber', '?')})")
+
+
+def _choose(folder: Path, series: dict[str, list], choice: str | None) -> tuple[str, list]:
+    if len(series) == 1:
+        return next(iter(series.items()))
+    listing = "; ".join(_describe(uid, items) for uid, items in series.items())
+    if not choice:
+        raise DicomSeriesError(
+            f"DICOM folder {folder} holds {len(series)} series: {listing}. Put each series in its own folder, or "
+            "choose one with --dicom_series largest or --dicom_series <SeriesInstanceUID>"
+        )
+    if choice == "largest":
+        uid = max(series, key=lambda u: len(series[u]))
+    elif choice in series:
+        uid = choice
+    else:
+        raise DicomSeriesError(f"DICOM folder {folder} holds no series {choice}; it holds: {listing}")
+    logger.warning(f"DICOM folder {folder} holds {len(series)} series; reading {_describe(uid, series[uid])} "
+                   f"(--dicom_series {choice})")
+    return uid, series[uid]
+
+
+def _check_geometry(folder: Path, uid: str, items: list) -> None:
+    if len(items) < 2:
+        return
+    try:
+        orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    except AttributeError as err:
+        raise DicomSeriesError(f"series {uid} in {folder} lacks ImageOrientationPatient or ImagePositionPatient "
+                               f"on some slice ({err}): its geometry cannot be known") from err
+    if np.abs(orientations - orientations[0]).max() > 1e-4:
+        raise DicomSeriesError(f"series {uid} in {folder}: its slices have different orientations (a localizer or "
+                               "a reformat mixed in?); read one orientation per folder")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    along = positions @ normal
+    order = np.argsort(along)
+    gaps = np.diff(along[order])
+    files = [items[i][0].name for i in order]
+    if np.any(gaps < 1e-3):
+        k = int(np.argmin(gaps))
+        raise DicomSeriesError(f"series {uid} in {folder}: {files[k]} and {files[k + 1]} lie at the same position "
+                               "(a duplicated slice, or two acquisitions in one series)")
+    median = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - median)))
+    if abs(gaps[worst] - median) > max(SPACING_TOLERANCE * median, 0.01):
+        missing = round(gaps[worst] / median) - 1
+        hint = f" ({missing} slice{'s' if missing != 1 else ''} missing there?)" if missing >= 1 else ""
+        raise DicomSeriesError(
+            f"series {uid} in {folder} is not evenly spaced: {gaps[worst]:.3g} mm between {files[worst]} and "
+            f"{files[worst + 1]}, {median:.3g} mm elsewhere{hint}; read as it is, the volume would have wrong "
+            "geometry. Complete the series or remove the odd slices"
+        )
+    numbers = [int(ds.InstanceNumber) for _, ds in items if "InstanceNumber" in ds and ds.InstanceNumber is not None]
+    if len(numbers) == len(items) and len(set(numbers)) == len(numbers):
+        expected = set(range(min(numbers), max(numbers) + 1))
+        absent = sorted(expected - set(numbers))
+        if absent:
+            raise DicomSeriesError(
+                f"series {uid} in {folder} has {len(items)} slices numbered {min(numbers)}..{max(numbers)}: instance "
+                f"number(s) {absent[:5]}{' ...' if len(absent) > 5 else ''} missing. Complete the series"
+            )
+
+
+def _series_folder(folder: Path, uid: str, items: list) -> Path:
+    """A folder holding only the chosen series' files (links), for a reader that reads whole folders."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai_unet_variants" / "dicom_series"
+    key = hashlib.sha256(f"{folder.resolve()}|{uid}".encode()).hexdigest()[:16]
+    out = base / key / folder.name  # the folder's own name: outputs are still named after it
+    out.mkdir(parents=True, exist_ok=True)
+    for path, _ in items:
+        link = out / path.name
+        if not link.exists():
+            os.symlink(path.resolve(), link)
+    return out
+
+
+def check_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> str:
+    """Check a DICOM series folder and return the folder to read (itself, its one DICOM subfolder, or a folder of
+    links to the chosen series' files).
+
+    Args:
+        folder: the folder given in the datalist.
+        series: ``None`` (a folder must hold one series), ``"largest"`` or a ``SeriesInstanceUID`` to choose one of
+            several (logged). Defaults to ``None``.
+
+    Raises:
+        DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
+            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations.
+    """
+    folder = Path(folder)
+    found, other = _headers(folder)
+    if not found:
+        subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir()]
+        with_dicom = [p for p in subfolders if _headers(p)[0]]
+        if len(with_dicom) == 1:
+            logger.warning(f"DICOM folder {folder} holds no DICOM file itself; reading its subfolder {with_dicom[0]}")
+            return check_dicom_folder(with_dicom[0], series)
+        what = (f"{len(other)} other file(s) (e.g. {other[0].name})" if other else "no files") + (
+            f" and {len(subfolders)} subfolder(s)" if subfolders else "")
+        if len(with_dicom) > 1:
+            raise DicomSeriesError(f"{folder} holds no DICOM file itself but {len(with_dicom)} subfolders with "
+                                   f"DICOM series ({', '.join(p.name for p in with_dicom)}): list each in the datalist")
+        raise DicomSeriesError(f"{folder} is not a DICOM series: it holds {what} and no DICOM file")
+    groups: dict[str, list] = {}
+    for path, ds in found:
+        groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
+    uid, items = _choose(folder, groups, series)
+    _check_geometry(folder, uid, items)
+    if len(groups) > 1 or other:
+        return str(_series_folder(folder, uid, items))
+    return str(folder)
+
+
+def series_choice(value: Any) -> str | None:
+    """The ``--dicom_series`` option: empty or ``none`` -> ``None``."""
+    text = str(value).strip() if value is not None else ""
+    return None if text.lower() in ("", "none", "false") else text
