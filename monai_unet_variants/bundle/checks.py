@@ -333,26 +333,25 @@ class CheckedThreadDataLoader(ThreadDataLoader):
         running = [True]
         done = object()
 
-        def fill() -> None:
-            try:
-                for batch in source:
-                    while running[0]:
-                        try:
-                            buffer.put(batch, timeout=self.buffer_timeout)
-                            break
-                        except Full:
-                            continue
-                    if not running[0]:
-                        return
-                item: Any = done
-            except BaseException as err:  # handed over to the consumer below
-                item = _Failure(err)
+        def put(item: Any) -> bool:
+            """Queue ``item`` unless the consumer has stopped; whether it was queued."""
             while running[0]:
                 try:
                     buffer.put(item, timeout=self.buffer_timeout)
-                    return
+                    return True
                 except Full:
                     continue
+            return False
+
+        def fill() -> None:
+            try:
+                for batch in source:
+                    if not put(batch):
+                        return
+                last: Any = done
+            except BaseException as err:  # handed over to the consumer below
+                last = _Failure(err)
+            put(last)
 
         thread = Thread(target=fill, daemon=True)
         thread.start()
