@@ -430,6 +430,10 @@ def test_a_second_training_in_the_same_folders_is_refused(tmp_path):
     with pytest.raises(FileExistsError, match=f"{ckpt / 'model.pt'} exist.* --resume true .* --overwrite true"):
         mb.claim_training_folders(tmp_path / "models", tmp_path / "eval2")
     assert mb.claim_training_folders(ckpt, out, resume="true") and mb.claim_training_folders(ckpt, out, overwrite="yes")
+    from monai.handlers import CheckpointLoader  # fine-tuning from model.pt, as MONAI Label trains
+
+    tune = CheckpointLoader(str(ckpt / "model.pt"), {"network": torch.nn.Linear(1, 1)})
+    assert mb.claim_training_folders(ckpt, out, handlers=[tune])
 
 
 def _run_bundle(*args: str) -> subprocess.CompletedProcess:

@@ -57,20 +57,32 @@ def _lock(folder: Path, what: str) -> None:
     _LOCKS[key] = handle
 
 
+def _continues_from(handlers: Sequence[Any], files: Sequence[Path]) -> bool:
+    """Whether one of the trainer's handlers loads one of ``files`` at the start (fine-tuning from ``model.pt``, as
+    MONAI Label's training does, or resuming)."""
+    from monai.handlers import CheckpointLoader
+
+    wanted = {str(p.resolve()) for p in files}
+    return any(isinstance(h, CheckpointLoader) and getattr(h, "enabled", True)
+               and str(Path(h.load_path).resolve()) in wanted for h in handlers)
+
+
 def claim_training_folders(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: Any = False,
-                           overwrite: Any = False) -> bool:
+                           overwrite: Any = False, handlers: Sequence[Any] = ()) -> bool:
     """Lock ``ckpt_dir`` and ``output_dir`` for this training run, and refuse a fresh start over an earlier run.
 
-    A fresh start (no ``--resume``) in a ``ckpt_dir`` that already holds ``model.pt`` or ``checkpoint_latest.pt``
-    would replace them, whatever the new run is worth: it is refused unless ``overwrite`` is true. Under
-    ``torch.distributed`` only rank 0 claims the folders (the others write nothing there). The locks last as long
-    as the process.
+    A fresh start in a ``ckpt_dir`` that already holds ``model.pt`` or ``checkpoint_latest.pt`` would replace them,
+    whatever the new run is worth: it is refused unless ``overwrite`` is true, or the run continues from them
+    (``resume``, or a handler of ``handlers`` that loads one of them: MONAI Label fine-tunes its bundle's
+    ``model.pt`` that way). Under ``torch.distributed`` only rank 0 claims the folders (the others write nothing
+    there). The locks last as long as the process.
 
     Args:
         ckpt_dir: the checkpoints' folder.
         output_dir: the logs' folder.
         resume: the run's ``--resume`` (text or boolean).
         overwrite: the run's ``--overwrite`` (text or boolean).
+        handlers: the trainer's handlers. Defaults to ``()``.
 
     Returns:
         ``True`` (a config can call it in ``initialize``).
@@ -87,7 +99,7 @@ def claim_training_folders(ckpt_dir: str | os.PathLike, output_dir: str | os.Pat
     if out.resolve() != ckpt.resolve():
         _lock(out, "--output_dir")
     earlier = [p for p in (ckpt / "model.pt", ckpt / LATEST_CHECKPOINT) if p.is_file()]
-    if earlier and not resume and not overwrite:
+    if earlier and not resume and not overwrite and not _continues_from(handlers, earlier):
         raise FileExistsError(
             f"{' and '.join(str(p) for p in earlier)} exist from an earlier run: --resume true continues that run, "
             "--overwrite true starts afresh and replaces them, or give this run its own --ckpt_dir"
