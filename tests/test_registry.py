@@ -117,3 +117,21 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_error_inside_a_block_is_not_blamed_on_block_args(monkeypatch):
+    """Only arguments a block does not take are reported as bad ``block_args``; a TypeError raised while a block is
+    being built reaches the user as it is."""
+    from monai_unet_variants.networks import base
+
+    class Broken(torch.nn.Module):
+        def __init__(self, spatial_dims, in_channels, out_channels, stride=1, kernel_size=3, act="relu", norm="batch",
+                     dropout=None, bias=True, is_stem=False, width=1):
+            super().__init__()
+            raise TypeError("a bug inside the block")
+
+    monkeypatch.setitem(base.BLOCKS, "broken", Broken)
+    with pytest.raises(TypeError, match="a bug inside the block"):
+        muv.ComposableUNet(2, 1, 2, channels=(8, 16), encoder_block="broken", block_args={"width": 2})
+    with pytest.raises(ValueError, match=r"block_args \['depth'\] do not fit block 'broken'"):
+        muv.ComposableUNet(2, 1, 2, channels=(8, 16), encoder_block="broken", block_args={"depth": 2})

@@ -6,61 +6,20 @@ Every network of this package is a thin composition of this class; users can com
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
-from monai.networks.layers.factories import Pool
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import (
-    ATTENTION_MODES,
-    HEADS,
-    UPSAMPLE_MODES,
-    ConvStack,
-    FullyDenseUnit,
-    MultiResBlock,
-    MultiScaleFusionHead,
-    OutputHead,
-    PreActResidualUnit,
-    RecurrentResidualUnit,
-    ResPath,
-    SkipPath,
-    make_upsample,
-)
-from .blocks.layers import LayerArg, check_layer_args, check_spatial_dims
+from .base import BLOCKS, DOWNSAMPLE_MODES, UNetBase, check_unet_args, make_block
+from .blocks import ATTENTION_MODES, HEADS, MultiScaleFusionHead, OutputHead, ResPath, SkipPath, make_upsample
+from .blocks.layers import LayerArg
 
 __all__ = ["ComposableUNet", "BLOCKS", "DOWNSAMPLE_MODES", "SKIP_TRANSFORMS"]
 
-#: Encoder/decoder blocks by name. Each takes ``(spatial_dims, in_channels, out_channels, stride,
-#: kernel_size, act, norm, dropout, bias, is_stem, **block_args)`` and has an ``out_channels`` attribute.
-BLOCKS: dict[str, type[nn.Module]] = {
-    "conv": ConvStack,
-    "preact_residual": PreActResidualUnit,
-    "recurrent_residual": RecurrentResidualUnit,
-    "fully_dense": FullyDenseUnit,
-    "multires": MultiResBlock,
-}
-DOWNSAMPLE_MODES = ("maxpool", "conv")
 SKIP_TRANSFORMS = ("plain", "respath")
-
-
-def _positive_ints(name: str, values: Any) -> tuple[int, ...]:
-    if isinstance(values, int):
-        values = (values,)
-    try:
-        out = tuple(int(v) for v in values)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a sequence of positive integers (got {values!r}).") from err
-    if any(v < 1 or v != orig for v, orig in zip(out, values)):
-        raise ValueError(f"{name} must contain positive integers only (got {tuple(values)!r}).")
-    return out
-
-
-def _encode_level(pool: nn.Module, enc: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    return enc(pool(h))
 
 
 def _decode_stage(
@@ -72,7 +31,7 @@ def _decode_stage(
     return dec(torch.cat([s, up], dim=1)), amap
 
 
-class ComposableUNet(nn.Module):
+class ComposableUNet(UNetBase):
     """A U-Net whose encoder block, decoder block, skip path, up-sampling and head are chosen by name.
 
     Topology: ``len(channels)`` levels; level ``i > 0`` is reached by down-sampling with ``strides[i-1]``
@@ -161,29 +120,17 @@ class ComposableUNet(nn.Module):
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        check_spatial_dims(spatial_dims)
-        if not isinstance(in_channels, int) or in_channels < 1 or not isinstance(out_channels, int) or out_channels < 1:
-            raise ValueError(f"in_channels and out_channels must be positive integers (got {in_channels!r}, {out_channels!r}).")
-        channels = _positive_ints("channels", channels)
+        channels, strides = check_unet_args(
+            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout, upsample,
+            deep_supervision, deep_supr_num,
+        )
         depth = len(channels)
-        if depth < 2:
-            raise ValueError(f"channels needs at least 2 levels (got {channels}); e.g. channels=(16, 32, 64, 128, 256).")
-        strides = (2,) * (depth - 1) if strides is None else _positive_ints("strides", strides)
-        if len(strides) != depth - 1:
-            raise ValueError(
-                f"strides must have len(channels) - 1 = {depth - 1} values, one per down-sampling step "
-                f"(got {len(strides)}: {strides}); e.g. strides={(2,) * (depth - 1)}."
-            )
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd integer (got {kernel_size!r}).")
-        check_layer_args(spatial_dims, act, norm, dropout)
         decoder_block = encoder_block if decoder_block is None else decoder_block
         for name in (encoder_block, decoder_block):
             if name not in BLOCKS:
                 raise ValueError(f"unknown block {name!r}: choose one of {sorted(BLOCKS)}.")
         for arg, value, allowed in (
             ("downsample", downsample, DOWNSAMPLE_MODES),
-            ("upsample", upsample, UPSAMPLE_MODES),
             ("interp_mode", interp_mode, ("nearest", "linear")),
             ("skip", skip, SKIP_TRANSFORMS),
             ("head", head, HEADS),
@@ -201,45 +148,20 @@ class ComposableUNet(nn.Module):
             attention_ratio = 1.0 if attention == "grid" else 0.5
         if not 0 < attention_ratio <= 4:
             raise ValueError(f"attention_ratio must be in (0, 4] (got {attention_ratio}).")
-        if deep_supervision and not 1 <= deep_supr_num <= depth - 2:
-            raise ValueError(
-                f"deep_supr_num must be in 1..len(channels) - 2 = {depth - 2} with deep_supervision (got {deep_supr_num})."
-            )
         if global_residual and in_channels != out_channels:
             raise ValueError(
                 f"global_residual adds the input to the output and needs in_channels == out_channels "
                 f"(got {in_channels} and {out_channels}); set global_residual=False for segmentation."
             )
 
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.divisor = int(math.prod(strides))
         self.deep_supervision = bool(deep_supervision)
         self.global_residual = bool(global_residual)
-        self.checkpointing = bool(checkpointing)
-
         common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout, bias=bias)
         extra = dict(block_args or {})
-
-        def block(name: str, c_in: int, c_out: int, stride: int, is_stem: bool) -> nn.Module:
-            try:
-                return BLOCKS[name](spatial_dims, c_in, c_out, stride=stride, is_stem=is_stem, **common, **extra)
-            except TypeError as err:
-                raise ValueError(f"block_args {sorted(extra)} do not fit block {name!r}: {err}") from err
-
-        # encoder
-        pools, encoder, enc_out = [], [], []
-        prev = in_channels
-        for i, width in enumerate(channels):
-            stride = 1 if i == 0 else strides[i - 1]
-            pool_here = downsample == "maxpool" and stride > 1
-            pools.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity())
-            encoder.append(block(encoder_block, prev, width, 1 if pool_here else stride, i == 0))
-            prev = encoder[-1].out_channels
-            enc_out.append(prev)
-        self.pools = nn.ModuleList(pools)
-        self.encoder = nn.ModuleList(encoder)
+        enc_out = self._build_encoder(
+            spatial_dims, in_channels, out_channels, channels, strides, encoder_block, common, extra, downsample,
+            checkpointing,
+        )
 
         # decoder, built from the deepest level up; stored in forward order
         ups, skips, decoder = [], [], []
@@ -275,7 +197,8 @@ class ComposableUNet(nn.Module):
             )
             ups.append(up)
             skips.append(sp)
-            decoder.append(block(decoder_block, sp.out_channels + up.out_channels, channels[i], 1, False))
+            c_in = sp.out_channels + up.out_channels
+            decoder.append(make_block(decoder_block, spatial_dims, c_in, channels[i], 1, False, common, extra))
             dec_out[i] = decoder[-1].out_channels
         self.ups = nn.ModuleList(ups)
         self.skips = nn.ModuleList(skips)
@@ -287,33 +210,6 @@ class ComposableUNet(nn.Module):
         else:
             self.head = OutputHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself
-            return
-        if x.dim() != self.spatial_dims + 2:
-            raise ValueError(
-                "expected a " + str(self.spatial_dims + 2) + "D input (batch, channels, "
-                + str(self.spatial_dims) + " spatial dims), got shape " + str(list(x.shape))
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                "expected " + str(self.in_channels) + " input channels, received " + str(x.shape[1])
-                + " (input shape " + str(list(x.shape)) + ")"
-            )
-        sizes = list(x.shape[2:])
-        bad = False
-        padded: list[int] = []
-        for s in sizes:
-            padded.append(((s + self.divisor - 1) // self.divisor) * self.divisor)
-            if s % self.divisor != 0:
-                bad = True
-        if bad:
-            raise ValueError(
-                "spatial size " + str(sizes) + " is not divisible by " + str(self.divisor)
-                + " (the product of strides); pad the input to " + str(padded)
-                + ", e.g. with monai.transforms.DivisiblePad(k=" + str(self.divisor) + ")"
-            )
-
     def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Decoder outputs (top level first, bottleneck last) and attention maps (top level first).
 
@@ -321,15 +217,9 @@ class ComposableUNet(nn.Module):
         path with its gates, concatenation and block) is one checkpoint: only the level outputs are kept for
         the backward pass and everything inside a level or stage is recomputed.
         """
-        use_ckpt = self.checkpointing and self.training and torch.is_grad_enabled()
-        feats: list[torch.Tensor] = []
-        h = x
-        for pool, enc in zip(self.pools, self.encoder):
-            if use_ckpt and not torch.jit.is_scripting():
-                h = checkpoint(_encode_level, pool, enc, h, use_reentrant=False)
-            else:
-                h = enc(pool(h))
-            feats.append(h)
+        use_ckpt = self._use_checkpointing()
+        feats = self._encode(x)
+        h = feats[-1]
         outs: list[torch.Tensor] = [h]
         maps: list[torch.Tensor] = []
         level = len(feats) - 2

@@ -1,0 +1,216 @@
+"""What every U-Net of the family shares, whatever its decoder: argument checks, the block registry, the
+encoder (down-sampling path) and the input check.
+
+A network of the family is a ``UNetBase`` subclass that calls ``_build_encoder`` in its constructor and
+``_check_input`` / ``_encode`` in its forward; what it does with the encoder features (one decoder stage per
+level in ``ComposableUNet``, nested dense skips in ``UNetPlusPlus``, full-scale skips in ``UNet3Plus``) is its own.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+from monai.networks.layers.factories import Pool
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .blocks import (
+    UPSAMPLE_MODES,
+    ConvStack,
+    FullyDenseUnit,
+    MultiResBlock,
+    PreActResidualUnit,
+    RecurrentResidualUnit,
+)
+from .blocks.layers import LayerArg, check_layer_args, check_spatial_dims
+
+__all__ = ["BLOCKS", "DOWNSAMPLE_MODES", "UNetBase", "check_unet_args", "make_block", "positive_ints"]
+
+#: Encoder/decoder blocks by name. Each takes ``(spatial_dims, in_channels, out_channels, stride,
+#: kernel_size, act, norm, dropout, bias, is_stem, **block_args)`` and has an ``out_channels`` attribute.
+BLOCKS: dict[str, type[nn.Module]] = {
+    "conv": ConvStack,
+    "preact_residual": PreActResidualUnit,
+    "recurrent_residual": RecurrentResidualUnit,
+    "fully_dense": FullyDenseUnit,
+    "multires": MultiResBlock,
+}
+DOWNSAMPLE_MODES = ("maxpool", "conv")
+
+
+def positive_ints(name: str, values: Any) -> tuple[int, ...]:
+    """``values`` as a tuple of positive ints; a ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(values, int):
+        values = (values,)
+    try:
+        out = tuple(int(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a sequence of positive integers (got {values!r}).") from err
+    if any(v < 1 or v != orig for v, orig in zip(out, values)):
+        raise ValueError(f"{name} must contain positive integers only (got {tuple(values)!r}).")
+    return out
+
+
+def check_unet_args(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    channels: Sequence[int],
+    strides: Optional[Sequence[int]],
+    kernel_size: int,
+    act: LayerArg,
+    norm: LayerArg,
+    dropout: Optional[float],
+    upsample: str,
+    deep_supervision: bool,
+    deep_supr_num: int,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Check the arguments every U-Net shares; return ``(channels, strides)`` normalised to int tuples.
+
+    Raises:
+        ValueError: naming the argument, the value and what would fit.
+    """
+    check_spatial_dims(spatial_dims)
+    if not isinstance(in_channels, int) or in_channels < 1 or not isinstance(out_channels, int) or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be positive integers (got {in_channels!r}, {out_channels!r}).")
+    channels = positive_ints("channels", channels)
+    depth = len(channels)
+    if depth < 2:
+        raise ValueError(f"channels needs at least 2 levels (got {channels}); e.g. channels=(16, 32, 64, 128, 256).")
+    strides = (2,) * (depth - 1) if strides is None else positive_ints("strides", strides)
+    if len(strides) != depth - 1:
+        raise ValueError(
+            f"strides must have len(channels) - 1 = {depth - 1} values, one per down-sampling step "
+            f"(got {len(strides)}: {strides}); e.g. strides={(2,) * (depth - 1)}."
+        )
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd integer (got {kernel_size!r}).")
+    check_layer_args(spatial_dims, act, norm, dropout)
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {UPSAMPLE_MODES} (got {upsample!r}).")
+    if deep_supervision and not 1 <= deep_supr_num <= depth - 2:
+        raise ValueError(
+            f"deep_supr_num must be in 1..len(channels) - 2 = {depth - 2} with deep_supervision (got {deep_supr_num})."
+        )
+    return channels, strides
+
+
+def make_block(
+    name: str,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    is_stem: bool,
+    common: Mapping[str, Any],
+    block_args: Mapping[str, Any],
+) -> nn.Module:
+    """Build block ``name`` of ``BLOCKS``. Arguments the block does not take are reported as a ``ValueError``
+    naming them; an error raised while the block is being built is not mistaken for one of them."""
+    if name not in BLOCKS:
+        raise ValueError(f"unknown block {name!r}: choose one of {sorted(BLOCKS)}.")
+    cls = BLOCKS[name]
+    kwargs = dict(stride=stride, is_stem=is_stem, **common, **block_args)
+    try:
+        inspect.signature(cls).bind(spatial_dims, in_channels, out_channels, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"block_args {sorted(block_args)} do not fit block {name!r}: {err}") from err
+    return cls(spatial_dims, in_channels, out_channels, **kwargs)
+
+
+def _encode_level(pool: nn.Module, enc: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    return enc(pool(h))
+
+
+class UNetBase(nn.Module):
+    """The encoder and input handling every network of the family shares.
+
+    Protocol for subclasses: call ``super().__init__()``, then ``_build_encoder(...)`` (it sets ``pools``,
+    ``encoder``, ``spatial_dims``, ``in_channels``, ``out_channels``, ``divisor`` and ``checkpointing``) and build
+    the decoder and head from the widths it returns. In ``forward``: ``_check_input(x)``, then
+    ``_encode(x)`` gives the encoder features, top level first.
+    """
+
+    def _build_encoder(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        block: str,
+        common: Mapping[str, Any],
+        block_args: Mapping[str, Any],
+        downsample: str = "maxpool",
+        checkpointing: bool = False,
+    ) -> list[int]:
+        """Build the down-sampling path: level ``i > 0`` is reached by max pooling with ``strides[i-1]`` (or,
+        with ``downsample="conv"``, by the block's strided first convolution). Returns each level's width."""
+        if downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES} (got {downsample!r}).")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.divisor = int(math.prod(strides))
+        self.checkpointing = bool(checkpointing)
+        pools, encoder, widths = [], [], []
+        prev = in_channels
+        for i, width in enumerate(channels):
+            stride = 1 if i == 0 else strides[i - 1]
+            pool_here = downsample == "maxpool" and stride > 1
+            pools.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity())
+            encoder.append(make_block(block, spatial_dims, prev, width, 1 if pool_here else stride, i == 0, common, block_args))
+            prev = encoder[-1].out_channels
+            widths.append(prev)
+        self.pools = nn.ModuleList(pools)
+        self.encoder = nn.ModuleList(encoder)
+        return widths
+
+    def _use_checkpointing(self) -> bool:
+        return self.checkpointing and self.training and torch.is_grad_enabled()
+
+    def _encode(self, x: torch.Tensor, levels: int = -1) -> list[torch.Tensor]:
+        """Encoder features, top level first: all levels, or the first ``levels``. With checkpointing (training),
+        each level (pooling + block) is one checkpoint."""
+        use_ckpt = self._use_checkpointing()
+        feats: list[torch.Tensor] = []
+        h = x
+        for pool, enc in zip(self.pools, self.encoder):  # no `break`: TorchScript unrolls this loop
+            if levels < 0 or len(feats) < levels:
+                if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
+                    h = checkpoint(_encode_level, pool, enc, h, use_reentrant=False)
+                else:
+                    h = enc(pool(h))
+                feats.append(h)
+        return feats
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself
+            return
+        if x.dim() != self.spatial_dims + 2:
+            raise ValueError(
+                "expected a " + str(self.spatial_dims + 2) + "D input (batch, channels, "
+                + str(self.spatial_dims) + " spatial dims), got shape " + str(list(x.shape))
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                "expected " + str(self.in_channels) + " input channels, received " + str(x.shape[1])
+                + " (input shape " + str(list(x.shape)) + ")"
+            )
+        sizes = list(x.shape[2:])
+        bad = False
+        padded: list[int] = []
+        for s in sizes:
+            padded.append(((s + self.divisor - 1) // self.divisor) * self.divisor)
+            if s % self.divisor != 0:
+                bad = True
+        if bad:
+            raise ValueError(
+                "spatial size " + str(sizes) + " is not divisible by " + str(self.divisor)
+                + " (the product of strides); pad the input to " + str(padded)
+                + ", e.g. with monai.transforms.DivisiblePad(k=" + str(self.divisor) + ")"
+            )
