@@ -12,6 +12,7 @@ from .networks import (
     PlainUNet,
     R2UNet,
     ResUNet,
+    UNetPlusPlus,
 )
 from .registry import create_network, list_networks, list_presets, register_network
 
@@ -38,6 +39,7 @@ __all__ = [
     "PlainUNet",
     "R2UNet",
     "ResUNet",
+    "UNetPlusPlus",
     "__version__",
     "create_network",
     "list_networks",

@@ -1,7 +1,8 @@
 """A registry of the networks: ``create_network(name, preset=None, **kwargs)`` and ``list_networks(pattern)``.
 
 Names: ``unet``, ``resunet``, ``denseunet``, ``multiresunet``, ``r2unet``, ``attention_unet``,
-``attention_r2unet`` (and ``composable`` for free composition). Keyword overrides equal to ``None`` are
+``attention_r2unet``, ``unetplusplus`` (and ``composable`` for free composition); each class registers itself
+with ``@register_network(name)`` in its own file. Keyword overrides equal to ``None`` are
 dropped, so a CLI or bundle can pass unset options through.
 
 Examples::
@@ -21,48 +22,42 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .networks import (
-    AttentionR2UNet,
-    AttentionUNet,
-    ComposableUNet,
-    DenseUNet,
-    MultiResUNet,
-    PlainUNet,
-    R2UNet,
-    ResUNet,
-)
-
 __all__ = ["NETWORKS", "create_network", "list_networks", "list_presets", "register_network"]
 
-NETWORKS: dict[str, type[nn.Module]] = {
-    "unet": PlainUNet,
-    "resunet": ResUNet,
-    "denseunet": DenseUNet,
-    "multiresunet": MultiResUNet,
-    "r2unet": R2UNet,
-    "attention_unet": AttentionUNet,
-    "attention_r2unet": AttentionR2UNet,
-    "composable": ComposableUNet,
-}
+#: every registered network by name; filled by ``@register_network(name)`` next to each class
+NETWORKS: dict[str, type[nn.Module]] = {}
 
 
-def register_network(name: str, cls: type[nn.Module]) -> type[nn.Module]:
-    """Add a network class under ``name`` (lower case); raises ``ValueError`` if the name is taken."""
-    key = name.lower()
-    if key in NETWORKS and NETWORKS[key] is not cls:
-        raise ValueError(f"network name {name!r} is already registered to {NETWORKS[key].__name__}.")
-    NETWORKS[key] = cls
-    return cls
+def register_network(name: str, cls: Optional[type[nn.Module]] = None) -> Any:
+    """Register a network class under ``name`` (lower case): ``@register_network("unetplusplus")`` above the class
+    (as timm's ``register_model``), or ``register_network(name, cls)``. Raises ``ValueError`` if the name is taken
+    by another class."""
+
+    def add(klass: type[nn.Module]) -> type[nn.Module]:
+        key = name.lower()
+        if key in NETWORKS and NETWORKS[key] is not klass:
+            raise ValueError(f"network name {name!r} is already registered to {NETWORKS[key].__name__}.")
+        NETWORKS[key] = klass
+        return klass
+
+    return add if cls is None else add(cls)
+
+
+def _registered() -> dict[str, type[nn.Module]]:
+    """``NETWORKS`` after the package's networks have registered themselves."""
+    from . import networks  # noqa: F401  (importing the networks runs their decorators)
+
+    return NETWORKS
 
 
 def list_networks(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style wildcard (``"*attention*"``), sorted."""
-    return sorted(n for n in NETWORKS if fnmatch.fnmatch(n, pattern.lower()))
+    return sorted(n for n in _registered() if fnmatch.fnmatch(n, pattern.lower()))
 
 
 def _lookup(name: str) -> type[nn.Module]:
     key = name.lower().replace("-", "_")
-    if key not in NETWORKS:
+    if key not in _registered():
         close = difflib.get_close_matches(key, NETWORKS, n=3, cutoff=0.3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(f"unknown network {name!r}{hint} Available: {', '.join(sorted(NETWORKS))}.")

@@ -122,22 +122,36 @@ def test_upsample_modes(name, dims):
         assert net(x).shape == (2, 3) + x.shape[2:]
 
 
+def _count_calls(module: torch.nn.Module) -> list:
+    calls: list = []
+    module.register_forward_pre_hook(lambda *args: calls.append(1))  # a recomputation may stop before the end
+    return calls
+
+
 def test_checkpointing_gives_same_gradients(name, dims):
+    """Checkpointing recomputes (the top encoder level runs twice per step, once without it) and changes no
+    gradient."""
     plain = tiny_net(name, dims).train()
     ckpt = copy.deepcopy(plain)
     ckpt.checkpointing = True
+    plain_calls, ckpt_calls = _count_calls(plain.encoder[0]), _count_calls(ckpt.encoder[0])
     x = tiny_input(dims)
     plain(x).square().mean().backward()
     ckpt(x).square().mean().backward()
+    assert (len(plain_calls), len(ckpt_calls)) == (1, 2)
     for (n, p), (_, q) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{n}: {m}")
 
 
 def test_checkpointing_constructor_flag(name):
     net = tiny_net(name, 2, checkpointing=True).train()
+    calls = _count_calls(net.encoder[0])
     x = tiny_input(2)
     net(x).mean().backward()
-    assert net.checkpointing
+    assert net.checkpointing and len(calls) == 2
+    with torch.no_grad():  # nothing to recompute without gradients
+        net(x)
+    assert len(calls) == 3
 
 
 def test_autocast_bfloat16(name, dims):

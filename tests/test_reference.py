@@ -30,6 +30,9 @@ def n_params(net: torch.nn.Module) -> int:
         # ozan-oktay/Attention-Gated-Networks unet_CT_multi_att_dsv_3D: two gates per level / one
         ("attention_unet", "paper", {}, 6_473_049),
         ("attention_unet", "paper", {"attention_gates": 1}, 6_213_878),
+        # MrGiovanni/UNetPlusPlus keras/helper_functions.py UNetPlusPlus: "Total params: 9,041,601"; + 3 DS heads
+        ("unetplusplus", "reference", {}, 9_041_601),
+        ("unetplusplus", "reference", {"deep_supervision": True, "deep_supr_num": 3}, 9_041_700),
     ],
 )
 def test_parameter_count_pins(name, preset, overrides, expected):

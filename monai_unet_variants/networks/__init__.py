@@ -10,6 +10,7 @@ from .multiresunet import MultiResUNet
 from .r2unet import AttentionR2UNet, R2UNet
 from .resunet import ResUNet
 from .unet import PlainUNet
+from .unetplusplus import UNetPlusPlus
 
 __all__ = [
     "BLOCKS",
@@ -21,4 +22,5 @@ __all__ = [
     "PlainUNet",
     "R2UNet",
     "ResUNet",
+    "UNetPlusPlus",
 ]

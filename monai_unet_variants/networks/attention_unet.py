@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, REFERENCE_2D, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["AttentionUNet"]
 
 
+@register_network("attention_unet")
 @fill_doc
 class AttentionUNet(PresetMixin, ComposableUNet):
     """Attention U-Net: a U-Net whose skips pass additive attention gates.

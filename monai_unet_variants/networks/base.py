@@ -76,7 +76,9 @@ def check_unet_args(
     """
     check_spatial_dims(spatial_dims)
     if not isinstance(in_channels, int) or in_channels < 1 or not isinstance(out_channels, int) or out_channels < 1:
-        raise ValueError(f"in_channels and out_channels must be positive integers (got {in_channels!r}, {out_channels!r}).")
+        raise ValueError(
+            f"in_channels and out_channels must be positive integers (got {in_channels!r}, {out_channels!r})."
+        )
     channels = positive_ints("channels", channels)
     depth = len(channels)
     if depth < 2:
@@ -162,8 +164,10 @@ class UNetBase(nn.Module):
         for i, width in enumerate(channels):
             stride = 1 if i == 0 else strides[i - 1]
             pool_here = downsample == "maxpool" and stride > 1
-            pools.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity())
-            encoder.append(make_block(block, spatial_dims, prev, width, 1 if pool_here else stride, i == 0, common, block_args))
+            pool = Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity()
+            pools.append(pool)
+            unit_stride = 1 if pool_here else stride
+            encoder.append(make_block(block, spatial_dims, prev, width, unit_stride, i == 0, common, block_args))
             prev = encoder[-1].out_channels
             widths.append(prev)
         self.pools = nn.ModuleList(pools)

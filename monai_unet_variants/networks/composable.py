@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..registry import register_network
 from .base import BLOCKS, DOWNSAMPLE_MODES, UNetBase, check_unet_args, make_block
 from .blocks import ATTENTION_MODES, HEADS, MultiScaleFusionHead, OutputHead, ResPath, SkipPath, make_upsample
 from .blocks.layers import LayerArg
@@ -31,6 +32,7 @@ def _decode_stage(
     return dec(torch.cat([s, up], dim=1)), amap
 
 
+@register_network("composable")
 class ComposableUNet(UNetBase):
     """A U-Net whose encoder block, decoder block, skip path, up-sampling and head are chosen by name.
 

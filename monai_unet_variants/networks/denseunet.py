@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["DenseUNet"]
 
 
+@register_network("denseunet")
 @fill_doc
 class DenseUNet(PresetMixin, ComposableUNet):
     """FD-UNet: a dense block at every level of encoder and decoder, each preceded by a compression

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["MultiResUNet"]
 
 
+@register_network("multiresunet")
 @fill_doc
 class MultiResUNet(PresetMixin, ComposableUNet):
     """MultiResUNet: MultiRes blocks instead of double convolutions and ResPaths on the skips.

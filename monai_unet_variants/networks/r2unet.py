@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, REFERENCE_2D, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["R2UNet", "AttentionR2UNet"]
 
 
+@register_network("r2unet")
 @fill_doc
 class R2UNet(PresetMixin, ComposableUNet):
     """R2U-Net: recurrent residual convolutional units (RRCNN) in encoder and decoder.
@@ -83,6 +85,7 @@ class R2UNet(PresetMixin, ComposableUNet):
         )
 
 
+@register_network("attention_r2unet")
 @fill_doc
 class AttentionR2UNet(R2UNet):
     """Attention R2U-Net: R2U-Net's recurrent residual units with additive attention gates on the skips.

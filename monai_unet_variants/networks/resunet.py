@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["ResUNet"]
 
 
+@register_network("resunet")
 @fill_doc
 class ResUNet(PresetMixin, ComposableUNet):
     """ResUNet: pre-activation residual units (norm-act-conv) in encoder, bridge and decoder; each

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, REFERENCE_2D, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
 from .composable import ComposableUNet
@@ -12,6 +13,7 @@ from .composable import ComposableUNet
 __all__ = ["PlainUNet"]
 
 
+@register_network("unet")
 @fill_doc
 class PlainUNet(PresetMixin, ComposableUNet):
     """U-Net: two conv-norm-act layers per level, max pooling, up-sampling, concatenated skips.

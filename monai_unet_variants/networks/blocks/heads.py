@@ -11,12 +11,12 @@ from torch import nn
 from .attention import interp_mode_for
 from .layers import convolution
 
-__all__ = ["OutputHead", "MultiScaleFusionHead", "HEADS"]
+__all__ = ["OutputHead", "MultiScaleFusionHead", "HEADS", "conv1x1"]
 
 HEADS = ("plain", "multiscale")
 
 
-def _conv1x1(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
+def conv1x1(spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
     return convolution(spatial_dims, in_channels, out_channels, kernel_size=1, bias=True, conv_only=True)
 
 
@@ -44,8 +44,8 @@ class OutputHead(nn.Module):
         interp_mode: str = "linear",
     ) -> None:
         super().__init__()
-        self.head = _conv1x1(spatial_dims, in_channels[0], out_channels)
-        self.deep_heads = nn.ModuleList([_conv1x1(spatial_dims, in_channels[k], out_channels) for k in range(1, deep_supr_num + 1)])
+        self.head = conv1x1(spatial_dims, in_channels[0], out_channels)
+        self.deep_heads = nn.ModuleList([conv1x1(spatial_dims, in_channels[k], out_channels) for k in range(1, deep_supr_num + 1)])
         self.interp_mode = interp_mode_for(interp_mode, spatial_dims)
 
     def forward(self, feats: list[torch.Tensor], deep: bool) -> list[torch.Tensor]:
@@ -80,8 +80,8 @@ class MultiScaleFusionHead(nn.Module):
         interp_mode: str = "linear",
     ) -> None:
         super().__init__()
-        self.heads = nn.ModuleList([_conv1x1(spatial_dims, c, out_channels) for c in in_channels])
-        self.fuse = _conv1x1(spatial_dims, out_channels * len(in_channels), out_channels)
+        self.heads = nn.ModuleList([conv1x1(spatial_dims, c, out_channels) for c in in_channels])
+        self.fuse = conv1x1(spatial_dims, out_channels * len(in_channels), out_channels)
         self.deep_supr_num = deep_supr_num
         self.interp_mode = interp_mode_for(interp_mode, spatial_dims)
 

@@ -1,0 +1,211 @@
+"""UNet++: nested dense skip pathways (Zhou et al. 2018/2019)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..registry import register_network
+from ._common import DEFAULT_CHANNELS, PresetMixin, fill_doc
+from .base import UNetBase, check_unet_args, make_block
+from .blocks import make_upsample
+from .blocks.heads import conv1x1
+from .blocks.layers import LayerArg
+
+__all__ = ["NestedNode", "UNetPlusPlus"]
+
+
+class NestedNode(nn.Module):
+    """One node ``X^{i,j}`` (``j >= 1``) of UNet++: up-sample ``X^{i+1,j-1}``, concatenate it with every earlier
+    node of its own row ``X^{i,0} .. X^{i,j-1}`` (in this order, as the authors' Keras code), apply the block.
+
+    Args:
+        up: the up-sampling step from level ``row + 1``.
+        block: the convolution block of the node.
+        row: the level ``i`` (0 is full resolution).
+        column: the node's column ``j``.
+    """
+
+    def __init__(self, up: nn.Module, block: nn.Module, row: int, column: int) -> None:
+        super().__init__()
+        self.up = up
+        self.block = block
+        self.row = row
+        self.column = column
+        self.diagonal = row + column  # the encoder level after which the node can be computed
+        self.out_channels: int = block.out_channels
+
+    def forward(self, coarse: torch.Tensor, same_row: list[torch.Tensor]) -> torch.Tensor:
+        return self.block(torch.cat([self.up(coarse)] + same_row, dim=1))
+
+
+@register_network("unetplusplus")
+@fill_doc
+class UNetPlusPlus(PresetMixin, UNetBase):
+    """UNet++: a U-Net whose skips are nested, dense convolution pathways.
+
+    Papers: Z. Zhou, M. M. Rahman Siddiquee, N. Tajbakhsh, J. Liang, "UNet++: A Nested U-Net Architecture for
+    Medical Image Segmentation", DLMIA 2018, https://arxiv.org/abs/1807.10165; and "UNet++: Redesigning Skip
+    Connections to Exploit Multiscale Features in Image Segmentation", IEEE TMI 39(6), 2020,
+    https://arxiv.org/abs/1912.05074.
+
+    Node ``X^{i,0}`` is the encoder at level ``i``; every other node ``X^{i,j}`` convolves the concatenation of the
+    up-sampled ``X^{i+1,j-1}`` and all earlier nodes of its row, ``X^{i,0} .. X^{i,j-1}`` (the dense skip pathway).
+    The top row ``X^{0,1} .. X^{0,D}`` (``D = len(channels) - 1``) carries the 1x1 heads: ``X^{0,D}``'s head is
+    the output; with ``deep_supervision`` the heads of ``X^{0,D-1} .. X^{0,D-deep_supr_num}`` are stacked after it
+    in training mode (MONAI's form, ``(B, 1 + deep_supr_num, out_channels, *spatial)``, all at full resolution:
+    no interpolation is needed). For MONAI's ``DeepSupervisionLoss`` pass ``list(torch.unbind(out, 1))``.
+
+    **Pruning** (the paper's Section III-C): a network trained with deep supervision can run as ``UNet++ L^d`` in
+    eval mode, computing only the encoder levels ``0..d`` and the nodes with ``i + j <= d`` and returning the head
+    of ``X^{0,d}``: ``prune_depth=d`` (``D - deep_supr_num <= d <= D``, so that ``X^{0,d}`` has a trained head).
+    Training mode always runs the whole network, so that every head keeps learning. The state dict does not
+    depend on ``prune_depth``: a checkpoint of the full network loads into a pruned one.
+
+    Differences from the paper: the paper's "accurate mode" (averaging the top row's outputs at inference) is not
+    built in (average ``torch.unbind(out, 1)`` of a training-mode forward to get it); the output is logits (the
+    authors apply a sigmoid in the network); any block of ``BLOCKS`` can serve as the node (``block="conv"``,
+    the paper's two 3x3 convolutions, by default).
+
+    Reference (``preset="reference"``): the authors' Keras ``UNetPlusPlus`` (MrGiovanni/UNetPlusPlus,
+    ``keras/helper_functions.py``): 2D, one channel in and out, widths 32-64-128-256-512, two 3x3 convolutions
+    + ReLU + dropout 0.5 per node and no normalisation, 2x2 transposed convolutions, max pooling:
+    9,041,601 parameters, as the authors' code states (9,041,700 with the three deep-supervision heads).
+
+    Args:
+{common_args}
+        block: the node (and encoder) block, a key of ``BLOCKS``. Defaults to ``"conv"``.
+        block_args: extra keyword arguments of the block. Defaults to ``None``.
+        downsample: ``"maxpool"`` or ``"conv"`` (the block's strided first convolution). Defaults to ``"maxpool"``.
+        upsample: ``"deconv"``, ``"nontrainable"`` (interpolation) or ``"resize_conv"`` (interpolation + conv).
+            Defaults to ``"deconv"``.
+        interp_mode: ``"nearest"`` or ``"linear"`` for the interpolating up-sampling. Defaults to ``"nearest"``.
+        deep_supervision: stack the top row's heads in training mode. Defaults to ``False``.
+        deep_supr_num: deep-supervision heads after the main one (``1 .. len(channels) - 2``). Defaults to 1.
+        prune_depth: ``None`` (the full network) or the ``d`` of ``UNet++ L^d`` used in eval mode. Defaults to ``None``.
+        checkpointing: keep only the nodes' outputs for the backward pass and recompute each node's inside
+            (training). Defaults to ``False``.
+
+    Input-size rule: every spatial size must be divisible by ``prod(strides)`` (16 for the defaults).
+
+    Examples::
+
+        >>> net = UNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16, 32, 64),
+        ...                    deep_supervision=True, deep_supr_num=2)
+        >>> net.train()(torch.randn(1, 1, 64, 64)).shape        # X^{0,3}, X^{0,2}, X^{0,1}
+        torch.Size([1, 3, 2, 64, 64])
+        >>> pruned = UNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16, 32, 64),
+        ...                       deep_supervision=True, deep_supr_num=2, prune_depth=1)
+        >>> pruned.load_state_dict(net.state_dict())
+        <All keys matched successfully>
+        >>> pruned.eval()(torch.randn(1, 1, 64, 64)).shape      # UNet++ L^1: levels 0-1 and X^{0,1} only
+        torch.Size([1, 2, 64, 64])
+    """
+
+    PRESETS = {
+        "reference": dict(
+            spatial_dims=2, in_channels=1, out_channels=1, channels=(32, 64, 128, 256, 512), norm=None, dropout=0.5
+        )
+    }
+
+    def __init__(
+        self,
+        spatial_dims: int = 3,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        strides: Optional[Sequence[int]] = None,
+        kernel_size: int = 3,
+        up_kernel_size: Optional[int] = None,
+        act: LayerArg = "relu",
+        norm: LayerArg = "batch",
+        dropout: Optional[float] = None,
+        bias: bool = True,
+        block: str = "conv",
+        block_args: Optional[Mapping[str, Any]] = None,
+        downsample: str = "maxpool",
+        upsample: str = "deconv",
+        interp_mode: str = "nearest",
+        deep_supervision: bool = False,
+        deep_supr_num: int = 1,
+        prune_depth: Optional[int] = None,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        channels, strides = check_unet_args(
+            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout, upsample,
+            deep_supervision, deep_supr_num,
+        )
+        if interp_mode not in ("nearest", "linear"):
+            raise ValueError(f"interp_mode must be one of ('nearest', 'linear') (got {interp_mode!r}).")
+        top = len(channels) - 1  # D: the deepest level and the last column
+        n_deep = deep_supr_num if deep_supervision else 0
+        if prune_depth is not None and not top - n_deep <= prune_depth <= top:
+            raise ValueError(
+                f"prune_depth={prune_depth} needs a trained head on X^(0,{prune_depth}): with "
+                f"len(channels) - 1 = {top} it must be in {top - n_deep}..{top}; train with deep_supervision=True "
+                f"and deep_supr_num >= {top - prune_depth if isinstance(prune_depth, int) else '...'} to prune deeper."
+            )
+        self.depth = top
+        self.deep_supervision = bool(deep_supervision)
+        self.prune_depth = top if prune_depth is None else int(prune_depth)
+        common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout, bias=bias)
+        extra = dict(block_args or {})
+        widths = [[w] for w in self._build_encoder(
+            spatial_dims, in_channels, out_channels, channels, strides, block, common, extra, downsample, checkpointing
+        )]
+        nodes = []
+        for diagonal in range(1, top + 1):  # the order of the forward pass: after encoder level `diagonal`
+            for row in reversed(range(diagonal)):
+                up = make_upsample(
+                    spatial_dims, widths[row + 1][-1], channels[row], strides[row], upsample, up_kernel_size,
+                    interp_mode, act, norm, bias,
+                )
+                c_in = up.out_channels + sum(widths[row])
+                unit = make_block(block, spatial_dims, c_in, channels[row], 1, False, common, extra)
+                nodes.append(NestedNode(up, unit, row, diagonal - row))
+                widths[row].append(unit.out_channels)
+        self.nodes = nn.ModuleList(nodes)
+        # heads[k] reads X^{0, D - k}: the main output first, then the deep-supervision heads
+        self.heads = nn.ModuleList([conv1x1(spatial_dims, widths[0][top - k], out_channels) for k in range(1 + n_deep)])
+
+    def _top_row(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
+        """The nodes of the top row ``X^{0,0} .. X^{0,last}``, computing only what they need."""
+        rows: list[list[torch.Tensor]] = [[f] for f in self._encode(x, last + 1)]
+        use_ckpt = self._use_checkpointing()
+        for node in self.nodes:
+            if node.diagonal <= last:
+                coarse = rows[node.row + 1][-1]  # X^{i+1, j-1}: the last node computed on the row below
+                if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
+                    # a copy of the row: the recomputation must see the row as it is now, not as it grows
+                    h = checkpoint(node, coarse, list(rows[node.row]), use_reentrant=False)
+                else:
+                    h = node(coarse, rows[node.row])
+                rows[node.row].append(h)
+        return rows[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels, *spatial)`` (of ``X^{0,prune_depth}`` in eval mode); with deep supervision in
+        training mode ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the deepest column first."""
+        self._check_input(x)
+        last = self.depth if self.training else self.prune_depth
+        deep = self.deep_supervision and self.training
+        top_row = self._top_row(x, last)
+        outs: list[torch.Tensor] = []
+        for k, head in enumerate(self.heads):
+            column = self.depth - k
+            if column == last or deep:
+                outs.append(head(top_row[column]))
+        if deep:
+            return torch.stack(outs, dim=1)
+        return outs[0]
+
+    @torch.jit.export
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` and an empty list: UNet++ has no attention gates (the family's common interface)."""
+        maps: list[torch.Tensor] = []
+        return self.forward(x), maps
