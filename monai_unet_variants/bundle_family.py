@@ -86,6 +86,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "widths 16-32-64-128-256, instance normalisation. Its activations take about twice the memory of the "
         "U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
     },
+    "unetplusplus_pancreas": {
+        "class": "UNetPlusPlus",
+        "title": "UNet++",
+        "paper": "Zhou et al. 2018/2020, https://arxiv.org/abs/1807.10165 and https://arxiv.org/abs/1912.05074",
+        "about": "nested dense skip pathways: every skip node convolves the up-sampled node below it with all earlier "
+        "nodes of its level (ten nodes for five levels), two conv-norm-ReLU layers per node, 2x2 transposed "
+        "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
+        "bundle trains without deep supervision (its loss and metrics take one output); deep supervision and the "
+        "paper's pruning (`prune_depth`) are options of the network class for your own training loop.",
+    },
 }
 
 _VERBATIM = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
