@@ -13,7 +13,7 @@ reset before the step through ``/proc/self/clear_refs``, read before the timings
 the kernel so that resident size follows live memory). Timings run with
 ``monai_unet_variants.runtime.reuse_freed_memory()`` on, as in the bundles (the ``no_reuse`` option: off).
 The same figures are taken for MONAI's ``UNet``
-(``num_res_units=2``), ``BasicUNet`` and ``AttentionUnet`` at the same widths, and every network gets ratios
+(``num_res_units=2``), ``BasicUNet``, ``AttentionUnet`` and ``BasicUNetPlusPlus`` at the same widths, and every network gets ratios
 against them: time, and time per FLOP against ``UNet`` (``t/F``: 1.0 means as efficient as MONAI's UNet).
 
 Efficiency (``eff``): the network's achieved forward+backward FLOP/s divided by the FLOP/s of one large 3D
@@ -57,7 +57,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGSHIP = REPO / "bundles" / "attunet_pancreas"
-MONAI_NETS = ("monai_unet", "monai_basicunet", "monai_attentionunet")
+MONAI_NETS = ("monai_unet", "monai_basicunet", "monai_attentionunet", "monai_basicunetplusplus")
 # variants of a network measured as extra rows: name -> (network, keyword overrides)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_unet+same": ("attention_unet", {"attention": "same"}),
@@ -75,6 +75,22 @@ REFERENCE_TRIAL = "compile=false,amp=false,sw_batch_size=2"
 # ----------------------------------------------------------------------------------------------- building
 
 
+def first_output(net: Any) -> Any:
+    """``net`` seen through the first of the outputs it returns as a list (MONAI's ``BasicUNetPlusPlus``); torch is
+    imported here, in the process that measures, not when this script starts."""
+    import torch
+
+    class FirstOutput(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)[0]
+
+    return FirstOutput(net)
+
+
 def build(name: str, spatial_dims: int, channels: Sequence[int], norm: Any) -> Any:
     """One network at the given widths: ours through the registry, MONAI's with matching arguments."""
     from monai.networks import nets
@@ -89,6 +105,10 @@ def build(name: str, spatial_dims: int, channels: Sequence[int], norm: Any) -> A
         if len(channels) != 5:
             raise ValueError("MONAI's BasicUNet has five levels: give five --channels")
         return nets.BasicUNet(**common, features=(*channels, channels[0]), act="relu", norm=norm)
+    if name == "monai_basicunetplusplus":  # returns a list of outputs: measured through its first (the main one)
+        if len(channels) != 5:
+            raise ValueError("MONAI's BasicUNetPlusPlus has five levels: give five --channels")
+        return first_output(nets.BasicUNetPlusPlus(**common, features=(*channels, channels[0]), act="relu", norm=norm))
     if name == "monai_attentionunet":  # batch norm is built in; it takes no norm argument
         return nets.AttentionUnet(**common, channels=channels, strides=strides)
     network, overrides = VARIANTS.get(name, (name, {}))
@@ -798,6 +818,10 @@ def findings(rows: Sequence[dict]) -> list[str]:
                                 if "compile_s" in r else "")
                     out.append(f"{dims}D {label(r)} against the default: {_ratios(r, base)}{compiled}")
         out += _against_basicunet(rows, dims)
+        nested, ref = ok_rows(rows, "unetplusplus", dims), ok_rows(rows, "monai_basicunetplusplus", dims)
+        if nested and ref:
+            out.append(f"{dims}D UNet++ against MONAI's BasicUNetPlusPlus at the same widths: params "
+                       f"{nested['params']:,} / {ref['params']:,}, {_ratios(nested, ref)}")
         unet = [r for r in rows if r["spatial_dims"] == dims and r["network"] == "unet" and "efficiency" in r]
         best = max(unet, key=lambda r: r["efficiency"], default=None)
         if best:

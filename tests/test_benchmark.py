@@ -17,14 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--in_process", "--out", str(out),
-           "--networks", "unet,attention_unet,attention_r2unet", "--options", "channels_last,no_narrow",
+           "--networks", "unet,attention_unet,attention_r2unet,unetplusplus", "--options", "channels_last,no_narrow",
            "--option_networks", "unet", "--sample_dir", str(tmp_path / "sample")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     rows = [r for r in result["results"] if r["kind"] == "network"]
-    # our three networks, the two variants (gates at skip resolution, checkpointing), MONAI's three, two trials
-    assert len(rows) == 2 * 10
+    # our four networks, the two variants (gates at skip resolution, checkpointing), MONAI's four, two trials
+    assert len(rows) == 2 * 12
     assert not [r for r in result["results"] if "error" in r]
     by = {(r["network"], r["spatial_dims"], "+".join(r.get("options", {}))): r for r in rows}
     for dims in (2, 3):
@@ -32,6 +32,10 @@ def test_benchmark_smoke(tmp_path):
         assert unet["params"] > 0 and unet["gflop_fwd_bwd"] > unet["gflop_fwd"] > 0
         assert unet["fwd_ms"] > 0 and unet["fwd_bwd_ms"] > 0
         assert by[("monai_unet", dims, "")]["time_vs_unet"] == pytest.approx(1.0)
+        nested, monai_nested = by[("unetplusplus", dims, "")], by[("monai_basicunetplusplus", dims, "")]
+        assert nested["time_vs_basicunetplusplus"] == pytest.approx(nested["fwd_bwd_ms"] / monai_nested["fwd_bwd_ms"])
+        assert f"{dims}D UNet++ against MONAI's BasicUNetPlusPlus at the same widths: params {nested['params']:,}" \
+            in proc.stdout
         assert by[("attention_r2unet+ckpt", dims, "")]["params"] == by[("attention_r2unet", dims, "")]["params"]
         assert 0 < unet["efficiency"]
         assert by[("unet", dims, "channels_last")]["options"] == {"channels_last": True}
