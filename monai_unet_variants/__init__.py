@@ -12,6 +12,7 @@ from .networks import (
     PlainUNet,
     R2UNet,
     ResUNet,
+    UNet3Plus,
     UNetPlusPlus,
 )
 from .registry import create_network, list_networks, list_presets, register_network
@@ -39,6 +40,7 @@ __all__ = [
     "PlainUNet",
     "R2UNet",
     "ResUNet",
+    "UNet3Plus",
     "UNetPlusPlus",
     "__version__",
     "create_network",

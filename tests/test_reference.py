@@ -33,6 +33,11 @@ def n_params(net: torch.nn.Module) -> int:
         # MrGiovanni/UNetPlusPlus keras/helper_functions.py UNetPlusPlus: "Total params: 9,041,601"; + 3 DS heads
         ("unetplusplus", "reference", {}, 9_041_601),
         ("unetplusplus", "reference", {"deep_supervision": True, "deep_supr_num": 3}, 9_041_700),
+        # ZJUGiveLab/UNet-Version models/UNet_3Plus.py: UNet_3Plus, UNet_3Plus_DeepSup, UNet_3Plus_DeepSup_CGM, exact
+        ("unet3plus", "reference", {}, 26_971_777),
+        ("unet3plus", "reference", {"deep_supervision": True, "deep_supr_num": 4}, 26_989_637),
+        ("unet3plus", "reference", {"deep_supervision": True, "deep_supr_num": 4, "classification_guided": True},
+         26_991_687),
     ],
 )
 def test_parameter_count_pins(name, preset, overrides, expected):

@@ -13,7 +13,7 @@ from monai_unet_variants import create_network, list_networks, list_presets, reg
 def test_names():
     assert list_networks() == sorted(
         ["unet", "resunet", "denseunet", "multiresunet", "r2unet", "attention_unet", "attention_r2unet", "unetplusplus",
-         "composable"]
+         "unet3plus", "composable"]
     )
     assert list_networks("*attention*") == ["attention_r2unet", "attention_unet"]
     assert list_networks("r2*") == ["r2unet"]

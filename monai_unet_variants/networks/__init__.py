@@ -10,6 +10,7 @@ from .multiresunet import MultiResUNet
 from .r2unet import AttentionR2UNet, R2UNet
 from .resunet import ResUNet
 from .unet import PlainUNet
+from .unet3plus import UNet3Plus
 from .unetplusplus import UNetPlusPlus
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "PlainUNet",
     "R2UNet",
     "ResUNet",
+    "UNet3Plus",
     "UNetPlusPlus",
 ]

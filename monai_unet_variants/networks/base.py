@@ -68,8 +68,10 @@ def check_unet_args(
     upsample: str,
     deep_supervision: bool,
     deep_supr_num: int,
+    max_deep_supr_num: Optional[int] = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Check the arguments every U-Net shares; return ``(channels, strides)`` normalised to int tuples.
+    ``max_deep_supr_num`` is ``len(channels) - 2`` unless the network says otherwise (a head on the bottleneck).
 
     Raises:
         ValueError: naming the argument, the value and what would fit.
@@ -94,9 +96,11 @@ def check_unet_args(
     check_layer_args(spatial_dims, act, norm, dropout)
     if upsample not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES} (got {upsample!r}).")
-    if deep_supervision and not 1 <= deep_supr_num <= depth - 2:
+    most, most_text = (depth - 2, "len(channels) - 2") if max_deep_supr_num is None else (max_deep_supr_num, "")
+    if deep_supervision and not 1 <= deep_supr_num <= most:
         raise ValueError(
-            f"deep_supr_num must be in 1..len(channels) - 2 = {depth - 2} with deep_supervision (got {deep_supr_num})."
+            f"deep_supr_num must be in 1..{most_text + ' = ' if most_text else ''}{most} with deep_supervision "
+            f"(got {deep_supr_num})."
         )
     return channels, strides
 
