@@ -96,6 +96,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "bundle trains without deep supervision (its loss and metrics take one output); deep supervision and the "
         "paper's pruning (`prune_depth`) are options of the network class for your own training loop.",
     },
+    "unet3plus_pancreas": {
+        "class": "UNet3Plus",
+        "title": "UNet 3+",
+        "paper": "Huang et al. 2020, https://arxiv.org/abs/2004.08790",
+        "about": "full-scale skip connections: every decoder stage takes all shallower encoder levels (max-pooled), "
+        "its own encoder level and all deeper decoder stages (trilinear up-sampling), each through a 3x3x3 "
+        "conv-norm-ReLU to 16 channels, fused by one 3x3x3 conv-norm-ReLU to 80 channels; widths 16-32-64-128-256, "
+        "instance normalisation, a 3x3x3 head. The bundle trains without deep supervision and without the "
+        "classification-guided module (its loss and metrics take one output); both are options of the network class.",
+    },
 }
 
 _VERBATIM = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
