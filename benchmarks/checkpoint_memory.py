@@ -17,9 +17,22 @@ import subprocess
 import sys
 
 
+def _peak_memory_class() -> type:
+    """``PeakMemory`` of ``benchmarks/run.py``, the file beside this one, loaded from its path (``benchmarks`` is
+    a folder of scripts, not a package on ``sys.path``)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("muv_benchmark_run", Path(__file__).with_name("run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PeakMemory
+
+
 def measure(name: str, size: int, checkpointing: bool, device: str, channels: list[int]) -> dict:
     import torch
-    from run import PeakMemory  # benchmarks/run.py, beside this file
+
+    PeakMemory = _peak_memory_class()  # noqa: N806
 
     from monai_unet_variants import create_network
 

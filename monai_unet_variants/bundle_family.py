@@ -30,7 +30,7 @@ _NET_BASE: dict[str, Any] = {
     "dropout": 0.0,
 }
 
-#: per-network parts: class, extra constructor arguments, title, paper, one paragraph, config overrides
+#: per-network parts: class, extra constructor arguments, title, paper, one paragraph
 VARIANTS: dict[str, dict[str, Any]] = {
     "attunet_pancreas": {
         "class": "AttentionUNet",
@@ -145,7 +145,6 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
     for conf in ("train.json", "inference.json"):
         config = json.loads((template_dir / "configs" / conf).read_text())
         config["network_def"] = network_def(name)
-        config.update(VARIANTS[name].get("overrides", {}))
         files[f"configs/{conf}"] = _json(config)
     meta = json.loads((template_dir / "configs" / "metadata.json").read_text())
     spec = VARIANTS[name]

@@ -240,7 +240,8 @@ def test_datalist_split_is_deterministic(sample):
     assert [Path(e["image"]).name for e in val] == ["pancreas_004.nii.gz"]
     assert not {e["image"] for e in train} & {e["image"] for e in val}
     assert len(train) + len(val) == 5
-    assert mb.test_inputs(sample) == [str(sample / "imagesTs" / "pancreas_005.nii.gz")]
+    assert mb.list_test_images(sample) == [str(sample / "imagesTs" / "pancreas_005.nii.gz")]
+    assert mb.datalists.test_inputs is mb.list_test_images  # the earlier name, for bundles exported before
 
 
 def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
@@ -253,7 +254,7 @@ def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
     path.write_text(json.dumps(dl))
     val = mb.load_datalist(path, "validation")
     assert val[0]["image"] == str(sample / "dicomTs" / "pancreas_005")
-    assert mb.test_inputs(path)[1] == str(path.parent / "rel.nii.gz")
+    assert mb.list_test_images(path)[1] == str(path.parent / "rel.nii.gz")
 
 
 @pytest.mark.slow

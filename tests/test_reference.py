@@ -63,6 +63,13 @@ def test_presets_take_overrides_and_drop_none():
     assert net.eval()(torch.randn(1, 3, 16, 16, 16)).shape == (1, 1, 16, 16, 16)
 
 
+def test_multires_reference_uses_keras_batch_norm_settings():
+    """Keras' BatchNormalization defaults: epsilon 1e-3, momentum 0.99 (PyTorch momentum 0.01)."""
+    net = create_network("multiresunet", preset="reference")
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 84 and {(m.eps, m.momentum) for m in norms} == {(1e-3, 0.01)}
+
+
 def test_multires_block_widths_follow_keras():
     assert multires_widths(32, 1.67) == (8, 17, 26)
     assert MultiResBlock(2, 3, 32).out_channels == 51

@@ -29,7 +29,7 @@ from .checks import (
     SkippedCasesReport,
     check_inputs,
 )
-from .datalists import find_bundle_root, load_datalist, test_inputs
+from .datalists import find_bundle_root, list_test_images, load_datalist, test_inputs
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, select_class
@@ -66,5 +66,5 @@ __all__ = [
     "select_class",
     "summarize_errors",
     "sweep_temporaries",
-    "test_inputs",
+    "list_test_images",
 ]

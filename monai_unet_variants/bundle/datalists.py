@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_bundle_root", "load_datalist", "test_inputs"]
+__all__ = ["find_bundle_root", "list_test_images", "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -122,6 +122,10 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
     raise ValueError(f"section must be 'training', 'validation', 'all' or 'test' (got {section!r})")
 
 
-def test_inputs(datalist: str | os.PathLike) -> list[str]:
+def list_test_images(datalist: str | os.PathLike) -> list[str]:
     """Image paths of the ``test`` section of a datalist / MSD ``dataset.json`` (the inference default)."""
     return [e["image"] if isinstance(e, dict) else e for e in load_datalist(datalist, "test")]
+
+
+#: the earlier name, kept for bundles exported before it changed
+test_inputs = list_test_images

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from .composable import ComposableUNet
 
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 
@@ -56,15 +55,18 @@ def fill_doc(cls: type) -> type:
     return cls
 
 
+_Net = TypeVar("_Net", bound="PresetMixin")
+
+
 class PresetMixin:
     """``Variant.from_preset(name, **overrides)`` builds a named configuration."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides: Any) -> ComposableUNet:
+    def from_preset(cls: type[_Net], preset: str, **overrides: Any) -> _Net:
         if preset not in cls.PRESETS:
             raise KeyError(f"{cls.__name__} has no preset {preset!r}; available: {sorted(cls.PRESETS)}.")
         kwargs = dict(cls.PRESETS[preset])
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kwargs)  # type: ignore[return-value]
+        return cls(**kwargs)

@@ -27,7 +27,8 @@ class MultiResUNet(PresetMixin, ComposableUNet):
     for five levels) with ``U`` filters. Up-sampling is a 2x2 transposed convolution to ``U`` filters.
 
     Reference (``preset="reference"``: 2D, 3 channels in, 1 out, ``alpha = 1.67``, widths 32..512, no
-    convolution bias, shift-only normalisation after convolutions as Keras' ``BatchNormalization(scale=False)``):
+    convolution bias, shift-only normalisation after convolutions as Keras' ``BatchNormalization(scale=False)``,
+    with Keras' defaults ``epsilon=1e-3`` and ``momentum=0.99``, i.e. PyTorch ``eps=1e-3, momentum=0.01``):
     7,238,228 trainable parameters, exactly the Keras original (nibtehaz/MultiResUNet); Keras' "7,262,750
     total" also counts BatchNorm moving statistics. The Keras original is followed where the authors' PyTorch
     port differs (it reuses one BatchNorm twice per ResPath unit and outputs ``num_classes + 1`` channels).
@@ -53,7 +54,8 @@ class MultiResUNet(PresetMixin, ComposableUNet):
 
     PRESETS = {
         "reference": dict(
-            spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128, 256, 512), bias=False, norm_scale=False
+            spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128, 256, 512), bias=False,
+            norm_scale=False, norm=("batch", {"eps": 1e-3, "momentum": 0.01}),
         )
     }
 

@@ -233,13 +233,3 @@ def norm_act(spatial_dims: int, channels: int, act: LayerArg, norm: LayerArg, dr
     if act is None and norm is None and not dropout:
         return nn.Identity()
     return ADN(ordering="NDA", in_channels=channels, act=act, norm=norm, norm_dim=spatial_dims, dropout=dropout, dropout_dim=spatial_dims)
-
-
-def as_tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
-    """Repeat an int ``n`` times or check a sequence has length ``n``."""
-    if isinstance(value, int):
-        return (value,) * n
-    value = tuple(int(v) for v in value)
-    if len(value) != n:
-        raise ValueError(f"expected {n} values, got {len(value)}: {value}")
-    return value
