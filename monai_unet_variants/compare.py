@@ -24,9 +24,36 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["compare", "run_one"]
+__all__ = ["bundle_folders", "compare", "run_one"]
 
+#: the bundles of a source checkout (an installed package has none: pass ``--bundles_dir``)
 REPO_BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def bundle_folders(bundles_dir: str | os.PathLike, names: str = "") -> list[Path]:
+    """The chosen bundle folders (all bundles of ``bundles_dir`` when ``names`` is empty).
+
+    Raises:
+        SystemExit: ``bundles_dir`` holds no bundle, or a named bundle is missing; the message says which and how
+            to point at the folder.
+    """
+    root = Path(bundles_dir)
+    found = sorted(p for p in root.iterdir() if (p / "configs" / "metadata.json").is_file()) if root.is_dir() else []
+    if not found:
+        raise SystemExit(
+            f"compare: no bundles in {root} (a folder holding <name>/configs/metadata.json). The bundles ship in the "
+            "source repository's bundles/ folder, not in the installed package: pass --bundles_dir /path/to/bundles."
+        )
+    if not names:
+        return found
+    chosen, missing = [], []
+    for name in names.split(","):
+        path = root / name.strip()
+        (chosen if (path / "configs" / "metadata.json").is_file() else missing).append(path)
+    if missing:
+        raise SystemExit(f"compare: no bundle {', '.join(p.name for p in missing)} in {root}; it holds "
+                         f"{', '.join(p.name for p in found)}.")
+    return chosen
 
 
 def _overrides(args: argparse.Namespace, out: Path) -> dict:
@@ -160,6 +187,7 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str) -> None:
 
 
 def compare(args: argparse.Namespace) -> list[dict]:
+    bundles = bundle_folders(args.bundles_dir, args.bundles)  # before anything is written
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not args.dataset_dir:
@@ -168,9 +196,6 @@ def compare(args: argparse.Namespace) -> list[dict]:
         args.dataset_dir = str(ensure_sample_data())
     # each bundle runs in a child process with the same arguments and the resolved data folder
     passthrough = [a for a in args.argv if a != "--verbose"] + ["--dataset_dir", args.dataset_dir]
-    bundles = [REPO_BUNDLES / b for b in args.bundles.split(",")] if args.bundles else sorted(
-        p for p in REPO_BUNDLES.iterdir() if (p / "configs" / "metadata.json").is_file()
-    )
     rows = []
     for i, bundle in enumerate(bundles, start=1):
         print(f"[{i}/{len(bundles)}] {bundle.name} ...", flush=True)
@@ -197,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset_dir", default="", help="MSD Task07 folder (default: the synthetic sample)")
-    parser.add_argument("--bundles", default="", help="comma-separated bundle names (default: all in bundles/)")
+    parser.add_argument("--bundles", default="", help="comma-separated bundle names (default: all in --bundles_dir)")
+    parser.add_argument("--bundles_dir", default=str(REPO_BUNDLES),
+                        help="folder holding the bundles (default: the source checkout's bundles/, %(default)s)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--val_interval", type=int, default=2)
     parser.add_argument("--roi_size", type=int, default=48)

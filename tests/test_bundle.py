@@ -467,3 +467,18 @@ def test_final_validation_runs_after_the_last_epoch(epochs, interval, expected):
     mb.FinalValidationHandler(validator=Validator(), interval=interval, epoch_level=True).attach(trainer)
     trainer.run([0, 1], max_epochs=epochs)
     assert runs == expected
+
+
+def test_compare_finds_bundles_or_says_where_to_look(tmp_path):
+    """``compare`` lists the bundles of ``--bundles_dir``; an installed package has no bundles folder, and the
+    message says so and names the option, before any data is written."""
+    from monai_unet_variants import compare
+
+    assert [p.name for p in compare.bundle_folders(REPO / "bundles", "unet_pancreas,unet3plus_pancreas")] == [
+        "unet_pancreas", "unet3plus_pancreas"]
+    assert len(compare.bundle_folders(REPO / "bundles")) == len(BUNDLE_NAMES)
+    with pytest.raises(SystemExit, match=r"no bundles in .*pass --bundles_dir"):
+        compare.main(["--bundles_dir", str(tmp_path / "site-packages"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match=r"no bundle unet_pancreaz in .*it holds .*unet_pancreas"):
+        compare.bundle_folders(REPO / "bundles", "unet_pancreaz")
