@@ -107,8 +107,9 @@ class AttentionUNet(PresetMixin, ComposableUNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
-            dropout, bias, encoder_block="conv", upsample=upsample, attention=attention,
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels,
+            strides=strides, kernel_size=kernel_size, up_kernel_size=up_kernel_size, act=act, norm=norm,
+            dropout=dropout, bias=bias, encoder_block="conv", upsample=upsample, attention=attention,
             attention_levels=attention_levels, attention_gates=attention_gates, attention_ratio=attention_ratio,
             head=head, deep_supervision=deep_supervision, deep_supr_num=deep_supr_num, checkpointing=checkpointing,
             **kwargs,

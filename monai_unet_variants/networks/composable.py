@@ -57,6 +57,8 @@ class ComposableUNet(UNetBase):
         encoder_block: a key of ``BLOCKS``. Defaults to ``"conv"``.
         decoder_block: a key of ``BLOCKS``, ``None`` for ``encoder_block``. Defaults to ``None``.
         block_args: extra keyword arguments of the blocks (e.g. ``{"recurrence": 2}``). Defaults to ``None``.
+        skip_args: extra keyword arguments of the skip transform (e.g. ``{"norm_scale": False}`` for the ResPath).
+            Defaults to ``None``.
         downsample: ``"maxpool"`` or ``"conv"`` (strided first convolution of the block). Defaults to ``"maxpool"``.
         upsample: ``"deconv"``, ``"nontrainable"`` or ``"resize_conv"``. Defaults to ``"deconv"``.
         interp_mode: ``"nearest"`` or ``"linear"`` for interpolating up-sampling. Defaults to ``"nearest"``.
@@ -107,6 +109,7 @@ class ComposableUNet(UNetBase):
         encoder_block: str = "conv",
         decoder_block: Optional[str] = None,
         block_args: Optional[Mapping[str, Any]] = None,
+        skip_args: Optional[Mapping[str, Any]] = None,
         downsample: str = "maxpool",
         upsample: str = "deconv",
         interp_mode: str = "nearest",
@@ -178,7 +181,7 @@ class ComposableUNet(UNetBase):
             if skip == "respath":
                 transform = ResPath(
                     spatial_dims, enc_out[i], channels[i], depth - 1 - i, kernel_size, act, norm, bias,
-                    norm_scale=bool(extra.get("norm_scale", True)),
+                    **dict(skip_args or {}),
                 )
             gated = attention is not None and i in levels
             sp = SkipPath(

@@ -86,8 +86,9 @@ class DenseUNet(PresetMixin, ComposableUNet):
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
-            dropout, bias, encoder_block="fully_dense",
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels,
+            strides=strides, kernel_size=kernel_size, up_kernel_size=up_kernel_size, act=act, norm=norm,
+            dropout=dropout, bias=bias, encoder_block="fully_dense",
             block_args=dict(num_layers=dense_layers, growth_rate=growth_rate, bottleneck=bottleneck),
             upsample=upsample, global_residual=global_residual, deep_supervision=deep_supervision,
             deep_supr_num=deep_supr_num, checkpointing=checkpointing, **kwargs,

@@ -81,9 +81,11 @@ class MultiResUNet(PresetMixin, ComposableUNet):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("skip", "respath")
+        kwargs.setdefault("skip_args", dict(norm_scale=norm_scale))
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
-            dropout, bias, encoder_block="multires", block_args=dict(alpha=alpha, norm_scale=norm_scale),
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels,
+            strides=strides, kernel_size=kernel_size, up_kernel_size=up_kernel_size, act=act, norm=norm,
+            dropout=dropout, bias=bias, encoder_block="multires", block_args=dict(alpha=alpha, norm_scale=norm_scale),
             upsample=upsample, deep_supervision=deep_supervision, deep_supr_num=deep_supr_num,
             checkpointing=checkpointing, **kwargs,
         )

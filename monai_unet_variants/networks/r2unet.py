@@ -52,7 +52,6 @@ class R2UNet(PresetMixin, ComposableUNet):
     """
 
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True)}
-    _attention: Optional[str] = None
 
     def __init__(
         self,
@@ -75,11 +74,10 @@ class R2UNet(PresetMixin, ComposableUNet):
         checkpointing: bool = False,
         **kwargs: Any,
     ) -> None:
-        if self._attention is not None:
-            kwargs.setdefault("attention", self._attention)
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
-            dropout, bias, encoder_block="recurrent_residual",
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels,
+            strides=strides, kernel_size=kernel_size, up_kernel_size=up_kernel_size, act=act, norm=norm,
+            dropout=dropout, bias=bias, encoder_block="recurrent_residual",
             block_args=dict(recurrence=recurrence, shared_norm=shared_norm), upsample=upsample,
             deep_supervision=deep_supervision, deep_supr_num=deep_supr_num, checkpointing=checkpointing, **kwargs,
         )
@@ -117,4 +115,6 @@ class AttentionR2UNet(R2UNet):
     """
 
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True, attention="same")}
-    _attention = "grid"
+
+    def __init__(self, *args: Any, attention: Optional[str] = "grid", **kwargs: Any) -> None:
+        super().__init__(*args, attention=attention, **kwargs)

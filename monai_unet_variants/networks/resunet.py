@@ -69,7 +69,8 @@ class ResUNet(PresetMixin, ComposableUNet):
     ) -> None:
         kwargs.setdefault("downsample", "conv")
         super().__init__(
-            spatial_dims, in_channels, out_channels, channels, strides, kernel_size, up_kernel_size, act, norm,
-            dropout, bias, encoder_block="preact_residual", upsample=upsample, deep_supervision=deep_supervision,
+            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, channels=channels,
+            strides=strides, kernel_size=kernel_size, up_kernel_size=up_kernel_size, act=act, norm=norm,
+            dropout=dropout, bias=bias, encoder_block="preact_residual", upsample=upsample, deep_supervision=deep_supervision,
             deep_supr_num=deep_supr_num, checkpointing=checkpointing, **kwargs,
         )
