@@ -108,7 +108,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
-_VERBATIM = ("configs/evaluate.json", "configs/multi_gpu_train.json", "configs/logging.conf", "LICENSE")
+_VERBATIM = (
+    "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/onnx_export.json", "configs/logging.conf", "LICENSE"
+)
 
 
 def network_def(name: str) -> dict[str, Any]:

@@ -9,16 +9,22 @@ threshold and turning trimming off keeps freed memory in the process for the nex
 Measured on this project's 2-core CPU (``benchmarks/run.py``, batch 2, bundle widths, README's table): without
 it the 3D 96^3 training step takes 1.7x (U-Net) to 2.3x (MultiResUNet, DenseUNet) as long, the 2D step 2.3-2.9x;
 sliding-window inference of the flagship bundle 657 -> 332 s. The price: the process's resident size stays at its
-peak instead of following live memory. Every bundle's configs call it in
-``initialize``; call it yourself at the start of a training script of your own.
+peak instead of following live memory. Every bundle's configs call ``reuse_freed_memory_for_bundle(@reuse_memory)``
+in ``initialize``: applied when the bundle command owns the process (``python -m monai.bundle run``, torchrun),
+skipped inside a host such as a MONAI Label server, and off with ``--reuse_memory false``. Call
+``reuse_freed_memory()`` yourself at the start of a training script of your own.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["bundle_owns_process", "reuse_freed_memory", "reuse_freed_memory_for_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +78,39 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     if applied and not enabled:
         libc.malloc_trim(ctypes.c_size_t(0))
     return applied
+
+
+def bundle_owns_process(argv: Sequence[str] | None = None) -> bool:
+    """Whether this process was started as the bundle command (``python -m monai.bundle ...``, also under
+    torchrun), so that a bundle may change process-wide settings; ``False`` inside a host application (a MONAI
+    Label server, a notebook, a user's script) that parses the bundle's configs itself.
+
+    Args:
+        argv: the process's command line; ``None`` for ``sys.argv`` (with ``-m``, Python puts the module's
+            ``__main__.py`` path first).
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return False
+    first = os.path.normpath(argv[0])
+    return first.endswith(os.path.join("monai", "bundle", "__main__.py")) or first == "monai.bundle"
+
+
+def reuse_freed_memory_for_bundle(option: Any = True, argv: Sequence[str] | None = None) -> bool:
+    """``reuse_freed_memory()`` as a bundle's ``initialize`` applies it: only where the bundle owns the process
+    (``bundle_owns_process``) and ``option`` (``--reuse_memory``, read with ``options.as_bool``) is true. Logs what
+    it did and why; returns whether the setting was applied.
+
+    Raises:
+        ValueError: ``option`` is not a boolean word (``--reuse_memory maybe``).
+    """
+    from .options import as_bool
+
+    if not as_bool(option, "reuse_memory"):
+        logger.info("reuse_memory false: the C allocator is left as it is")
+        return False
+    if not bundle_owns_process(argv):
+        logger.info("the bundle runs inside a host process (%s): process-wide allocator settings left as they are",
+                    (list(sys.argv if argv is None else argv) or ["?"])[0])
+        return False
+    return reuse_freed_memory()

@@ -131,8 +131,18 @@ def test_exports(trained, tmp_path):
     run_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *cfg)
     ts = torch.jit.load(str(tmp_path / "model.ts"))
     assert ts(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
-    run_bundle("onnx_export", "network_def", "--filepath", str(tmp_path / "model.onnx"), *cfg)
-    assert (tmp_path / "model.onnx").stat().st_size > 10_000
+    run_bundle("onnx_export", "network_def", "--args_file", str(trained / "configs" / "onnx_export.json"),
+               "--filepath", str(tmp_path / "model.onnx"), *cfg)
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    for shape in [(1, 1, 64, 64, 64), (2, 1, 96, 96, 96), (1, 1, 48, 80, 32)]:  # exported once, at 64^3
+        x = torch.rand(shape)
+        (out,) = session.run(["pred"], {"image": x.numpy()})
+        with torch.no_grad():
+            expected = ts(x).numpy()
+        assert out.shape == (shape[0], 3, *shape[2:])
+        assert abs(out - expected).max() <= 1e-4 * max(1.0, abs(expected).max()), shape
 
 
 def test_truncated_checkpoint_is_named(trained, sample, tmp_path):

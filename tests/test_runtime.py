@@ -59,4 +59,25 @@ def test_bundles_configure_the_allocator():
     assert len(configs) >= 7 * 4
     for path in configs:
         init = json.loads(path.read_text()).get("initialize", [])
-        assert "$monai_unet_variants.runtime.reuse_freed_memory()" in init, path
+        assert "$monai_unet_variants.runtime.reuse_freed_memory_for_bundle(@reuse_memory)" in init, path
+
+
+def test_bundle_memory_setting_only_where_the_bundle_owns_the_process(monkeypatch):
+    """Process-wide allocator settings apply under ``python -m monai.bundle`` (also torchrun's children), not inside
+    a host that parses the configs (MONAI Label's server, a script), and never with ``--reuse_memory false``."""
+    import os
+
+    from monai_unet_variants import runtime
+
+    calls: list = []
+    monkeypatch.setattr(runtime, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
+    cli = [os.path.join("/env", "lib", "python3.11", "site-packages", "monai", "bundle", "__main__.py"), "run"]
+    host = ["/env/bin/monailabel", "start_server", "--app", "apps/monaibundle"]
+    assert runtime.bundle_owns_process(cli) and not runtime.bundle_owns_process(host)
+    assert not runtime.bundle_owns_process([]) and not runtime.bundle_owns_process(["-c"])
+    assert runtime.reuse_freed_memory_for_bundle(True, cli) is True and calls == [True]
+    assert runtime.reuse_freed_memory_for_bundle(True, host) is False
+    assert runtime.reuse_freed_memory_for_bundle("false", cli) is False
+    assert runtime.reuse_freed_memory_for_bundle("YES", cli) is True and calls == [True, True]
+    with pytest.raises(ValueError, match="--reuse_memory must be true or false"):
+        runtime.reuse_freed_memory_for_bundle("maybe", cli)
