@@ -118,6 +118,13 @@ def network_def(name: str) -> dict[str, Any]:
     return {"_target_": f"monai_unet_variants.networks.{spec['class']}", **_NET_BASE, **spec.get("args", {})}
 
 
+def network_class(name: str) -> type:
+    """The network class of bundle ``name`` (its papers are held there, once)."""
+    from . import networks
+
+    return getattr(networks, VARIANTS[name]["class"])
+
+
 def _json(obj: Any) -> str:
     return json.dumps(obj, indent=4) + "\n"
 
@@ -156,6 +163,7 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
         "trained on the Medical Segmentation Decathlon Task07 layout; ships with a synthetic sample set for a first run."
     )
     meta["changelog"] = {meta["version"]: f"first release: 3D {spec['title']} for pancreas and tumour CT segmentation"}
+    meta["references"] = [*network_class(name).PAPERS, meta["references"][-1]]  # the network's papers, then the data
     files["configs/metadata.json"] = _json(meta)
     for rel in _VERBATIM:
         files[rel] = (template_dir / rel).read_text()
@@ -185,6 +193,9 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
     template_net = json.loads((bundles_dir / TEMPLATE / "configs" / "train.json").read_text())["network_def"]
     if template_net != network_def(TEMPLATE):
         problems.append(f"{TEMPLATE}/configs/train.json: network_def differs from VARIANTS[{TEMPLATE!r}]")
+    template_refs = json.loads((bundles_dir / TEMPLATE / "configs" / "metadata.json").read_text()).get("references", [])
+    if template_refs[:-1] != list(network_class(TEMPLATE).PAPERS):
+        problems.append(f"{TEMPLATE}/configs/metadata.json: references differ from {VARIANTS[TEMPLATE]['class']}.PAPERS")
     for name in VARIANTS:
         if name == TEMPLATE:
             continue

@@ -399,6 +399,14 @@ def test_every_bundle_metadata_and_network(name):
     infer = json.loads((root / "configs" / "inference.json").read_text())
     assert train["network_def"] == infer["network_def"]
     assert train["network_def"]["_target_"].startswith("monai_unet_variants.networks.")
+    # honest metadata: the bundle's own network's papers (then the data set's), the label as it is stored
+    import monai_unet_variants.networks as nets
+
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    papers = getattr(nets, train["network_def"]["_target_"].rsplit(".", 1)[1]).PAPERS
+    assert papers and meta["references"] == [*papers, meta["references"][-1]]
+    assert meta["label_classes"].startswith("one channel") and "logits" in meta["pred_classes"]
+    assert "eval_metrics" not in meta and {"scipy", "tqdm"} <= set(meta["required_packages_version"])
 
 
 @pytest.mark.slow

@@ -66,6 +66,11 @@ class AttentionUNet(PresetMixin, ComposableUNet):
         (torch.Size([1, 3, 32, 32, 32]), torch.Size([1, 1, 32, 32, 32]))
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Oktay, O. et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018. "
+        "https://arxiv.org/abs/1804.03999",
+    )
     PRESETS = {
         "reference": dict(REFERENCE_2D, attention="same", upsample="resize_conv"),
         "paper": dict(

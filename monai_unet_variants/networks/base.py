@@ -138,8 +138,11 @@ class UNetBase(nn.Module):
     Protocol for subclasses: call ``super().__init__()``, then ``_build_encoder(...)`` (it sets ``pools``,
     ``encoder``, ``spatial_dims``, ``in_channels``, ``out_channels``, ``divisor`` and ``checkpointing``) and build
     the decoder and head from the widths it returns. In ``forward``: ``_check_input(x)``, then
-    ``_encode(x)`` gives the encoder features, top level first.
+    ``_encode(x)`` gives the encoder features, top level first. ``PAPERS`` holds the full citations of the papers a
+    variant follows (its bundles' metadata and docs read them).
     """
+
+    PAPERS: tuple[str, ...] = ()
 
     def _build_encoder(
         self,

@@ -56,6 +56,11 @@ class DenseUNet(PresetMixin, ComposableUNet):
         torch.Size([1, 2, 32, 32, 32])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Guan, S., Khan, A. A., Sikdar, S., Chitnis, P. V. Fully Dense UNet for 2-D Sparse Photoacoustic "
+        "Tomography Artifact Removal. IEEE JBHI 24(2), 2020. https://arxiv.org/abs/1808.10848",
+    )
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=1, out_channels=1, channels=(64, 128, 256, 512, 1024), global_residual=True

@@ -52,6 +52,11 @@ class MultiResUNet(PresetMixin, ComposableUNet):
         torch.Size([1, 2, 32, 32, 32])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Ibtehaz, N., Rahman, M. S. MultiResUNet: Rethinking the U-Net Architecture for Multimodal Biomedical "
+        "Image Segmentation. Neural Networks 121, 2020. https://arxiv.org/abs/1902.04049",
+    )
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128, 256, 512), bias=False,

@@ -8,6 +8,7 @@ from typing import Any, Optional
 from ..registry import register_network
 from ._common import DEFAULT_CHANNELS, REFERENCE_2D, PresetMixin, fill_doc
 from .blocks.layers import LayerArg
+from .attention_unet import AttentionUNet
 from .composable import ComposableUNet
 
 __all__ = ["R2UNet", "AttentionR2UNet"]
@@ -51,6 +52,12 @@ class R2UNet(PresetMixin, ComposableUNet):
         torch.Size([1, 2, 32, 32, 32])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Alom, M. Z., Hasan, M., Yakopcic, C., Taha, T. M., Asari, V. K. Recurrent Residual Convolutional "
+        "Neural Network based on U-Net (R2U-Net) for Medical Image Segmentation. arXiv 2018. "
+        "https://arxiv.org/abs/1802.06955",
+    )
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True)}
 
     def __init__(
@@ -114,6 +121,7 @@ class AttentionR2UNet(R2UNet):
         torch.Size([1, 2, 32, 32, 32])
     """
 
+    PAPERS = (*R2UNet.PAPERS, *AttentionUNet.PAPERS)
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True, attention="same")}
 
     def __init__(self, *args: Any, attention: Optional[str] = "grid", **kwargs: Any) -> None:

@@ -44,6 +44,11 @@ class ResUNet(PresetMixin, ComposableUNet):
         torch.Size([1, 2, 32, 32, 32])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Zhang, Z., Liu, Q., Wang, Y. Road Extraction by Deep Residual U-Net. IEEE Geoscience and Remote "
+        "Sensing Letters 15(5), 2018. https://arxiv.org/abs/1711.10684",
+    )
     PRESETS = {
         "reference": dict(spatial_dims=2, in_channels=3, out_channels=1, channels=(64, 128, 256, 512), strides=(2, 2, 2))
     }

@@ -42,6 +42,11 @@ class PlainUNet(PresetMixin, ComposableUNet):
         torch.Size([1, 3, 32, 32, 32])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Ronneberger, O., Fischer, P., Brox, T. U-Net: Convolutional Networks for Biomedical Image "
+        "Segmentation. MICCAI 2015. https://arxiv.org/abs/1505.04597",
+    )
     PRESETS = {"reference": dict(REFERENCE_2D, upsample="resize_conv")}
 
     def __init__(

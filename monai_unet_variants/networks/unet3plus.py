@@ -133,6 +133,11 @@ class UNet3Plus(PresetMixin, UNetBase):
         (torch.Size([2, 3, 3, 32, 32, 32]), torch.Size([2, 2]))
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Huang, H. et al. UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation. ICASSP 2020. "
+        "https://arxiv.org/abs/2004.08790",
+    )
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=3, out_channels=1, channels=(64, 128, 256, 512, 1024), norm="batch"

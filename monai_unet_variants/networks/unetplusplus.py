@@ -106,6 +106,14 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         torch.Size([1, 2, 64, 64])
     """
 
+    #: the papers this network follows, full citations (read by the bundles' metadata and docs)
+    PAPERS = (
+        "Zhou, Z., Rahman Siddiquee, M. M., Tajbakhsh, N., Liang, J. UNet++: A Nested U-Net Architecture for "
+        "Medical Image Segmentation. DLMIA 2018. https://arxiv.org/abs/1807.10165",
+        "Zhou, Z., Rahman Siddiquee, M. M., Tajbakhsh, N., Liang, J. UNet++: Redesigning Skip Connections to "
+        "Exploit Multiscale Features in Image Segmentation. IEEE TMI 39(6), 2020. "
+        "https://arxiv.org/abs/1912.05074",
+    )
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=1, out_channels=1, channels=(32, 64, 128, 256, 512), norm=None, dropout=0.5
