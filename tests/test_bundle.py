@@ -304,7 +304,9 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     root = tmp_path / "bundle"
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
     configs = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
+    logs = tmp_path / "rank_logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "--log_dir", str(logs), "--redirects", "3", "--tee", "3",
            "-m", "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(sample),
            "--epochs", "2", "--val_interval", "1", *TINY]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -317,6 +319,19 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     assert (root / "models" / "model.pt").is_file()
     log = proc.stdout + proc.stderr
     assert log.count("Epoch[2] Metrics -- val_mean_dice") == 1  # reduced metrics, printed by rank 0 only
+    # rank 1 trains and validates in silence: no INFO lines, no "best metric", no TensorBoard files of its own
+    by_rank = {r: "".join(p.read_text() for p in logs.rglob(f"{r}/std*.log")) for r in (0, 1)}
+    assert "Got new best metric" in by_rank[0] and "Got new best metric" not in by_rank[1]
+    rank1_info = [line for line in by_rank[1].splitlines() if " INFO " in line
+                  and "Setting logging properties based on config" not in line]  # monai.bundle's, before initialize
+    assert " INFO " in by_rank[0] and not rank1_info, rank1_info
+    assert "Loading dataset" in by_rank[0] and "Loading dataset" not in by_rank[1]
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    events = sorted((root / "eval").rglob("events.out.tfevents.*"))
+    assert events
+    for path in events:  # an events file that a rank opened and never wrote to holds no summary
+        assert any(e.HasField("summary") for e in EventFileLoader(str(path)).Load()), f"empty events file {path.name}"
 
 
 def test_best_metric_state_round_trip():
@@ -510,3 +525,25 @@ def test_compare_finds_bundles_or_says_where_to_look(tmp_path):
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match=r"no bundle unet_pancreaz in .*it holds .*unet_pancreas"):
         compare.bundle_folders(REPO / "bundles", "unet_pancreaz")
+
+
+def test_multi_gpu_config_silences_the_right_handlers():
+    """``multi_gpu_train.json`` switches handlers off on ranks above 0 by their place in ``train.json``: the places
+    must still hold the writing handlers (checkpoints, logs, TensorBoard, progress, compile log), and the
+    checkpoint loader and the validation trigger stay on every rank."""
+    import re
+
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text())
+    multi = json.loads((BUNDLE / "configs" / "multi_gpu_train.json").read_text())
+    off = {}
+    for key, value in multi.items():
+        m = re.fullmatch(r"(train|validate)#handlers#(\d+)#_disabled_", key)
+        if m:
+            assert value == "$@rank > 0", key
+            off.setdefault(m[1], []).append(train[m[1]]["handlers"][int(m[2])]["_target_"].rsplit(".", 1)[-1])
+    assert sorted(off["train"]) == sorted(["AtomicCheckpointSaver", "StatsHandler", "TensorBoardStatsHandler",
+                                           "ProgressBar", "CompileMonitor"])
+    assert sorted(off["validate"]) == sorted(t["_target_"].rsplit(".", 1)[-1] for t in train["validate"]["handlers"])
+    kept = [h["_target_"].rsplit(".", 1)[-1] for i, h in enumerate(train["train"]["handlers"])
+            if f"train#handlers#{i}#_disabled_" not in multi]
+    assert kept == ["SafeCheckpointLoader", "LrScheduleHandler", "FinalValidationHandler", "SkippedCasesReport"]

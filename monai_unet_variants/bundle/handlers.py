@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from monai.handlers import ValidationHandler
 
-__all__ = ["FinalValidationHandler", "select_class"]
+__all__ = ["FinalValidationHandler", "quiet_other_ranks", "select_class"]
 
 
 class FinalValidationHandler(ValidationHandler):
@@ -41,3 +42,19 @@ def select_class(index: int, keys: tuple[str, str] = ("pred", "label")) -> Calla
         return [p[index : index + 1] for p in preds], [lb[index : index + 1] for lb in labels]
 
     return transform
+
+
+def quiet_other_ranks(rank: int) -> bool:
+    """In a distributed run, let only rank 0 speak: ranks above 0 log warnings and errors only (the engines'
+    "Got new best metric", epoch summaries and every INFO line stay with rank 0, which reports the reduced
+    metrics). Their writing handlers are switched off in ``multi_gpu_train.json`` (``_disabled_``). Returns
+    whether this rank was quietened.
+    """
+    if int(rank) <= 0:
+        return False
+    for name in ("", "ignite", "monai", "monai_unet_variants", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in list(logging.root.manager.loggerDict):  # engine loggers created before this point
+        if name.startswith(("ignite.", "monai.")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    return True
