@@ -118,6 +118,8 @@ class UNet3Plus(PresetMixin, UNetBase):
         classification_guided: add the classification-guided module. Defaults to ``False``.
         checkpointing: keep only stage outputs for the backward pass, recompute the rest (training). Defaults to
             ``False``.
+        block_args: extra keyword arguments of the encoder's ``"conv"`` blocks (e.g. ``{"num_convs": 3}``).
+            Defaults to ``None``.
 
     Input-size rule: every spatial size must be divisible by ``prod(strides)`` (16 for the defaults).
 
