@@ -66,6 +66,10 @@ class UNetPlusPlus(PresetMixin, UNetBase):
     Training mode always runs the whole network, so that every head keeps learning. The state dict does not
     depend on ``prune_depth``: a checkpoint of the full network loads into a pruned one.
 
+    Convolutions start from the authors' initialisation (He normal, zero biases; Keras' ``he_normal`` is a truncated
+    normal, PyTorch's ``kaiming_normal_`` is not): with PyTorch's default initialisation the 3D network learned far
+    more slowly than the U-Net in our checks.
+
     Differences from the paper: the paper's "accurate mode" (averaging the top row's outputs at inference) is not
     built in (average ``torch.unbind(out, 1)`` of a training-mode forward to get it); the output is logits (the
     authors apply a sigmoid in the network); any block of ``BLOCKS`` can serve as the node (``block="conv"``,
@@ -180,6 +184,13 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         self.nodes = nn.ModuleList(nodes)
         # heads[k] reads X^{0, D - k}: the main output first, then the deep-supervision heads
         self.heads = nn.ModuleList([conv1x1(spatial_dims, widths[0][top - k], out_channels) for k in range(1 + n_deep)])
+        # the authors' initialisation (Keras he_normal, zero biases): with PyTorch's default one the 3D network at
+        # lr 3e-3 stayed at background where the U-Net learned (a 3-class sphere, 100 steps: Dice 0 vs 0.99)
+        for module in self.modules():
+            if isinstance(module, nn.modules.conv._ConvNd):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     def _top_row(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
         """The nodes of the top row ``X^{0,0} .. X^{0,last}``, computing only what they need."""
