@@ -28,7 +28,7 @@ from .blocks import (
 )
 from .blocks.layers import LayerArg, check_layer_args, check_spatial_dims
 
-__all__ = ["BLOCKS", "DOWNSAMPLE_MODES", "UNetBase", "check_unet_args", "make_block", "positive_ints"]
+__all__ = ["BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "check_unet_args", "make_block", "positive_ints"]
 
 #: Encoder/decoder blocks by name. Each takes ``(spatial_dims, in_channels, out_channels, stride,
 #: kernel_size, act, norm, dropout, bias, is_stem, **block_args)`` and has an ``out_channels`` attribute.
@@ -40,6 +40,7 @@ BLOCKS: dict[str, type[nn.Module]] = {
     "multires": MultiResBlock,
 }
 DOWNSAMPLE_MODES = ("maxpool", "conv")
+INTERP_MODES = ("nearest", "linear")
 
 
 def positive_ints(name: str, values: Any) -> tuple[int, ...]:
@@ -69,6 +70,7 @@ def check_unet_args(
     deep_supervision: bool,
     deep_supr_num: int,
     max_deep_supr_num: Optional[int] = None,
+    interp_mode: str = "nearest",
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Check the arguments every U-Net shares; return ``(channels, strides)`` normalised to int tuples.
     ``max_deep_supr_num`` is ``len(channels) - 2`` unless the network says otherwise (a head on the bottleneck).
@@ -96,6 +98,8 @@ def check_unet_args(
     check_layer_args(spatial_dims, act, norm, dropout)
     if upsample not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES} (got {upsample!r}).")
+    if interp_mode not in INTERP_MODES:
+        raise ValueError(f"interp_mode must be one of {INTERP_MODES} (got {interp_mode!r}).")
     most, most_text = (depth - 2, "len(channels) - 2") if max_deep_supr_num is None else (max_deep_supr_num, "")
     if deep_supervision and not 1 <= deep_supr_num <= most:
         raise ValueError(

@@ -127,7 +127,7 @@ class ComposableUNet(UNetBase):
         super().__init__()
         channels, strides = check_unet_args(
             spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout, upsample,
-            deep_supervision, deep_supr_num,
+            deep_supervision, deep_supr_num, interp_mode=interp_mode,
         )
         depth = len(channels)
         decoder_block = encoder_block if decoder_block is None else decoder_block
@@ -136,7 +136,6 @@ class ComposableUNet(UNetBase):
                 raise ValueError(f"unknown block {name!r}: choose one of {sorted(BLOCKS)}.")
         for arg, value, allowed in (
             ("downsample", downsample, DOWNSAMPLE_MODES),
-            ("interp_mode", interp_mode, ("nearest", "linear")),
             ("skip", skip, SKIP_TRANSFORMS),
             ("head", head, HEADS),
         ):

@@ -176,10 +176,8 @@ class UNet3Plus(PresetMixin, UNetBase):
             )
         channels, strides = check_unet_args(
             spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout, upsample,
-            deep_supervision, deep_supr_num, max_deep_supr_num=len(tuple(channels)) - 1,
+            deep_supervision, deep_supr_num, max_deep_supr_num=len(tuple(channels)) - 1, interp_mode=interp_mode,
         )
-        if interp_mode not in ("nearest", "linear"):
-            raise ValueError(f"interp_mode must be one of ('nearest', 'linear') (got {interp_mode!r}).")
         cat = channels[0] if cat_channels is None else int(cat_channels)
         if cat < 1:
             raise ValueError(f"cat_channels must be a positive integer (got {cat_channels!r}).")

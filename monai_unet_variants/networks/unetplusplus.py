@@ -150,10 +150,8 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         super().__init__()
         channels, strides = check_unet_args(
             spatial_dims, in_channels, out_channels, channels, strides, kernel_size, act, norm, dropout, upsample,
-            deep_supervision, deep_supr_num,
+            deep_supervision, deep_supr_num, interp_mode=interp_mode,
         )
-        if interp_mode not in ("nearest", "linear"):
-            raise ValueError(f"interp_mode must be one of ('nearest', 'linear') (got {interp_mode!r}).")
         top = len(channels) - 1  # D: the deepest level and the last column
         n_deep = deep_supr_num if deep_supervision else 0
         if prune_depth is not None and not top - n_deep <= prune_depth <= top:
