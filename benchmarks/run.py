@@ -452,12 +452,18 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
     torch.manual_seed(0)
     volume = torch.rand(1, 1, *case["volume"], device=device)
 
-    def infer() -> Any:
+    windows: list[int] = []
+
+    def counted(x: Any) -> Any:
+        windows.append(x.shape[0])
+        return run(x)
+
+    def infer(net: Callable[[Any], Any] = run) -> Any:
         with torch.no_grad(), autocast(device, amp):
-            return inferer(volume, run)
+            return inferer(volume, net)
 
     graphs = compiled_graphs()
-    _, first = timed(infer, device)  # warm-up, compilation included
+    _, first = timed(lambda: infer(counted), device)  # warm-up, compilation included
     compiled = compiled_graphs() - graphs
     with PeakMemory(device) as mem:
         infer()
@@ -465,6 +471,14 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
     if case.get("volume_file"):
         volume = torch.from_numpy(np.load(case["volume_file"])).to(device)
     seconds = median_seconds(infer, device, 0, case["repeats"])
+    # the network alone on one window batch of the pass's shape: what share of the pass its forward passes are
+    batch = torch.rand(max(windows), volume.shape[1], *inferer.roi_size, device=device)
+
+    def forward() -> Any:
+        with torch.no_grad(), autocast(device, amp):
+            return run(batch)
+
+    forward_s = median_seconds(forward, device, 2, 10)
     out = {
         "volume": case["volume"],
         "overrides": case.get("overrides", {}),
@@ -482,6 +496,10 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
         "seconds": seconds,
         "mvoxels_per_s": math.prod(case["volume"]) / seconds / 1e6,
         "peak_mib": mem.mib,
+        "network_windows": sum(windows),  # the padded last batch counted whole
+        "window_batches": len(windows),
+        "forward_ms_per_batch": forward_s * 1e3,
+        "forward_share": forward_s * len(windows) / seconds,
     }
     if case.get("labels_file"):
         np.save(case["labels_file"], infer().argmax(1).to(torch.uint8).cpu().numpy())
@@ -1000,7 +1018,9 @@ def _sliding_window_line(r: dict) -> str:
     agree = f", label map = reference on {r['agreement']:.4%} of voxels" if "agreement" in r else ""
     return (f"sliding window [{r['trial']}] ({what}; roi {r['roi_size']}, overlap {r['overlap']}) on "
             f"{'x'.join(map(str, r['volume']))}: {r['seconds']:.2f} s, {r['mvoxels_per_s']:.1f} Mvoxel/s, first pass "
-            f"{r['first_pass_s']:.1f} s, {r['recompiles']} recompilations, peak {r['peak_mib']:.0f} MiB{agree}")
+            f"{r['first_pass_s']:.1f} s, {r['recompiles']} recompilations, peak {r['peak_mib']:.0f} MiB; "
+            f"{r['window_batches']} window batches, the network alone "
+            f"{r['forward_ms_per_batch']:.2f} ms a batch = {r['forward_share']:.0%} of the pass{agree}")
 
 
 def _bundle_line(r: dict) -> str:
