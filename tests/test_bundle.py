@@ -401,6 +401,24 @@ def test_bundle_family_check_catches_drift(tmp_path):
     ]
 
 
+def test_per_network_settings_reach_each_bundle_and_their_drift_is_caught(tmp_path):
+    """A measured per-network default (``channels_last``: on for the Attention U-Net, off elsewhere) is what each
+    bundle's train and inference configs hold; the template edited by hand against ``VARIANTS`` is reported."""
+    from monai_unet_variants.bundle_family import TEMPLATE, check_bundles, settings
+
+    for name in BUNDLE_NAMES:
+        for conf in ("train.json", "inference.json"):
+            config = json.loads((REPO / "bundles" / name / "configs" / conf).read_text())
+            assert {k: config[k] for k in settings(name)} == settings(name), (name, conf)
+    assert settings(TEMPLATE)["channels_last"] is True and settings("unet_pancreas")["channels_last"] is False
+    copy = tmp_path / "bundles"
+    shutil.copytree(REPO / "bundles", copy, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    infer = copy / TEMPLATE / "configs" / "inference.json"
+    infer.write_text(infer.read_text().replace('"channels_last": true', '"channels_last": false'))
+    assert check_bundles(copy) == [
+        f"{TEMPLATE}/configs/inference.json: channels_last is False, VARIANTS['{TEMPLATE}'] says True"]
+
+
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_every_bundle_metadata_and_network(name):
     from monai.bundle import verify_metadata, verify_net_in_out
