@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "render_bundle", "settings", "write_bundles"]
+__all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "render_bundle", "settings", "write_bundles", "zoo_name"]
 
 TEMPLATE = "attunet_pancreas"
 _NET_BASE: dict[str, Any] = {
@@ -125,6 +125,18 @@ def network_def(name: str) -> dict[str, Any]:
     return {"_target_": f"monai_unet_variants.networks.{spec['class']}", **_NET_BASE, **spec.get("args", {})}
 
 
+def zoo_name(name: str) -> str:
+    """The model-zoo style name (``<organ>_<modality>_<network>_segmentation``) of bundle ``name``: the ``name`` in its
+    metadata and the folder an export writes; the repository's folder names (``attunet_pancreas``) stay as they are.
+
+    Examples::
+
+        >>> zoo_name("attunet_pancreas")
+        'pancreas_ct_attunet_segmentation'
+    """
+    return f"pancreas_ct_{name.removesuffix('_pancreas')}_segmentation"
+
+
 def settings(name: str) -> dict[str, Any]:
     """The per-network top-level settings of bundle ``name`` (``SETTINGS`` with its variant's overrides)."""
     return {**SETTINGS, **VARIANTS[name].get("settings", {})}
@@ -170,7 +182,7 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
         files[f"configs/{conf}"] = _json(config)
     meta = json.loads((template_dir / "configs" / "metadata.json").read_text())
     spec = VARIANTS[name]
-    meta["name"] = f"{spec['title']} pancreas CT segmentation"
+    meta["name"] = zoo_name(name)
     meta["description"] = (
         f"A 3D {spec['title']} ({spec['paper']}) from monai-unet-variants for pancreas and tumour segmentation in CT, "
         "trained on the Medical Segmentation Decathlon Task07 layout; ships with a synthetic sample set for a first run."
@@ -210,7 +222,10 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
         for key, value in settings(TEMPLATE).items():
             if config.get(key) != value:
                 problems.append(f"{TEMPLATE}/configs/{conf}: {key} is {config.get(key)!r}, VARIANTS[{TEMPLATE!r}] says {value!r}")
-    template_refs = json.loads((bundles_dir / TEMPLATE / "configs" / "metadata.json").read_text()).get("references", [])
+    template_meta = json.loads((bundles_dir / TEMPLATE / "configs" / "metadata.json").read_text())
+    if template_meta.get("name") != zoo_name(TEMPLATE):
+        problems.append(f"{TEMPLATE}/configs/metadata.json: name is {template_meta.get('name')!r}, not {zoo_name(TEMPLATE)!r}")
+    template_refs = template_meta.get("references", [])
     if template_refs[:-1] != list(network_class(TEMPLATE).PAPERS):
         problems.append(f"{TEMPLATE}/configs/metadata.json: references differ from {VARIANTS[TEMPLATE]['class']}.PAPERS")
     for name in VARIANTS:

@@ -420,6 +420,18 @@ def test_per_network_settings_reach_each_bundle_and_their_drift_is_caught(tmp_pa
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_every_bundle_json_is_formatted_as_the_zoo_hook_formats_it(name):
+    """The model zoo's pre-commit ``pretty-format-json --indent=4`` would leave every config as it is (indent 4,
+    ASCII, keys in their written order, one newline at the end); the metadata names the bundle zoo-style."""
+    from monai_unet_variants.bundle_family import zoo_name
+
+    for path in sorted((REPO / "bundles" / name / "configs").glob("*.json")):
+        text = path.read_text()
+        assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{path} is not formatted as the zoo's hook would"
+    assert json.loads((REPO / "bundles" / name / "configs" / "metadata.json").read_text())["name"] == zoo_name(name)
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_every_bundle_metadata_and_network(name):
     from monai.bundle import verify_metadata, verify_net_in_out
 
