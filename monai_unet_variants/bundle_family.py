@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "render_bundle", "settings", "write_bundles", "zoo_name"]
+__all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "export", "render_bundle", "settings", "write_bundles", "zoo_name"]
 
 TEMPLATE = "attunet_pancreas"
 _NET_BASE: dict[str, Any] = {
@@ -246,11 +246,48 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
     return problems
 
 
+def export(bundles_dir: str | Path, dest: str | Path, names: Sequence[str] = (), weights_url: str | None = None,
+           schema: str | Path | None = None) -> dict[Path, list[str]]:
+    """Export bundles (all by default) as self-contained model-zoo copies under ``dest``
+    (``bundle_export.export_bundle``) and run the zoo's checks on each; returns what each copy would be refused for."""
+    from .bundle_export import export_bundle, zoo_problems
+
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"no such bundle: {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    results = {}
+    for name in names or list(VARIANTS):
+        root = export_bundle(Path(bundles_dir) / name, dest, zoo_name(name), weights_url=weights_url)
+        results[root] = zoo_problems(root, schema=schema)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Generate or check the per-network bundles from attunet_pancreas.")
+    parser = argparse.ArgumentParser(description="Generate or check the per-network bundles from attunet_pancreas, "
+                                     "or export self-contained model-zoo copies of them.")
     parser.add_argument("--bundles-dir", default="bundles", help="folder holding the bundles (default: %(default)s)")
     parser.add_argument("--check", action="store_true", help="only report differences; exit 1 if any")
+    parser.add_argument("--export", metavar="DIR", default="",
+                        help="write zoo-layout copies that run without this package (scripts/ carries its code) "
+                        "into DIR, then run the model zoo's checks on them; exit 1 if any fails")
+    parser.add_argument("names", nargs="*", help="with --export: the bundles to export (default: all)")
+    parser.add_argument("--weights_url", default=None,
+                        help="with --export: where models/model.pt is published (written to large_files.yml)")
+    parser.add_argument("--schema", default=None,
+                        help="with --export: local copy of the bundle metadata schema (default: "
+                        "<bundles-dir>/schema/meta_schema.json if present, else the one the metadata names)")
     args = parser.parse_args(argv)
+    if args.names and not args.export:
+        parser.error("bundle names are only taken with --export")
+    if args.export:
+        default_schema = Path(args.bundles_dir) / "schema" / "meta_schema.json"
+        schema = args.schema or (default_schema if default_schema.is_file() else None)
+        failed = 0
+        for root, problems in export(args.bundles_dir, args.export, args.names, args.weights_url, schema).items():
+            print(f"wrote {root}: " + ("passes the model zoo's checks" if not problems else
+                                       "the model zoo would refuse it:\n  " + "\n  ".join(problems)))
+            failed += bool(problems)
+        return 1 if failed else 0
     if args.check:
         problems = check_bundles(args.bundles_dir)
         print("\n".join(problems) if problems else "all bundles are in step with " + TEMPLATE)

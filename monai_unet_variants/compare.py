@@ -69,7 +69,7 @@ def _overrides(args: argparse.Namespace, out: Path) -> dict:
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "num_workers": 0,
-        "device": f"$torch.device('{args.device}')",
+        "device": f"$torch.device({args.device!r})",
         "network_def#channels": [int(c) for c in args.channels.split(",")],
     }
 
@@ -161,7 +161,7 @@ COLUMNS = [
 def format_table(rows: Sequence[dict]) -> str:
     """Fixed-width text table; every title is aligned like its column."""
     widths = [len(fmt.format(1)) for _, fmt, _ in COLUMNS]
-    head = "".join(t.ljust(w) if k == "bundle" else t.rjust(w) for (k, _, t), w in zip(COLUMNS, widths))
+    head = "".join(t.ljust(w) if k == "bundle" else t.rjust(w) for (k, _, t), w in zip(COLUMNS, widths, strict=True))
     return "\n".join([head] + ["".join(fmt.format(r[k]) for k, fmt, _ in COLUMNS) for r in rows])
 
 
@@ -175,7 +175,7 @@ def plot_curves(rows: Sequence[dict], path: Path, title: str) -> None:
     for r in rows:
         pts = [(c["epoch"], c["val_mean_dice"]) for c in r["curve"]]
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=r["bundle"].replace("_pancreas", ""))
+            ax.plot(*zip(*pts, strict=True), marker="o", label=r["bundle"].replace("_pancreas", ""))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation mean Dice (pancreas, tumour)")
     ax.set_title(title)

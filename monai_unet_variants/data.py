@@ -39,7 +39,7 @@ def _affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
 
 
 def _ellipsoid(grid: tuple[np.ndarray, ...], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
-    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+    return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1.0
 
 
 def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[float] = SPACING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -50,14 +50,14 @@ def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[flo
     x = (np.arange(nx) - (nx - 1) / 2) * spacing[0]
     y = (np.arange(ny) - (ny - 1) / 2) * spacing[1]
     z = (np.arange(nz) - (nz - 1) / 2) * spacing[2]
-    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    gx, gy, gz = np.meshgrid(x, y, z, indexing="ij")
     hu = np.full(shape, -1000.0, dtype=np.float32)
     label = np.zeros(shape, dtype=np.uint8)
 
     half_w = 0.5 * nx * spacing[0] * rng.uniform(0.80, 0.88)
     half_h = 0.5 * ny * spacing[1] * rng.uniform(0.72, 0.80)
-    taper = 1.0 + 0.05 * Z / max(1.0, abs(z).max())
-    body_r = (X / (half_w * taper)) ** 2 + (Y / (half_h * taper)) ** 2
+    taper = 1.0 + 0.05 * gz / max(1.0, abs(z).max())
+    body_r = (gx / (half_w * taper)) ** 2 + (gy / (half_h * taper)) ** 2
     body = body_r <= 1.0
     fat_depth = rng.uniform(0.80, 0.88)
     hu[body] = -100.0  # subcutaneous fat
@@ -69,7 +69,7 @@ def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[flo
     def place(mask: np.ndarray, value: float) -> None:
         hu[mask & cavity] = value
 
-    grid = (X, Y, Z)
+    grid = (gx, gy, gz)
     # spine and aorta posterior, midline
     spine_c = (0.0, half_h * 0.62, 0.0)
     place(_ellipsoid(grid, spine_c, (14, 12, 1e4)), 500.0 + 80 * rng.standard_normal())
@@ -95,8 +95,8 @@ def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[flo
     radius = 9.0 - 4.0 * t + rng.uniform(-1, 1)  # thick head, thin tail
     dist = np.full(shape, np.inf, dtype=np.float32)
     rel = np.full(shape, np.inf, dtype=np.float32)
-    for p, r in zip(curve, radius):
-        d = np.sqrt((X - p[0]) ** 2 + (Y - p[1]) ** 2 + ((Z - p[2]) * 1.3) ** 2)
+    for p, r in zip(curve, radius, strict=True):
+        d = np.sqrt((gx - p[0]) ** 2 + (gy - p[1]) ** 2 + ((gz - p[2]) * 1.3) ** 2)
         np.minimum(dist, d, out=dist)
         np.minimum(rel, d / r, out=rel)
     pancreas = (rel <= 1.0) & cavity

@@ -65,7 +65,7 @@ def overlay_png(
     show = lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1]  # noqa: E731
     panels = [("CT", None)] + ([("ground truth", gt)] if gt is not None else []) + [("prediction", seg)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.3))
-    for ax, (name, lab) in zip(np.atleast_1d(axes), panels):
+    for ax, (name, lab) in zip(np.atleast_1d(axes), panels, strict=True):
         ax.imshow(show(ct_slice), cmap="gray", interpolation="nearest")
         if lab is not None:
             ax.imshow(show(_rgba(lab[:, :, k], 0.55)), interpolation="nearest")

@@ -213,7 +213,7 @@ class AtomicCheckpointSaver:
         state = engine.state
         if getattr(state, "best_metric_epoch", -1) == state.epoch and self._rank0():
             record = {"metric": float(state.best_metric), "epoch": int(state.epoch), "file": self.key_metric_filename}
-            atomic_write(self.save_dir / BEST_METRIC_RECORD, lambda f: f.write(json.dumps(record).encode()))
+            atomic_write(self.save_dir / BEST_METRIC_RECORD, lambda f: f.write((json.dumps(record, indent=4) + "\n").encode()))
             _atomic_save(self._state(), self.save_dir / self.key_metric_filename)
             engine.logger.info(f"saved best checkpoint {self.save_dir / self.key_metric_filename} "
                                f"(key metric {state.best_metric:.4f} at epoch {state.epoch})")
@@ -388,7 +388,7 @@ class SafeCheckpointLoader(CheckpointLoader):
         missing = [k for k in self.optional_keys if k in self.load_dict and isinstance(content, Mapping)
                    and k not in content and len(self.load_dict) > 1]
         for key in missing:  # e.g. the random states, which checkpoints of older versions do not hold
-            logger.warning(f"{path} holds no '{key}' (saved by an older version): resuming without it")
+            logger.warning(f"{path} holds no {key!r} (saved by an older version): resuming without it")
         kept = {k: self.load_dict.pop(k) for k in missing}
         try:
             super().__call__(engine)

@@ -124,7 +124,7 @@ class CheckCased(MapTransform):
         allow_missing_keys: bool = True,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.labels = set(int(v) for v in labels)
+        self.labels = {int(v) for v in labels}
         self.affine_tolerance_mm = float(affine_tolerance_mm)
 
     def _check_image(self, image: Any) -> None:
@@ -163,7 +163,7 @@ class CheckCased(MapTransform):
                     f"label {lname} has fractional values (e.g. {float(fractional[0]):g}, {fractional.numel()} voxels): "
                     "was it resampled with linear interpolation? Resample label maps with nearest neighbour"
                 )
-        found = set(int(v) for v in torch.unique(values).tolist())
+        found = {int(v) for v in torch.unique(values).tolist()}
         extra = sorted(found - self.labels)
         if extra:
             raise ValueError(
@@ -315,6 +315,8 @@ class SkippedCasesReport:
 
 
 class _Failure:
+    __slots__ = ("err",)
+
     def __init__(self, err: BaseException) -> None:
         self.err = err
 
@@ -349,7 +351,7 @@ class CheckedThreadDataLoader(ThreadDataLoader):
                     if not put(batch):
                         return
                 last: Any = done
-            except BaseException as err:  # handed over to the consumer below
+            except BaseException as err:  # noqa: B036 - handed over to the consumer, which raises it
                 last = _Failure(err)
             put(last)
 

@@ -80,7 +80,7 @@ def _headers(folder: Path) -> tuple[list[tuple[Path, Any]], list[Path]]:
 
 def _describe(uid: str, items: list) -> str:
     ds = items[0][1]
-    return (f"{uid} ({len(items)} files, '{getattr(ds, 'SeriesDescription', '')}', "
+    return (f"{uid} ({len(items)} files, {str(getattr(ds, 'SeriesDescription', ''))!r}, "
             f"series {getattr(ds, 'SeriesNumber', '?')})")
 
 

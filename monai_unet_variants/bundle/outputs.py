@@ -146,7 +146,7 @@ def output_names(inputs: Sequence[Any], postfix: str = "seg", ext: str = ".nii.g
                     names[p] += "_dicom"
     base = dict(names)
     parents = {p: [x for x in Path(p.rstrip("/\\")).parent.parts[::-1] if x.strip("/\\")] for p in paths}
-    depth = {p: 0 for p in paths}
+    depth = dict.fromkeys(paths, 0)
     while True:  # a colliding input takes one more parent folder each round, until it stands apart
         for p in paths:
             names[p] = "_".join([*reversed(parents[p][: depth[p]]), base[p]])

@@ -51,7 +51,7 @@ def positive_ints(name: str, values: Any) -> tuple[int, ...]:
         out = tuple(int(v) for v in values)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be a sequence of positive integers (got {values!r}).") from err
-    if any(v < 1 or v != orig for v, orig in zip(out, values)):
+    if any(v < 1 or v != orig for v, orig in zip(out, values, strict=True)):
         raise ValueError(f"{name} must contain positive integers only (got {tuple(values)!r}).")
     return out
 
@@ -194,7 +194,8 @@ class UNetBase(nn.Module):
         use_ckpt = self._use_checkpointing()
         feats: list[torch.Tensor] = []
         h = x
-        for pool, enc in zip(self.pools, self.encoder):  # no `break`: TorchScript unrolls this loop
+        # TorchScript's zip takes no strict=, and no `break`: it unrolls this loop
+        for pool, enc in zip(self.pools, self.encoder):  # noqa: B905
             if levels < 0 or len(feats) < levels:
                 if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
                     h = checkpoint(_encode_level, pool, enc, h, use_reentrant=False)

@@ -143,7 +143,7 @@ class ComposableUNet(UNetBase):
                 raise ValueError(f"{arg} must be one of {allowed} (got {value!r}).")
         if attention is not None and attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be None or one of {ATTENTION_MODES} (got {attention!r}).")
-        levels = set(range(depth - 1)) if attention_levels is None else set(int(v) for v in attention_levels)
+        levels = set(range(depth - 1)) if attention_levels is None else {int(v) for v in attention_levels}
         if not levels <= set(range(depth - 1)):
             raise ValueError(f"attention_levels must be skip levels in 0..{depth - 2} (got {sorted(levels)}).")
         if attention_gates < 1:
@@ -227,7 +227,7 @@ class ComposableUNet(UNetBase):
         outs: list[torch.Tensor] = [h]
         maps: list[torch.Tensor] = []
         level = len(feats) - 2
-        for up_layer, skip_path, dec in zip(self.ups, self.skips, self.decoder):
+        for up_layer, skip_path, dec in zip(self.ups, self.skips, self.decoder):  # noqa: B905 (TorchScript: no strict=)
             if use_ckpt and not torch.jit.is_scripting():
                 h, amap = checkpoint(_decode_stage, up_layer, skip_path, dec, feats[level], h, use_reentrant=False)
             else:  # the same steps as _decode_stage, written out for TorchScript (no modules as arguments)
