@@ -333,6 +333,23 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     for path in events:  # an events file that a rank opened and never wrote to holds no summary
         assert any(e.HasField("summary") for e in EventFileLoader(str(path)).Load()), f"empty events file {path.name}"
 
+    # multi_gpu_evaluate.json: the validation cases split over two ranks, every case's row gathered and written once
+    # by rank 0, the same rows as one process's evaluate.json
+    configs = f"['{root}/configs/train.json','{root}/configs/evaluate.json','{root}/configs/multi_gpu_evaluate.json']"
+    dist_cmd = [*cmd[:cmd.index("--master_port=29517")], "--master_port=29518",
+                *cmd[cmd.index("--master_port=29517") + 1:cmd.index("--config_file") + 1], configs,
+                "--dataset_dir", str(sample), "--output_dir", str(tmp_path / "eval_dist"), *TINY]
+    dist_cmd[dist_cmd.index(str(logs))] = str(tmp_path / "eval_logs")
+    proc = subprocess.run(dist_cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    run_bundle("run", "--config_file", f"['{root}/configs/train.json','{root}/configs/evaluate.json']",
+               "--dataset_dir", str(sample), "--output_dir", str(tmp_path / "eval_one"), *TINY)
+    dist_rows = (tmp_path / "eval_dist" / "metrics.csv").read_text().splitlines()
+    one_rows = (tmp_path / "eval_one" / "metrics.csv").read_text().splitlines()
+    assert len(one_rows) >= 3 and dist_rows[0] == one_rows[0] and dist_rows[-1] == one_rows[-1]  # header, mean
+    assert sorted(dist_rows[1:-1]) == sorted(one_rows[1:-1])
+    assert (proc.stdout + proc.stderr).count("per-case metrics written to") == 1
+
 
 def test_best_metric_state_round_trip():
     from types import SimpleNamespace

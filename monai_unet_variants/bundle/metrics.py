@@ -20,7 +20,9 @@ __all__ = ["PerCaseMetricsWriter"]
 class PerCaseMetricsWriter:
     """Dice and 95th-percentile Hausdorff distance (mm) per case and class, written as a CSV and printed as a table.
 
-    Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing.
+    Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing. In a
+    distributed run (``multi_gpu_evaluate.json``: each rank evaluates its share of the cases) the rows of every rank
+    are gathered and rank 0 writes them all, in case order; the other ranks write nothing.
     """
 
     def __init__(self, output_dir: str, class_names: Mapping[int, str] | None = None, filename: str = "metrics.csv"):
@@ -28,11 +30,12 @@ class PerCaseMetricsWriter:
         self.class_names = {int(k): v for k, v in (class_names or {1: "pancreas", 2: "tumour"}).items()}
         self.filename = filename
         self.rows: list[dict] = []
+        self.sources: list[str] = []  # each row's file, to tell apart cases of one name and a padded sampler's repeats
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
-        engine.add_event_handler(Events.STARTED, lambda e: self.rows.clear())
+        engine.add_event_handler(Events.STARTED, lambda e: (self.rows.clear(), self.sources.clear()))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
@@ -46,6 +49,7 @@ class PerCaseMetricsWriter:
             if hasattr(label, "pixdim"):
                 spacing = [float(s) for s in label.pixdim]
             row: dict[str, Any] = {"case": os.path.basename(name.rstrip("/"))}
+            self.sources.append(name)
             for c, cname in self.class_names.items():
                 p, g = pred[None, c : c + 1].float(), label[None, c : c + 1].float()
                 dice = compute_dice(p, g, include_background=True, ignore_empty=True)
@@ -57,25 +61,41 @@ class PerCaseMetricsWriter:
                     row[f"hd95_{cname}"] = float("nan")
             self.rows.append(row)
 
+    def _gathered(self) -> list[dict] | None:
+        """Every rank's rows sorted by case on rank 0, each source file once (a sampler that pads its shares to equal
+        length, as with fewer cases than ranks, repeats cases); ``None`` on the other ranks; this rank's rows outside a
+        distributed run."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.rows
+        shares: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, list(zip(self.sources, self.rows, strict=True)))
+        if dist.get_rank() != 0:
+            return None
+        unique = {source: row for share in shares for source, row in share}
+        return [unique[source] for source in sorted(unique, key=lambda src: (unique[src]["case"], src))]
+
     def write(self, engine: Any) -> None:
-        if not self.rows:
+        rows = self._gathered()
+        if not rows:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        cols = list(self.rows[0])
+        cols = list(rows[0])
         mean = {"case": "mean"}
         for c in cols[1:]:
-            vals = [r[c] for r in self.rows if not math.isnan(r[c])]
+            vals = [r[c] for r in rows if not math.isnan(r[c])]
             mean[c] = float(np.mean(vals)) if vals else float("nan")
         path = self.output_dir / self.filename
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=cols)
         writer.writeheader()
-        for r in self.rows + [mean]:
+        for r in rows + [mean]:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
         atomic_write(path, lambda f: f.write(table.getvalue().encode()))  # complete or absent, never half written
-        width = max(len(r["case"]) for r in self.rows + [mean]) + 2
+        width = max(len(r["case"]) for r in rows + [mean]) + 2
         lines = ["".join([f"{'case':<{width}}"] + [f"{c:>16}" for c in cols[1:]])]
-        for r in self.rows + [mean]:
+        for r in rows + [mean]:
             lines.append("".join([f"{r['case']:<{width}}"] + [f"{r[c]:>16.4f}" for c in cols[1:]]))
         print("\n".join(lines), flush=True)
         engine.logger.info(f"per-case metrics written to {path}")
