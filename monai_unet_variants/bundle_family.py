@@ -117,7 +117,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 _VERBATIM = (
     "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json",
-    "configs/onnx_export.json", "configs/logging.conf", "LICENSE",
+    "configs/inference_trt.json", "configs/onnx_export.json", "configs/logging.conf", "LICENSE",
 )
 
 

@@ -5,6 +5,7 @@ command line on a copy of the bundle and a small synthetic data set."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -391,6 +392,39 @@ def test_mlflow_tracking(tmp_path, sample):
     assert runs, "no MLflow run recorded"
     metrics = set().union(*(r.data.metrics for r in runs))
     assert {"train_loss", "val_mean_dice"} <= metrics, metrics
+
+
+def test_tensorrt_inference_config(monkeypatch, caplog):
+    """``inference_trt.json`` over ``inference.json``: where TensorRT is absent (here) MONAI's ``trt_compile`` leaves
+    the network as it is and says so; where it is present the network is wrapped to build an fp16 engine beside the
+    checkpoint for window batches of 1 to ``sw_batch_size``, with torch.compile and channels-last off."""
+    import monai.networks.trt_compiler as trt
+    from monai.bundle import ConfigParser
+
+    from monai_unet_variants.networks import AttentionUNet
+
+    def parsed() -> ConfigParser:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "inference.json"), str(BUNDLE / "configs" / "inference_trt.json")])
+        parser.update({"bundle_root": str(BUNDLE), "device": "$torch.device('cpu')", "sw_batch_size": 4})
+        return parser
+
+    logger = logging.getLogger("monai.networks.trt_compiler")  # MONAI's logger does not propagate to caplog's
+    logger.addHandler(caplog.handler)
+    try:
+        net = parsed().get_parsed_content("network")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert type(net) is AttentionUNet and not hasattr(net, "_trt_compiler")
+    assert "TensorRT and/or polygraphy packages are not available" in caplog.text
+    monkeypatch.setattr(trt, "trt_imported", True)
+    monkeypatch.setattr(trt, "polygraphy_imported", True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    parser = parsed()
+    compiler = parser.get_parsed_content("network")._trt_compiler
+    assert compiler.plan_path == str(BUNDLE / "models" / "model.pt") + ".plan"
+    assert (compiler.dynamic_batchsize, compiler.precision) == ([1, 4, 4], "fp16")
+    assert parser.get_parsed_content("evaluator#compile") is False and parser["channels_last"] is False
 
 
 # ------------------------------------------------------------------------------- every bundle folder
