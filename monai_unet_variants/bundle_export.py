@@ -177,7 +177,7 @@ def export_bundle(bundle_dir: str | Path, dest: str | Path, zoo_name: str, weigh
     texts = {}
     for path in sorted((bundle_dir / "configs").iterdir()):
         texts[f"configs/{path.name}"] = path.read_text()
-    texts["docs/README.md"] = (bundle_dir / "docs" / "README.md").read_text()
+    texts["docs/README.md"] = _without_provenance((bundle_dir / "docs" / "README.md").read_text())
     modules = needed_modules(list(texts.values()))
     for rel, text in texts.items():
         text = to_scripts(text)
@@ -219,6 +219,15 @@ def _with_scripts_guard(config: dict) -> dict:
              "add that folder to PYTHONPATH')")
     config["initialize"] = [guard, *config["initialize"]]
     return config
+
+
+def _without_provenance(doc: str) -> str:
+    """A bundle doc without what only concerns this repository: the notes that ``bundle_family`` generated it."""
+    from .bundle_family import DOC_MARK
+
+    doc = doc.replace(DOC_MARK + "\n", "")
+    return re.sub(r"This bundle is generated from `\w+` by `python -m monai_unet_variants\.bundle_family`.*?\n\n", "",
+                  doc, flags=re.DOTALL)
 
 
 def _export_doc(text: str, folder: str, modules: Sequence[tuple[str, ...]]) -> str:

@@ -154,9 +154,105 @@ def _json(obj: Any) -> str:
     return json.dumps(obj, indent=4) + "\n"
 
 
+#: where the template's shared documentation ends and each bundle's generated, per-network sections begin
+DOC_MARK = "<!-- per-network sections below: written by python -m monai_unet_variants.bundle_family -->"
+#: the repository's measurements that the per-network sections quote
+MEASUREMENTS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _registry_name(name: str) -> str:
+    from .registry import _registered
+
+    cls = network_class(name)
+    return next(n for n, c in _registered().items() if c is cls)
+
+
+def _load(file: str) -> Any:
+    path = MEASUREMENTS / file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the measurements the bundle docs quote (run from the repository)")
+    return json.loads(path.read_text())
+
+
+def _row(rows: Sequence[dict], **match: Any) -> dict | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items()) and "error" not in r), None)
+
+
+def _fmt(value: Any, spec: str, unit: str = "") -> str:
+    if value is None:
+        return "not measured"
+    return "n/a (nothing predicted)" if value != value else f"{value:{spec}}{unit}"
+
+
+def doc_tail(name: str) -> str:
+    """The per-network sections of bundle ``name``'s docs (Training configuration, Performance, References), from
+    ``VARIANTS``, the network class and the measurements in the repository's ``docs/`` folder."""
+    net = _registry_name(name)
+    compare = [_load(f) for f in ("compare_results.json", "compare_results_nested_fullscale.json")]
+    cmp_run = next((c for c in compare if _row(c["rows"], bundle=name)), None)
+    cmp = _row(cmp_run["rows"], bundle=name) if cmp_run else None
+    cpu_rows = [r for f in ("benchmark_cpu.json", "benchmark_cpu_nested_fullscale.json") for r in _load(f)["results"]]
+    cpu = _row(cpu_rows, kind="network", network=net, spatial_dims=3, options=None)
+    gpu_run = _load("benchmark_gpu.json")["runs"]["h200_2026-11-26_run1"]["results"]
+    eager = _row(gpu_run, kind="network", network=net, spatial_dims=3, options=None)
+    compiled = _row(gpu_run, kind="network", network=net, spatial_dims=3, options={"compile": True})
+    meta_refs = [*network_class(name).PAPERS]
+    lines = [
+        DOC_MARK,
+        "",
+        "## Training configuration",
+        "",
+        "- Input: one channel of CT resampled to 1 mm and windowed [-87, 199] HU to [0, 1]; training patches of 96³ with a "
+        "GPU, 64³ on CPU, batch 2, one patch per volume, centred on pancreas, tumour or background with probabilities "
+        "1:1:1 (see Settings).",
+        "- Output: three channels of logits (background, pancreas, tumour) at the input's size; the argmax is the label.",
+        f"- Memory of one training step at 96³, batch 2, widths 16-256: {_fmt(eager and eager['peak_mib'], '.0f', ' MiB')}"
+        " of GPU memory (H200, AMP fp16, eager), "
+        f"{_fmt(cpu and cpu['peak_mib'], '.0f', ' MiB')} of host memory on CPU (float32).",
+        "- Loss DiceCE, AdamW with learning rate 1e-3 cosine-annealed, AMP and `torch.compile` on a GPU.",
+        "",
+        "## Performance",
+        "",
+    ]
+    if cmp:
+        st = cmp_run["settings"]
+        lines += [
+            f"On the built-in synthetic sample (not clinical data), trained by the `compare` tool of monai-unet-variants "
+            f"for {st['epochs']} epochs on {st['device'].upper()} (roi {st['roi_size']}³, widths {st['channels'].replace(',', '-')}, "
+            f"learning rate {st['learning_rate']}, seed {st['seed']}), then evaluated on the sample's test cases:",
+            "",
+            "| Dice pancreas | Dice tumour | HD95 pancreas (mm) | HD95 tumour (mm) | s per epoch |",
+            "|---|---|---|---|---|",
+            f"| {_fmt(cmp['dice_pancreas'], '.3f')} | {_fmt(cmp['dice_tumour'], '.3f')} | "
+            f"{_fmt(cmp['hd95_pancreas'], '.1f')} | {_fmt(cmp['hd95_tumour'], '.1f')} | {_fmt(cmp['s_per_epoch'], '.1f')} |",
+            "",
+        ]
+        if not cmp["dice_pancreas"] and not cmp["dice_tumour"]:
+            lines += ["At this budget the network predicted background only, where the U-Net learns: an open finding "
+                      "whose cause is not yet found (see the project README).", ""]
+    else:
+        lines += ["Not yet trained by `python -m monai_unet_variants.compare`.", ""]
+    lines += [
+        "Speed of one training step (forward and backward, batch 2 x 1 x 96³, widths 16-256, `benchmarks/run.py`): "
+        f"{_fmt(cpu and cpu['fwd_bwd_ms'] / 1000, '.1f', ' s')} on a 2-core CPU; "
+        + (f"{_fmt(eager['fwd_bwd_ms'], '.1f', ' ms')} eager and {_fmt(compiled and compiled['fwd_bwd_ms'], '.1f', ' ms')} "
+           "compiled on an NVIDIA H200 (AMP fp16, 2026-11-26). " if eager else "not yet measured on a GPU. ")
+        + "No figures on the Decathlon data yet: train with `--dataset_dir /data/Task07_Pancreas` and evaluate to get them.",
+        "",
+        "## References",
+        "",
+        *[f"- {ref}" for ref in meta_refs],
+        "- Simpson, A. L. et al. A large annotated medical image dataset for the development and evaluation of "
+        "segmentation algorithms. arXiv:1902.09063 (the Decathlon data)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def _doc(template_doc: str, name: str) -> str:
     spec = VARIANTS[name]
-    shared = template_doc[template_doc.index("## Commands") :].replace(TEMPLATE, name)
+    body = template_doc.split(DOC_MARK)[0]
+    shared = body[body.index("## Commands") :].replace(TEMPLATE, name)
     head = (
         f"# {name}: {spec['title']} for pancreas and tumour segmentation in CT\n\n"
         f"A MONAI bundle that trains, evaluates and runs a 3D {spec['title']} on abdominal CT: labels 0 background,\n"
@@ -169,7 +265,7 @@ def _doc(template_doc: str, name: str) -> str:
         f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`; only this section\n"
         "and the network definition differ, and a test fails if anything else drifts.\n\n"
     )
-    return head + shared
+    return head + shared + doc_tail(name)
 
 
 def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
@@ -201,6 +297,8 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
 def write_bundles(bundles_dir: str | Path, names: Sequence[str] | None = None) -> list[Path]:
     """Write every generated bundle (all of ``VARIANTS`` but the template) under ``bundles_dir``."""
     bundles_dir = Path(bundles_dir)
+    template_doc = bundles_dir / TEMPLATE / "docs" / "README.md"
+    template_doc.write_text(template_doc.read_text().split(DOC_MARK)[0] + doc_tail(TEMPLATE))
     written = []
     for name in names or [n for n in VARIANTS if n != TEMPLATE]:
         root = bundles_dir / name
@@ -223,6 +321,9 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
         for key, value in settings(TEMPLATE).items():
             if config.get(key) != value:
                 problems.append(f"{TEMPLATE}/configs/{conf}: {key} is {config.get(key)!r}, VARIANTS[{TEMPLATE!r}] says {value!r}")
+    template_doc = (bundles_dir / TEMPLATE / "docs" / "README.md").read_text()
+    if DOC_MARK + template_doc.partition(DOC_MARK)[2] != doc_tail(TEMPLATE):
+        problems.append(f"{TEMPLATE}/docs/README.md: per-network sections differ (run python -m monai_unet_variants.bundle_family)")
     template_meta = json.loads((bundles_dir / TEMPLATE / "configs" / "metadata.json").read_text())
     if template_meta.get("name") != zoo_name(TEMPLATE):
         problems.append(f"{TEMPLATE}/configs/metadata.json: name is {template_meta.get('name')!r}, not {zoo_name(TEMPLATE)!r}")

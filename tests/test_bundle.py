@@ -468,6 +468,14 @@ def test_per_network_settings_reach_each_bundle_and_their_drift_is_caught(tmp_pa
     infer.write_text(infer.read_text().replace('"channels_last": true', '"channels_last": false'))
     assert check_bundles(copy) == [
         f"{TEMPLATE}/configs/inference.json: channels_last is False, VARIANTS['{TEMPLATE}'] says True"]
+    # the docs' per-network sections (training configuration, measured performance, references) are generated too
+    doc = copy / TEMPLATE / "docs" / "README.md"
+    doc.write_text(doc.read_text().replace("## Performance", "## Performance\n\nDice 0.99 on everything."))
+    assert f"{TEMPLATE}/docs/README.md: per-network sections differ (run python -m monai_unet_variants.bundle_family)" \
+        in check_bundles(copy)
+    for name in BUNDLE_NAMES:
+        text = (REPO / "bundles" / name / "docs" / "README.md").read_text()
+        assert "## Training configuration" in text and "## Performance" in text and "## References" in text, name
 
 
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
