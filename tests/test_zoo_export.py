@@ -173,3 +173,28 @@ def test_every_bundle_exports_and_passes_the_zoo_checks(tmp_path, capsys):
     # without published weights (and none trained) the zoo would refuse the copy: the command says so and fails
     assert main(["--bundles-dir", str(BUNDLES), "--export", str(tmp_path / "again"), "unet_pancreas"]) == 1
     assert "the model zoo would refuse it:\n  models/model.pt: missing" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_exported_bundle_runs_in_a_fresh_environment_with_its_listed_packages(tmp_path, sample):
+    """A new virtual environment with only what the exported metadata lists (torch, MONAI, NumPy and the required
+    packages at their versions), where ``monai_unet_variants`` does not exist: one tiny epoch and inference run."""
+    root = export_bundle(BUNDLES / "attunet_pancreas", tmp_path / "zoo", zoo_name("attunet_pancreas"))
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"numpy=={meta['numpy_version']}",
+            *(f"{k}=={v}" for k, v in meta["required_packages_version"].items())]
+    install = subprocess.run([python, "-m", "pip", "install", "--quiet", *pins], capture_output=True, text=True,
+                             timeout=1500)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-4000:]
+    probe = subprocess.run([python, "-c", "import monai_unet_variants"], cwd=root, capture_output=True, text=True)
+    assert probe.returncode == 1 and "No module named 'monai_unet_variants'" in probe.stderr
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for args in (["configs/train.json", "--epochs", "1", "--val_interval", "1", *TINY],
+                 ["configs/inference.json", *TINY[:6]]):
+        proc = subprocess.run([python, "-m", "monai.bundle", "run", "--config_file", args[0], "--dataset_dir",
+                               str(sample), *args[1:]], cwd=root, capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert (root / "models" / "model.pt").is_file() and list((root / "eval").glob("*_seg.nii.gz"))
