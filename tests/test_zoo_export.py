@@ -149,6 +149,8 @@ def test_exported_bundle_trains_infers_and_exports_without_the_package(tmp_path,
     outputs = sorted((root / "eval").glob("*_seg.nii.gz"))
     assert [p.name for p in outputs] == sorted(Path(str(t)).name.replace(".nii.gz", "_seg.nii.gz") for t in tests)
     assert set(np.unique(np.asarray(nib.load(outputs[0]).dataobj))) <= {0, 1, 2}
+    run_without_package("verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file",
+                        "configs/inference.json", "--network_def#channels", "[4,8,16,32,64]", cwd=root)
     run_without_package("ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
                         "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
                         "--network_def#channels", "[4,8,16,32,64]", cwd=root)
@@ -198,3 +200,16 @@ def test_exported_bundle_runs_in_a_fresh_environment_with_its_listed_packages(tm
                                str(sample), *args[1:]], cwd=root, capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert (root / "models" / "model.pt").is_file() and list((root / "eval").glob("*_seg.nii.gz"))
+
+
+@pytest.mark.slow
+def test_listed_packages_install_on_the_zoo_runners_python(tmp_path):
+    """The model zoo's runner uses Python 3.10: every version the metadata pins (torch, MONAI, NumPy and the
+    required packages) has a wheel for it (pip resolves them for 3.10 without installing; needs the package index)."""
+    meta = json.loads((BUNDLES / "attunet_pancreas" / "configs" / "metadata.json").read_text())
+    pins = [f"torch=={meta['pytorch_version']}", f"monai=={meta['monai_version']}", f"numpy=={meta['numpy_version']}",
+            *(f"{k}=={v}" for k, v in meta["required_packages_version"].items() if k != "monai_unet_variants")]
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+                           "--target", str(tmp_path / "t"), "--python-version", "3.10", "--only-binary=:all:", "--no-deps",
+                           *pins], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "is ignored" not in line]
