@@ -34,7 +34,7 @@ _NET_BASE: dict[str, Any] = {
 #: variant's ``"settings"`` overrides them where a measurement says so (the template's files must hold its own)
 SETTINGS: dict[str, Any] = {"channels_last": False}
 
-#: per-network parts: class, extra constructor arguments, title, paper, one paragraph, settings
+#: per-network parts: class, extra constructor arguments, title, one paragraph, settings (the papers are the class's)
 VARIANTS: dict[str, dict[str, Any]] = {
     "attunet_pancreas": {
         "class": "AttentionUNet",
@@ -42,7 +42,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         # a CPU); the U-Net's and BasicUNet's steps were 5-8% slower with it, so the others keep the default
         "settings": {"channels_last": True},
         "title": "Attention U-Net",
-        "paper": "Oktay et al. 2018, https://arxiv.org/abs/1804.03999",
         "about": "a U-Net whose skips pass the paper's grid attention gates (gating signal from the coarser level, "
         "coefficients computed at the coarse resolution), widths 16-32-64-128-256 as the paper's 3D model, "
         "instance normalisation, a 1x1 head.",
@@ -50,28 +49,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unet_pancreas": {
         "class": "PlainUNet",
         "title": "U-Net",
-        "paper": "Ronneberger et al. 2015, https://arxiv.org/abs/1505.04597",
         "about": "the baseline: two conv-norm-ReLU layers per level, max pooling, 2x2 transposed convolutions, "
         "concatenated skips, widths 16-32-64-128-256, instance normalisation.",
     },
     "resunet_pancreas": {
         "class": "ResUNet",
         "title": "ResUNet",
-        "paper": "Zhang, Liu, Wang 2018, https://arxiv.org/abs/1711.10684",
         "about": "pre-activation residual units in encoder and decoder, down-sampling by strided convolutions, "
         "nearest-neighbour up-sampling, widths 16-32-64-128-256, instance normalisation.",
     },
     "denseunet_pancreas": {
         "class": "DenseUNet",
         "title": "Fully Dense U-Net (FD-UNet)",
-        "paper": "Guan et al. 2019, https://arxiv.org/abs/1808.10848",
         "about": "a four-layer dense block (growth rate f/8, 1x1 bottlenecks) at every level of encoder and decoder, "
         "widths 16-32-64-128-256 (multiples of 8, as the growth rate needs), no global residual (segmentation).",
     },
     "multiresunet_pancreas": {
         "class": "MultiResUNet",
         "title": "MultiResUNet",
-        "paper": "Ibtehaz & Rahman 2020, https://arxiv.org/abs/1902.04049",
         "about": "MultiRes blocks (three chained 3x3x3 convolutions, alpha 1.67) and ResPaths of lengths 4, 3, 2, 1 "
         "on the skips, nominal widths 16-32-64-128-256, instance normalisation.",
     },
@@ -79,7 +74,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "class": "R2UNet",
         "args": {"recurrence": 2},
         "title": "R2U-Net",
-        "paper": "Alom et al. 2018, https://arxiv.org/abs/1802.06955",
         "about": "recurrent residual units (t = 2: three applications of one shared convolution per recurrent "
         "layer, a normalisation per step), widths 16-32-64-128-256, instance normalisation. Its activations take "
         "about twice the memory of the U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
@@ -88,7 +82,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "class": "AttentionR2UNet",
         "args": {"recurrence": 2},
         "title": "Attention R2U-Net",
-        "paper": "Alom et al. 2018 and Oktay et al. 2018",
         "about": "R2U-Net's recurrent residual units with the Attention U-Net's grid attention gates on every skip, "
         "widths 16-32-64-128-256, instance normalisation. Its activations take about twice the memory of the "
         "U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
@@ -96,7 +89,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unetplusplus_pancreas": {
         "class": "UNetPlusPlus",
         "title": "UNet++",
-        "paper": "Zhou et al. 2018/2020, https://arxiv.org/abs/1807.10165 and https://arxiv.org/abs/1912.05074",
         "about": "nested dense skip pathways: every skip node convolves the up-sampled node below it with all earlier "
         "nodes of its level (ten nodes for five levels), two conv-norm-ReLU layers per node, 2x2 transposed "
         "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
@@ -106,7 +98,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unet3plus_pancreas": {
         "class": "UNet3Plus",
         "title": "UNet 3+",
-        "paper": "Huang et al. 2020, https://arxiv.org/abs/2004.08790",
         "about": "full-scale skip connections: every decoder stage takes all shallower encoder levels (max-pooled), "
         "its own encoder level and all deeper decoder stages (trilinear up-sampling), each through a 3x3x3 "
         "conv-norm-ReLU to 16 channels, fused by one 3x3x3 conv-norm-ReLU to 80 channels; widths 16-32-64-128-256, "
@@ -136,6 +127,13 @@ def zoo_name(name: str) -> str:
         'pancreas_ct_attunet_segmentation'
     """
     return f"pancreas_ct_{name.removesuffix('_pancreas')}_segmentation"
+
+
+def citations(name: str) -> str:
+    """The short citations of bundle ``name``'s network, from its class's ``PAPERS`` (written there once)."""
+    from .networks._common import short_citation
+
+    return "; ".join(short_citation(p) for p in network_class(name).PAPERS)
 
 
 def settings(name: str) -> dict[str, Any]:
@@ -259,7 +257,7 @@ def _doc(template_doc: str, name: str) -> str:
         "1 pancreas, 2 tumour. It runs out of the box on a synthetic sample and on the Medical Segmentation Decathlon\n"
         "Task07 Pancreas data by overriding one path.\n\n"
         "## Network\n\n"
-        f"`monai_unet_variants.networks.{spec['class']}` ({spec['paper']}): {spec['about']}\n\n"
+        f"`monai_unet_variants.networks.{spec['class']}` ({citations(name)}): {spec['about']}\n\n"
         "Switch the network with one override, e.g. `--network_def#_target_ monai_unet_variants.networks.ResUNet` (any class\n"
         "of `monai_unet_variants.networks`; pass the same override to `inference.json` with a checkpoint of that network).\n\n"
         f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`; only this section\n"
@@ -281,7 +279,7 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
     spec = VARIANTS[name]
     meta["name"] = zoo_name(name)
     meta["description"] = (
-        f"A 3D {spec['title']} ({spec['paper']}) from monai-unet-variants for pancreas and tumour segmentation in CT, "
+        f"A 3D {spec['title']} ({citations(name)}) from monai-unet-variants for pancreas and tumour segmentation in CT, "
         "trained on the Medical Segmentation Decathlon Task07 layout; ships with a synthetic sample set for a first run."
     )
     meta["changelog"] = {meta["version"]: f"first release: 3D {spec['title']} for pancreas and tumour CT segmentation"}

@@ -136,3 +136,21 @@ def test_error_inside_a_block_is_not_blamed_on_block_args(monkeypatch):
         muv.ComposableUNet(2, 1, 2, channels=(8, 16), encoder_block="broken", block_args={"width": 2})
     with pytest.raises(ValueError, match=r"block_args \['depth'\] do not fit block 'broken'"):
         muv.ComposableUNet(2, 1, 2, channels=(8, 16), encoder_block="broken", block_args={"depth": 2})
+
+
+def test_readme_networks_table_cites_each_class_papers(name):
+    """Every registered network has its row in README's networks table, and the row links every paper that the
+    class's ``PAPERS`` holds (the citation is written once, on the class; bundles and docstrings read it there)."""
+    from pathlib import Path
+
+    from monai_unet_variants.networks._common import short_citation
+    from monai_unet_variants.registry import _lookup
+
+    cls = _lookup(name)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = next((line for line in readme.splitlines() if line.startswith(f"| `{name}` | `{cls.__name__}` |")), None)
+    assert row is not None, f"README's networks table has no row for {name}"
+    for paper in cls.PAPERS:
+        assert short_citation(paper).rsplit(", ", 1)[1] in row, (name, paper)
+        assert paper in cls.__doc__.replace("\n    ", " "), (name, paper)  # the docstring cites it, filled from PAPERS
+    assert "{papers}" not in cls.__doc__ and (cls.PAPERS or name == "composable")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
 
@@ -46,12 +49,37 @@ OPTION_ARGS_DOC = """
     sizes raise a ``ValueError`` naming the padded size to use."""
 
 
+def short_citation(reference: str) -> str:
+    """``"Surname et al. YEAR, URL"`` from a full reference of a class's ``PAPERS`` (written ``"Surname, I., ...
+    Title. Venue YEAR. URL"``): what tables and bundle docs print, so that a citation is written once, on the class.
+
+    Examples::
+
+        >>> short_citation("Oktay, O. et al. Attention U-Net. MIDL 2018. https://arxiv.org/abs/1804.03999")
+        'Oktay et al. 2018, https://arxiv.org/abs/1804.03999'
+        >>> short_citation("Ronneberger, O., Fischer, P., Brox, T. U-Net. MICCAI 2015. https://arxiv.org/abs/1505.04597")
+        'Ronneberger et al. 2015, https://arxiv.org/abs/1505.04597'
+    """
+    url = re.search(r"https?://\S+$", reference)
+    year = re.findall(r"\b(?:19|20)\d\d\b", reference[: url.start()] if url else reference)
+    if not url or not year or "," not in reference:
+        raise ValueError(f"a reference reads 'Surname, I. ... Title. Venue YEAR. URL' (got {reference!r})")
+    return f"{reference.split(',')[0]} et al. {year[-1]}, {url.group(0)}"
+
+
+def _papers_doc(papers: Sequence[str]) -> str:
+    """The docstring lines citing ``papers`` (a class's ``PAPERS``), wrapped at 116 columns under 4 spaces."""
+    label = "Paper: " if len(papers) == 1 else "Papers: "
+    return "\n".join(textwrap.wrap(label + "; ".join(papers) + ".", width=116, subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False))
+
+
 def fill_doc(cls: type) -> type:
-    """Insert the shared argument descriptions into a variant's docstring."""
+    """Insert the shared argument descriptions and the class's papers (``PAPERS``) into a variant's docstring."""
     if cls.__doc__:
-        cls.__doc__ = cls.__doc__.replace("{common_args}", COMMON_ARGS_DOC.strip("\n")).replace(
-            "{option_args}", OPTION_ARGS_DOC.strip("\n")
-        )
+        cls.__doc__ = (cls.__doc__.replace("{common_args}", COMMON_ARGS_DOC.strip("\n"))
+                       .replace("{option_args}", OPTION_ARGS_DOC.strip("\n"))
+                       .replace("{papers}", _papers_doc(getattr(cls, "PAPERS", ()))))
     return cls
 
 

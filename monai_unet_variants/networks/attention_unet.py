@@ -18,8 +18,8 @@ __all__ = ["AttentionUNet"]
 class AttentionUNet(PresetMixin, ComposableUNet):
     """Attention U-Net: a U-Net whose skips pass additive attention gates.
 
-    Paper: O. Oktay et al., "Attention U-Net: Learning Where to Look for the Pancreas", MIDL 2018,
-    https://arxiv.org/abs/1804.03999; official code ozan-oktay/Attention-Gated-Networks.
+    {papers}
+    Official code: ozan-oktay/Attention-Gated-Networks.
 
     Gates (``attention``):
 

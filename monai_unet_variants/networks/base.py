@@ -204,6 +204,14 @@ class UNetBase(nn.Module):
                 feats.append(h)
         return feats
 
+    @torch.jit.export
+    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` and the attention coefficients of the network's gated skips, top level first: the family's
+        common interface for pictures of where a network looks. Here an empty list (no gates); ``ComposableUNet``
+        returns its gates' maps."""
+        maps: list[torch.Tensor] = []
+        return self.forward(x), maps
+
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself
             return

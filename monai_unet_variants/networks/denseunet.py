@@ -19,8 +19,7 @@ class DenseUNet(PresetMixin, ComposableUNet):
     """FD-UNet: a dense block at every level of encoder and decoder, each preceded by a compression
     convolution, max pooling down, 2x2 transposed convolutions up.
 
-    Paper: S. Guan, A. A. Khan, S. Sikdar, P. V. Chitnis, "Fully Dense UNet for 2-D Sparse Photoacoustic
-    Tomography Artifact Removal", IEEE JBHI 24(2), 2020 (arXiv 2018), https://arxiv.org/abs/1808.10848.
+    {papers}
 
     Each level of width ``f`` compresses its input to ``f/2`` channels (a 3x3 convolution on the raw input
     at the top level, 1x1 elsewhere: in the encoder on the pooled features, in the decoder on the

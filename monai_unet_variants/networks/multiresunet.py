@@ -18,8 +18,7 @@ __all__ = ["MultiResUNet"]
 class MultiResUNet(PresetMixin, ComposableUNet):
     """MultiResUNet: MultiRes blocks instead of double convolutions and ResPaths on the skips.
 
-    Paper: N. Ibtehaz, M. S. Rahman, "MultiResUNet: Rethinking the U-Net architecture for multimodal
-    biomedical image segmentation", Neural Networks 121, 2020, https://arxiv.org/abs/1902.04049.
+    {papers}
 
     A MultiRes block of nominal width ``U`` chains three 3x3 convolutions with ``W/6, W/3, W/2`` filters
     (``W = alpha * U``), concatenates them, adds a 1x1 shortcut and outputs their total (51 for ``U = 32``).

@@ -19,9 +19,7 @@ __all__ = ["R2UNet", "AttentionR2UNet"]
 class R2UNet(PresetMixin, ComposableUNet):
     """R2U-Net: recurrent residual convolutional units (RRCNN) in encoder and decoder.
 
-    Paper: M. Z. Alom, M. Hasan, C. Yakopcic, T. M. Taha, V. K. Asari, "Recurrent Residual Convolutional
-    Neural Network based on U-Net (R2U-Net) for Medical Image Segmentation", 2018,
-    https://arxiv.org/abs/1802.06955.
+    {papers}
 
     Each unit is a 1x1 convolution to the level's width followed by two recurrent convolutional layers and a
     residual connection around them. **Recurrence** ``t`` means: a recurrent layer applies its one
@@ -95,8 +93,8 @@ class R2UNet(PresetMixin, ComposableUNet):
 class AttentionR2UNet(R2UNet):
     """Attention R2U-Net: R2U-Net's recurrent residual units with additive attention gates on the skips.
 
-    Papers: Alom et al. 2018 (R2U-Net, https://arxiv.org/abs/1802.06955) and Oktay et al. 2018 (Attention
-    U-Net, https://arxiv.org/abs/1804.03999); the combination is LeeJunHyun/Image_Segmentation ``R2AttU_Net``.
+    {papers}
+    The combination is LeeJunHyun/Image_Segmentation ``R2AttU_Net``.
 
     Everything of ``R2UNet`` applies (recurrence ``t`` = ``t + 1`` applications of a shared convolution,
     per-step normalisation by default). The gates follow ``AttentionUNet``: ``attention="grid"`` (default,

@@ -19,8 +19,7 @@ class ResUNet(PresetMixin, ComposableUNet):
     """ResUNet: pre-activation residual units (norm-act-conv) in encoder, bridge and decoder; each
     down-sampling is the stride-2 first convolution of a unit; the decoder up-samples by interpolation.
 
-    Paper: Z. Zhang, Q. Liu, Y. Wang, "Road Extraction by Deep Residual U-Net", IEEE GRSL 2018,
-    https://arxiv.org/abs/1711.10684.
+    {papers}
 
     The first unit sees the raw input and is not pre-activated (conv-norm-act-conv, paper Fig. 1). Units
     whose width or stride changes use a 1x1 convolution + norm projection shortcut. The head is a 1x1

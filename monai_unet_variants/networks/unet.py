@@ -18,8 +18,7 @@ __all__ = ["PlainUNet"]
 class PlainUNet(PresetMixin, ComposableUNet):
     """U-Net: two conv-norm-act layers per level, max pooling, up-sampling, concatenated skips.
 
-    Paper: O. Ronneberger, P. Fischer, T. Brox, "U-Net: Convolutional Networks for Biomedical Image
-    Segmentation", MICCAI 2015, https://arxiv.org/abs/1505.04597.
+    {papers}
 
     Named ``PlainUNet`` so that it never collides with ``monai.networks.nets.UNet`` in a bundle.
 

@@ -76,8 +76,7 @@ class FullScaleStage(nn.Module):
 class UNet3Plus(PresetMixin, UNetBase):
     """UNet 3+: every decoder stage aggregates all encoder scales and all deeper decoder scales.
 
-    Paper: H. Huang, L. Lin, R. Tong, H. Hu, Q. Zhang, Y. Iwamoto, X. Han, Y.-W. Chen, J. Wu, "UNet 3+: A
-    Full-Scale Connected UNet for Medical Image Segmentation", ICASSP 2020, https://arxiv.org/abs/2004.08790.
+    {papers}
 
     The encoder is the U-Net's (two conv-norm-ReLU layers per level, max pooling). Decoder stage ``i`` (from the
     second deepest level up) is a ``FullScaleStage``: encoder levels ``0..i-1`` max-pooled to its scale, encoder
@@ -264,9 +263,3 @@ class UNet3Plus(PresetMixin, UNetBase):
         """``forward``'s output and the classification-guided module's ``(B, 2)`` probabilities (absent,
         present); all ones without the module."""
         return self._outputs(x)
-
-    @torch.jit.export
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``forward`` and an empty list: UNet 3+ has no attention gates (the family's common interface)."""
-        maps: list[torch.Tensor] = []
-        return self.forward(x), maps

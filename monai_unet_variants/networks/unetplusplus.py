@@ -48,10 +48,7 @@ class NestedNode(nn.Module):
 class UNetPlusPlus(PresetMixin, UNetBase):
     """UNet++: a U-Net whose skips are nested, dense convolution pathways.
 
-    Papers: Z. Zhou, M. M. Rahman Siddiquee, N. Tajbakhsh, J. Liang, "UNet++: A Nested U-Net Architecture for
-    Medical Image Segmentation", DLMIA 2018, https://arxiv.org/abs/1807.10165; and "UNet++: Redesigning Skip
-    Connections to Exploit Multiscale Features in Image Segmentation", IEEE TMI 39(6), 2020,
-    https://arxiv.org/abs/1912.05074.
+    {papers}
 
     Node ``X^{i,0}`` is the encoder at level ``i``; every other node ``X^{i,j}`` convolves the concatenation of the
     up-sampled ``X^{i+1,j-1}`` and all earlier nodes of its row, ``X^{i,0} .. X^{i,j-1}`` (the dense skip pathway).
@@ -220,9 +217,3 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         if deep:
             return torch.stack(outs, dim=1)
         return outs[0]
-
-    @torch.jit.export
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``forward`` and an empty list: UNet++ has no attention gates (the family's common interface)."""
-        maps: list[torch.Tensor] = []
-        return self.forward(x), maps
