@@ -7,7 +7,6 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
 
-
 DEFAULT_CHANNELS = (16, 32, 64, 128, 256)
 
 #: The reference configuration of LeeJunHyun/Image_Segmentation, shared by the 2D presets.

@@ -18,27 +18,11 @@ from monai.networks.layers.factories import Pool
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .blocks import (
-    UPSAMPLE_MODES,
-    ConvStack,
-    FullyDenseUnit,
-    MultiResBlock,
-    PreActResidualUnit,
-    RecurrentResidualUnit,
-)
-from .blocks.layers import LayerArg, check_layer_args, check_spatial_dims
+from .blocks import UPSAMPLE_MODES
+from .blocks.layers import BLOCKS, LayerArg, check_layer_args, check_spatial_dims
 
 __all__ = ["BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "check_unet_args", "make_block", "positive_ints"]
 
-#: Encoder/decoder blocks by name. Each takes ``(spatial_dims, in_channels, out_channels, stride,
-#: kernel_size, act, norm, dropout, bias, is_stem, **block_args)`` and has an ``out_channels`` attribute.
-BLOCKS: dict[str, type[nn.Module]] = {
-    "conv": ConvStack,
-    "preact_residual": PreActResidualUnit,
-    "recurrent_residual": RecurrentResidualUnit,
-    "fully_dense": FullyDenseUnit,
-    "multires": MultiResBlock,
-}
 DOWNSAMPLE_MODES = ("maxpool", "conv")
 INTERP_MODES = ("nearest", "linear")
 

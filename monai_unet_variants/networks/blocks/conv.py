@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import LayerArg, conv_unit
+from .layers import LayerArg, conv_unit, register_block
 
 __all__ = ["ConvStack"]
 
 
+@register_block("conv")
 class ConvStack(nn.Sequential):
     """``num_convs`` x (conv -> norm -> dropout -> act); the first convolution carries the stride.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LayerArg, conv_unit
+from .layers import LayerArg, conv_unit, register_block
 
 __all__ = ["FullyDenseBlock", "FullyDenseUnit"]
 
@@ -69,6 +69,7 @@ class FullyDenseBlock(nn.Module):
         return x
 
 
+@register_block("fully_dense")
 class FullyDenseUnit(nn.Module):
     """One FD-UNet level: a compression convolution to ``out_channels - num_layers * k`` channels
     followed by a ``FullyDenseBlock`` that grows it back to ``out_channels``.

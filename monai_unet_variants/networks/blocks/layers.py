@@ -17,6 +17,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 __all__ = [
+    "BLOCKS",
     "LayerArg",
     "ChannelShift",
     "NARROW_CHANNELS_LAST",
@@ -29,9 +30,38 @@ __all__ = [
     "make_norm",
     "check_layer_args",
     "check_spatial_dims",
+    "register_block",
 ]
 
 LayerArg = str | tuple | None
+
+#: Encoder/decoder blocks by name, filled by ``@register_block(name)`` beside each block class. Each takes
+#: ``(spatial_dims, in_channels, out_channels, stride, kernel_size, act, norm, dropout, bias, is_stem, **block_args)``
+#: and has an ``out_channels`` attribute; ``ComposableUNet(encoder_block=name)`` and ``make_block`` build them.
+BLOCKS: dict[str, type[nn.Module]] = {}
+
+
+def register_block(name: str) -> Any:
+    """Class decorator: make a block available to the skeleton under ``name`` (a name is taken once).
+
+    Examples::
+
+        >>> @register_block("identity_demo")
+        ... class IdentityBlock(nn.Identity):
+        ...     def __init__(self, spatial_dims, in_channels, out_channels, **kwargs):
+        ...         super().__init__()
+        ...         self.out_channels = in_channels
+        >>> BLOCKS.pop("identity_demo").__name__
+        'IdentityBlock'
+    """
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in BLOCKS and BLOCKS[name] is not cls:
+            raise ValueError(f"block name {name!r} is taken by {BLOCKS[name].__name__}")
+        BLOCKS[name] = cls
+        return cls
+
+    return add
 
 
 def check_spatial_dims(spatial_dims: int) -> None:

@@ -6,7 +6,7 @@ import torch
 from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
-from .layers import LayerArg, conv_unit, make_norm
+from .layers import LayerArg, conv_unit, make_norm, register_block
 
 __all__ = ["MultiResBlock", "ResPath", "multires_widths"]
 
@@ -18,6 +18,7 @@ def multires_widths(width: int, alpha: float = 1.67) -> tuple[int, int, int]:
     return int(w * 0.167), int(w * 0.333), int(w * 0.5)
 
 
+@register_block("multires")
 class MultiResBlock(nn.Module):
     """Three chained ``kernel_size`` convolutions (approximating 3x3, 5x5 and 7x7 receptive fields) with
     ``W/6, W/3, W/2`` filters, concatenated, normalised and added to a 1x1 shortcut; then act and norm.

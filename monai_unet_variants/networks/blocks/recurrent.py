@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .layers import LayerArg, conv_unit, convolution, norm_act
+from .layers import LayerArg, conv_unit, convolution, norm_act, register_block
 
 __all__ = ["RecurrentConv", "RecurrentResidualUnit"]
 
@@ -76,6 +76,7 @@ class RecurrentConv(nn.Module):
         return h
 
 
+@register_block("recurrent_residual")
 class RecurrentResidualUnit(nn.Module):
     """RRCNN unit: a 1x1 convolution to ``out_channels``, then ``num_layers`` recurrent convolutions
     with a residual connection around them (R2U-Net, Fig. 4(d)).

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LayerArg, conv_unit, norm_act
+from .layers import LayerArg, conv_unit, norm_act, register_block
 
 __all__ = ["PreActResidualUnit"]
 
 
+@register_block("preact_residual")
 class PreActResidualUnit(nn.Module):
     """(norm -> act -> conv) x 2 plus a shortcut; the first convolution carries the stride.
 
