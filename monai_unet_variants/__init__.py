@@ -3,21 +3,13 @@
 Importing this package imports only torch and MONAI; optional features load lazily.
 """
 
-from .networks import (
-    AttentionR2UNet,
-    AttentionUNet,
-    ComposableUNet,
-    DenseUNet,
-    MultiResUNet,
-    PlainUNet,
-    R2UNet,
-    ResUNet,
-    UNet3Plus,
-    UNetPlusPlus,
-)
+from . import networks as _networks
 from .registry import create_network, list_networks, list_presets, register_network
 
 __version__ = "0.1.0"
+
+# every network class under its own name (the networks package finds its variants itself)
+globals().update({_name: getattr(_networks, _name) for _name in _networks.__all__ if _name != "BLOCKS"})
 
 _LAZY_SUBMODULES = ("acceleration", "bundle", "data", "options", "runtime")
 
@@ -31,17 +23,9 @@ def __getattr__(name: str):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
-    "AttentionR2UNet",
-    "AttentionUNet",
-    "ComposableUNet",
-    "DenseUNet",
-    "MultiResUNet",
-    "PlainUNet",
-    "R2UNet",
-    "ResUNet",
-    "UNet3Plus",
-    "UNetPlusPlus",
+    *(n for n in _networks.__all__ if n != "BLOCKS"),
     "__version__",
     "create_network",
     "list_networks",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import pkgutil
 import re
 import shutil
 import subprocess
@@ -70,7 +71,10 @@ def _imported(parts: tuple[str, ...]) -> set[tuple[str, ...]]:
     assert path is not None
     package = parts if path.name == "__init__.py" else parts[:-1]
     found: set[tuple[str, ...]] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    source = path.read_text()
+    if path.name == "__init__.py" and "pkgutil.iter_modules(__path__)" in source:  # a package importing all its modules
+        found.update(parts + (m.name,) for m in pkgutil.iter_modules([str(path.parent)]))
+    for node in ast.walk(ast.parse(source, str(path))):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)]

@@ -2,7 +2,8 @@
 
 The bundles share everything but the network: ``attunet_pancreas`` is the source of truth for every shared
 setting, transform, handler and document section, and ``VARIANTS`` below holds the only per-network parts
-(the ``network_def``, its description, and the ``SETTINGS`` a measurement says differ per network).
+(the ``network_def``, its description, and the ``SETTINGS`` a measurement says differ per network), read from
+each network class's ``BUNDLE``.
 
     python -m monai_unet_variants.bundle_family            # (re)write bundles/<name>_pancreas from the template
     python -m monai_unet_variants.bundle_family --check    # exit 1 and list the differences if any bundle drifted
@@ -34,77 +35,25 @@ _NET_BASE: dict[str, Any] = {
 #: variant's ``"settings"`` overrides them where a measurement says so (the template's files must hold its own)
 SETTINGS: dict[str, Any] = {"channels_last": False}
 
-#: per-network parts: class, extra constructor arguments, title, one paragraph, settings (the papers are the class's)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "attunet_pancreas": {
-        "class": "AttentionUNet",
-        # H200, 2026-11-26, compiled, AMP: training step 27.9 -> 19.9 ms, sliding window 0.62 -> 0.56 s (ignored on
-        # a CPU); the U-Net's and BasicUNet's steps were 5-8% slower with it, so the others keep the default
-        "settings": {"channels_last": True},
-        "title": "Attention U-Net",
-        "about": "a U-Net whose skips pass the paper's grid attention gates (gating signal from the coarser level, "
-        "coefficients computed at the coarse resolution), widths 16-32-64-128-256 as the paper's 3D model, "
-        "instance normalisation, a 1x1 head.",
-    },
-    "unet_pancreas": {
-        "class": "PlainUNet",
-        "title": "U-Net",
-        "about": "the baseline: two conv-norm-ReLU layers per level, max pooling, 2x2 transposed convolutions, "
-        "concatenated skips, widths 16-32-64-128-256, instance normalisation.",
-    },
-    "resunet_pancreas": {
-        "class": "ResUNet",
-        "title": "ResUNet",
-        "about": "pre-activation residual units in encoder and decoder, down-sampling by strided convolutions, "
-        "nearest-neighbour up-sampling, widths 16-32-64-128-256, instance normalisation.",
-    },
-    "denseunet_pancreas": {
-        "class": "DenseUNet",
-        "title": "Fully Dense U-Net (FD-UNet)",
-        "about": "a four-layer dense block (growth rate f/8, 1x1 bottlenecks) at every level of encoder and decoder, "
-        "widths 16-32-64-128-256 (multiples of 8, as the growth rate needs), no global residual (segmentation).",
-    },
-    "multiresunet_pancreas": {
-        "class": "MultiResUNet",
-        "title": "MultiResUNet",
-        "about": "MultiRes blocks (three chained 3x3x3 convolutions, alpha 1.67) and ResPaths of lengths 4, 3, 2, 1 "
-        "on the skips, nominal widths 16-32-64-128-256, instance normalisation.",
-    },
-    "r2unet_pancreas": {
-        "class": "R2UNet",
-        "args": {"recurrence": 2},
-        "title": "R2U-Net",
-        "about": "recurrent residual units (t = 2: three applications of one shared convolution per recurrent "
-        "layer, a normalisation per step), widths 16-32-64-128-256, instance normalisation. Its activations take "
-        "about twice the memory of the U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
-    },
-    "attention_r2unet_pancreas": {
-        "class": "AttentionR2UNet",
-        "args": {"recurrence": 2},
-        "title": "Attention R2U-Net",
-        "about": "R2U-Net's recurrent residual units with the Attention U-Net's grid attention gates on every skip, "
-        "widths 16-32-64-128-256, instance normalisation. Its activations take about twice the memory of the "
-        "U-Net's: add `--network_def#checkpointing true` if a GPU runs short.",
-    },
-    "unetplusplus_pancreas": {
-        "class": "UNetPlusPlus",
-        "title": "UNet++",
-        "about": "nested dense skip pathways: every skip node convolves the up-sampled node below it with all earlier "
-        "nodes of its level (ten nodes for five levels), two conv-norm-ReLU layers per node, 2x2 transposed "
-        "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
-        "bundle trains without deep supervision (its loss and metrics take one output); deep supervision and the "
-        "paper's pruning (`prune_depth`) are options of the network class for your own training loop.",
-    },
-    "unet3plus_pancreas": {
-        "class": "UNet3Plus",
-        "title": "UNet 3+",
-        "about": "full-scale skip connections: every decoder stage takes all shallower encoder levels (max-pooled), "
-        "its own encoder level and all deeper decoder stages (trilinear up-sampling), each through a 3x3x3 "
-        "conv-norm-ReLU to 16 channels, fused by one 3x3x3 conv-norm-ReLU to 80 channels; widths 16-32-64-128-256, "
-        "instance normalisation, a 3x3x3 head. The bundle trains without deep supervision and without the "
-        "classification-guided module (its loss and metrics take one output); both are options of the network class.",
-    },
-}
+
+def _variants() -> dict[str, dict[str, Any]]:
+    """Every bundle, read from the registered network classes' own ``BUNDLE`` (name, title, about, constructor
+    ``args``, measured ``settings``): adding a network file with one is all a new bundle needs. The template first."""
+    from .registry import _registered
+
+    found: dict[str, dict[str, Any]] = {}
+    for cls in _registered().values():
+        spec = cls.__dict__.get("BUNDLE")  # its own, not a parent's (AttentionR2UNet is an R2UNet)
+        if spec:
+            if spec["name"] in found:
+                raise ValueError(f"bundle name {spec['name']!r} is claimed by {found[spec['name']]['class']} and {cls.__name__}")
+            found[spec["name"]] = {"class": cls.__name__, **{k: v for k, v in spec.items() if k != "name"}}
+    return dict(sorted(found.items(), key=lambda kv: (kv[0] != TEMPLATE, kv[0])))
+
+
+#: per-network parts of every bundle: class, extra constructor arguments, title, one paragraph, settings (the
+#: papers are the class's ``PAPERS``); read from the classes (``BUNDLE``), never written here
+VARIANTS: dict[str, dict[str, Any]] = _variants()
 
 _VERBATIM = (
     "configs/evaluate.json", "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json",
@@ -229,7 +178,7 @@ def doc_tail(name: str) -> str:
             lines += ["At this budget the network predicted background only, where the U-Net learns: an open finding "
                       "whose cause is not yet found (see the project README).", ""]
     else:
-        lines += ["Not yet trained by `python -m monai_unet_variants.compare`.", ""]
+        lines += ["Not yet trained by the `compare` tool of monai-unet-variants.", ""]
     lines += [
         "Speed of one training step (forward and backward, batch 2 x 1 x 96³, widths 16-256, `benchmarks/run.py`): "
         f"{_fmt(cpu and cpu['fwd_bwd_ms'] / 1000, '.1f', ' s')} on a 2-core CPU; "

@@ -452,6 +452,36 @@ def test_bundle_family_check_catches_drift(tmp_path):
     ]
 
 
+def test_a_new_network_class_with_a_bundle_spec_is_a_new_bundle(monkeypatch):
+    """What a new variant's file holds is all a bundle needs: a registered class with ``PAPERS`` and ``BUNDLE``
+    becomes a bundle of its own (configs, metadata, docs) without an entry anywhere else."""
+    from monai_unet_variants import bundle_family, networks
+    from monai_unet_variants.registry import NETWORKS, register_network
+
+    @register_network("demo_unet")
+    class DemoUNet(networks.PlainUNet):
+        PAPERS = ("Doe, J., Roe, R. A Demo U-Net. Demo Conference 2031. https://arxiv.org/abs/3101.00001",)
+        BUNDLE = {"name": "demo_pancreas", "title": "Demo U-Net", "about": "a demonstration.", "args": {"bias": False},
+                  "settings": {"channels_last": True}}
+
+    monkeypatch.setattr(networks, "DemoUNet", DemoUNet, raising=False)  # as the package exports a module's classes
+    try:
+        variants = bundle_family._variants()
+        assert variants["demo_pancreas"]["class"] == "DemoUNet" and "demo_pancreas" not in bundle_family.VARIANTS
+        monkeypatch.setattr(bundle_family, "VARIANTS", variants)
+        files = bundle_family.render_bundle(BUNDLE, "demo_pancreas")
+    finally:
+        NETWORKS.pop("demo_unet")
+    train = json.loads(files["configs/train.json"])
+    assert train["network_def"]["_target_"] == "monai_unet_variants.networks.DemoUNet"
+    assert train["network_def"]["bias"] is False and train["channels_last"] is True
+    meta = json.loads(files["configs/metadata.json"])
+    assert meta["name"] == "pancreas_ct_demo_segmentation" and meta["references"][0] == DemoUNet.PAPERS[0]
+    doc = files["docs/README.md"]
+    assert doc.startswith("# demo_pancreas: Demo U-Net") and "(Doe et al. 2031, https://arxiv.org/abs/3101.00001)" in doc
+    assert "Not yet trained by" in doc and "not yet measured on a GPU" in doc
+
+
 def test_per_network_settings_reach_each_bundle_and_their_drift_is_caught(tmp_path):
     """A measured per-network default (``channels_last``: on for the Attention U-Net, off elsewhere) is what each
     bundle's train and inference configs hold; the template edited by hand against ``VARIANTS`` is reported."""

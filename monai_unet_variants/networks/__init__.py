@@ -1,28 +1,23 @@
 """The U-Net family as MONAI networks (2D and 3D), all compositions of one skeleton.
 
 Use full paths in bundles, e.g. ``"_target_": "monai_unet_variants.networks.AttentionUNet"``.
+
+A variant is one module of this package: its class, registered with ``@register_network(name)``, is imported
+here and exported under its own name, whatever the module is called (modules starting with ``_``, ``base`` and
+``blocks`` are the skeleton, not variants).
 """
 
-from .attention_unet import AttentionUNet
-from .composable import BLOCKS, ComposableUNet
-from .denseunet import DenseUNet
-from .multiresunet import MultiResUNet
-from .r2unet import AttentionR2UNet, R2UNet
-from .resunet import ResUNet
-from .unet import PlainUNet
-from .unet3plus import UNet3Plus
-from .unetplusplus import UNetPlusPlus
+import importlib
+import pkgutil
 
-__all__ = [
-    "BLOCKS",
-    "AttentionR2UNet",
-    "AttentionUNet",
-    "ComposableUNet",
-    "DenseUNet",
-    "MultiResUNet",
-    "PlainUNet",
-    "R2UNet",
-    "ResUNet",
-    "UNet3Plus",
-    "UNetPlusPlus",
-]
+from ..registry import NETWORKS
+from .composable import BLOCKS, ComposableUNet
+
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in ("base", "blocks"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+globals().update({cls.__name__: cls for cls in NETWORKS.values() if cls.__module__.startswith(__name__ + ".")})
+
+__all__ = ["BLOCKS", "ComposableUNet",
+           *sorted(c.__name__ for c in NETWORKS.values() if c.__module__.startswith(__name__ + ".") and c is not ComposableUNet)]

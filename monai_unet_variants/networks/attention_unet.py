@@ -71,6 +71,18 @@ class AttentionUNet(PresetMixin, ComposableUNet):
         "Oktay, O. et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018. "
         "https://arxiv.org/abs/1804.03999",
     )
+    BUNDLE = {
+        "name": "attunet_pancreas",
+        "title": "Attention U-Net",
+        "about": (
+            "a U-Net whose skips pass the paper's grid attention gates (gating signal from the coarser level, "
+            "coefficients computed at the coarse resolution), widths 16-32-64-128-256 as the paper's 3D model, "
+            "instance normalisation, a 1x1 head."
+        ),
+        # channels-last on a GPU: H200, 2026-11-26, compiled, AMP: training step 27.9 -> 19.9 ms, sliding window
+        # 0.62 -> 0.56 s; the U-Net's and BasicUNet's steps were 5-8% slower with it, so only this bundle sets it
+        "settings": {"channels_last": True},
+    }
     PRESETS = {
         "reference": dict(REFERENCE_2D, attention="same", upsample="resize_conv"),
         "paper": dict(

@@ -60,6 +60,14 @@ class DenseUNet(PresetMixin, ComposableUNet):
         "Guan, S., Khan, A. A., Sikdar, S., Chitnis, P. V. Fully Dense UNet for 2-D Sparse Photoacoustic "
         "Tomography Artifact Removal. IEEE JBHI 24(2), 2020. https://arxiv.org/abs/1808.10848",
     )
+    BUNDLE = {
+        "name": "denseunet_pancreas",
+        "title": "Fully Dense U-Net (FD-UNet)",
+        "about": (
+            "a four-layer dense block (growth rate f/8, 1x1 bottlenecks) at every level of encoder and decoder, "
+            "widths 16-32-64-128-256 (multiples of 8, as the growth rate needs), no global residual (segmentation)."
+        ),
+    }
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=1, out_channels=1, channels=(64, 128, 256, 512, 1024), global_residual=True

@@ -56,6 +56,14 @@ class MultiResUNet(PresetMixin, ComposableUNet):
         "Ibtehaz, N., Rahman, M. S. MultiResUNet: Rethinking the U-Net Architecture for Multimodal Biomedical "
         "Image Segmentation. Neural Networks 121, 2020. https://arxiv.org/abs/1902.04049",
     )
+    BUNDLE = {
+        "name": "multiresunet_pancreas",
+        "title": "MultiResUNet",
+        "about": (
+            "MultiRes blocks (three chained 3x3x3 convolutions, alpha 1.67) and ResPaths of lengths 4, 3, 2, 1 on "
+            "the skips, nominal widths 16-32-64-128-256, instance normalisation."
+        ),
+    }
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=3, out_channels=1, channels=(32, 64, 128, 256, 512), bias=False,

@@ -56,6 +56,16 @@ class R2UNet(PresetMixin, ComposableUNet):
         "Neural Network based on U-Net (R2U-Net) for Medical Image Segmentation. arXiv 2018. "
         "https://arxiv.org/abs/1802.06955",
     )
+    BUNDLE = {
+        "name": "r2unet_pancreas",
+        "title": "R2U-Net",
+        "about": (
+            "recurrent residual units (t = 2: three applications of one shared convolution per recurrent layer, a "
+            "normalisation per step), widths 16-32-64-128-256, instance normalisation. Its activations take about "
+            "twice the memory of the U-Net's: add `--network_def#checkpointing true` if a GPU runs short."
+        ),
+        "args": {"recurrence": 2},
+    }
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True)}
 
     def __init__(
@@ -120,6 +130,16 @@ class AttentionR2UNet(R2UNet):
     """
 
     PAPERS = (*R2UNet.PAPERS, *AttentionUNet.PAPERS)
+    BUNDLE = {
+        "name": "attention_r2unet_pancreas",
+        "title": "Attention R2U-Net",
+        "about": (
+            "R2U-Net's recurrent residual units with the Attention U-Net's grid attention gates on every skip, "
+            "widths 16-32-64-128-256, instance normalisation. Its activations take about twice the memory of the "
+            "U-Net's: add `--network_def#checkpointing true` if a GPU runs short."
+        ),
+        "args": {"recurrence": 2},
+    }
     PRESETS = {"reference": dict(REFERENCE_2D, recurrence=2, shared_norm=True, attention="same")}
 
     def __init__(self, *args: Any, attention: Optional[str] = "grid", **kwargs: Any) -> None:

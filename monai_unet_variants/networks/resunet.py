@@ -48,6 +48,14 @@ class ResUNet(PresetMixin, ComposableUNet):
         "Zhang, Z., Liu, Q., Wang, Y. Road Extraction by Deep Residual U-Net. IEEE Geoscience and Remote "
         "Sensing Letters 15(5), 2018. https://arxiv.org/abs/1711.10684",
     )
+    BUNDLE = {
+        "name": "resunet_pancreas",
+        "title": "ResUNet",
+        "about": (
+            "pre-activation residual units in encoder and decoder, down-sampling by strided convolutions, "
+            "nearest-neighbour up-sampling, widths 16-32-64-128-256, instance normalisation."
+        ),
+    }
     PRESETS = {
         "reference": dict(spatial_dims=2, in_channels=3, out_channels=1, channels=(64, 128, 256, 512), strides=(2, 2, 2))
     }

@@ -46,6 +46,14 @@ class PlainUNet(PresetMixin, ComposableUNet):
         "Ronneberger, O., Fischer, P., Brox, T. U-Net: Convolutional Networks for Biomedical Image "
         "Segmentation. MICCAI 2015. https://arxiv.org/abs/1505.04597",
     )
+    BUNDLE = {
+        "name": "unet_pancreas",
+        "title": "U-Net",
+        "about": (
+            "the baseline: two conv-norm-ReLU layers per level, max pooling, 2x2 transposed convolutions, "
+            "concatenated skips, widths 16-32-64-128-256, instance normalisation."
+        ),
+    }
     PRESETS = {"reference": dict(REFERENCE_2D, upsample="resize_conv")}
 
     def __init__(

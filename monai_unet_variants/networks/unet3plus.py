@@ -139,6 +139,18 @@ class UNet3Plus(PresetMixin, UNetBase):
         "Huang, H. et al. UNet 3+: A Full-Scale Connected UNet for Medical Image Segmentation. ICASSP 2020. "
         "https://arxiv.org/abs/2004.08790",
     )
+    BUNDLE = {
+        "name": "unet3plus_pancreas",
+        "title": "UNet 3+",
+        "about": (
+            "full-scale skip connections: every decoder stage takes all shallower encoder levels (max-pooled), its "
+            "own encoder level and all deeper decoder stages (trilinear up-sampling), each through a 3x3x3 "
+            "conv-norm-ReLU to 16 channels, fused by one 3x3x3 conv-norm-ReLU to 80 channels; widths "
+            "16-32-64-128-256, instance normalisation, a 3x3x3 head. The bundle trains without deep supervision and"
+            " without the classification-guided module (its loss and metrics take one output); both are options of "
+            "the network class."
+        ),
+    }
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=3, out_channels=1, channels=(64, 128, 256, 512, 1024), norm="batch"

@@ -115,6 +115,17 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         "Exploit Multiscale Features in Image Segmentation. IEEE TMI 39(6), 2020. "
         "https://arxiv.org/abs/1912.05074",
     )
+    BUNDLE = {
+        "name": "unetplusplus_pancreas",
+        "title": "UNet++",
+        "about": (
+            "nested dense skip pathways: every skip node convolves the up-sampled node below it with all earlier "
+            "nodes of its level (ten nodes for five levels), two conv-norm-ReLU layers per node, 2x2 transposed "
+            "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
+            "bundle trains without deep supervision (its loss and metrics take one output); deep supervision and "
+            "the paper's pruning (`prune_depth`) are options of the network class for your own training loop."
+        ),
+    }
     PRESETS = {
         "reference": dict(
             spatial_dims=2, in_channels=1, out_channels=1, channels=(32, 64, 128, 256, 512), norm=None, dropout=0.5
