@@ -111,6 +111,7 @@ def run_one(bundle_dir: Path, args: argparse.Namespace, out: Path) -> dict:
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: clock.update(start=time.perf_counter()))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: clock.update(last=time.perf_counter()))
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_times.append(clock["last"] - clock["start"]))
+
     def record(e: Any) -> None:
         curve.append({"epoch": e.state.epoch, **{k: float(v) for k, v in e.state.metrics.items()}})
 
