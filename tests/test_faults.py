@@ -533,8 +533,9 @@ def test_training_again_over_a_finished_run_is_refused(tmp_path, sample, tiny_mo
 
 
 # -------------------------------------------------------------------------------- options as they were typed
-TRAIN_FLAGS = ["resume", "overwrite", "amp", "compile", "channels_last", "skip_bad_cases", "reuse_memory"]
-INFERENCE_FLAGS = ["largest_component", "overwrite", "keep_going", "amp", "compile", "channels_last", "reuse_memory"]
+TRAIN_FLAGS = ["resume", "overwrite", "amp", "compile", "channels_last", "skip_bad_cases", "reuse_memory", "allow_non_ct"]
+INFERENCE_FLAGS = ["largest_component", "overwrite", "keep_going", "amp", "compile", "channels_last", "reuse_memory",
+                   "allow_non_ct"]
 
 
 @pytest.mark.slow
@@ -580,6 +581,41 @@ def series(tmp_path, sample) -> Path:
 
 def test_a_complete_series_is_read_as_it_is(series):
     assert mb.check_inputs([str(series)]) == [str(series)]
+
+
+def test_a_series_of_another_modality_is_refused_unless_allowed(series, caplog):
+    """An MR series (Modality MR) is not segmented as CT: refused, naming the folder and the override; with
+    ``allow_non_ct`` (as the command line spells it) it is read with a warning; a misspelt flag names the setting."""
+    import pydicom
+
+    for path in series.iterdir():
+        ds = pydicom.dcmread(str(path))
+        ds.Modality = "MR"
+        ds.save_as(str(path))
+    with pytest.raises(mb.DicomSeriesError, match=f"series [0-9.]+ in {series} has Modality MR, not CT: .* "
+                                                  "--allow_non_ct true"):
+        mb.check_inputs([str(series)])
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        assert mb.check_inputs([str(series)], allow_non_ct="True") == [str(series)]
+    assert "has Modality MR, not CT" in caplog.text and "(read anyway: --allow_non_ct)" in caplog.text
+    with pytest.raises(ValueError, match="allow_non_ct"):
+        mb.check_inputs([str(series)], allow_non_ct="maybe")
+
+
+def test_a_series_of_a_few_slices_is_not_a_volume(tmp_path):
+    from monai_unet_variants.bundle.dicom import MIN_SLICES
+    from monai_unet_variants.data import generate_case, write_dicom_series
+
+    image, _, affine = generate_case(7, (40, 32, MIN_SLICES - 1))
+    folder = tmp_path / "scout"
+    write_dicom_series(image, affine, folder, seed=7)
+    with pytest.raises(mb.DicomSeriesError, match=f"in {folder} has {MIN_SLICES - 1} slices, fewer than the "
+                                                  f"{MIN_SLICES} of a CT volume"):
+        mb.check_inputs([str(folder)])
+    assert mb.check_inputs([str(folder)], allow_non_ct=True) == [str(folder)]
+    image, _, affine = generate_case(7, (40, 32, MIN_SLICES))
+    write_dicom_series(image, affine, tmp_path / "enough", seed=7)
+    assert mb.check_inputs([str(tmp_path / "enough")]) == [str(tmp_path / "enough")]
 
 
 def test_a_missing_slice_is_found(series):

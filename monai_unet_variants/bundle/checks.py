@@ -29,11 +29,11 @@ logger = logging.getLogger("monai_unet_variants.bundle")
 AFFINE_TOLERANCE_MM = 0.1
 
 
-def _check_file(path: str, role: str, dicom_series: str | None = None) -> str:
+def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non_ct: bool = False) -> str:
     """Check one input and return the path to read (a DICOM folder may lead to its one series' folder)."""
     p = Path(path)
     if p.is_dir():
-        return check_dicom_folder(p, series_choice(dicom_series))
+        return check_dicom_folder(p, series_choice(dicom_series), allow_non_ct)
     if not p.exists():
         raise FileNotFoundError(f"{role} {p} does not exist")
     if p.stat().st_size == 0:
@@ -56,7 +56,8 @@ def _check_file(path: str, role: str, dicom_series: str | None = None) -> str:
     return str(p)
 
 
-def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"), dicom_series: str | None = None) -> list:
+def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"), dicom_series: str | None = None,
+                 allow_non_ct: Any = False) -> list:
     """Check that every file of a datalist exists and has a readable header, and every DICOM folder holds one complete,
     evenly spaced series, before any work starts.
 
@@ -65,6 +66,8 @@ def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"),
         keys: the keys of a dict item that hold paths. Defaults to ``("image", "label")``.
         dicom_series: how to pick one of several series in a DICOM folder: ``None`` (refuse), ``"largest"`` or a
             ``SeriesInstanceUID`` (see ``dicom.check_dicom_folder``). Defaults to ``None``.
+        allow_non_ct: read a DICOM series whose Modality is not CT or that has too few slices to be a CT volume
+            (refused otherwise); a bool or its command-line spelling. Defaults to ``False``.
 
     Returns:
         The items, with a DICOM folder replaced by the folder to read where the check chose one (logged).
@@ -72,15 +75,18 @@ def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"),
     Raises:
         FileNotFoundError, ValueError: naming the file and the problem.
     """
+    from ..options import as_bool
+
+    allow = as_bool(allow_non_ct, "allow_non_ct")
     out = []
     for item in items:
         if isinstance(item, (str, os.PathLike)):
-            out.append(_check_file(str(item), "image", dicom_series))
+            out.append(_check_file(str(item), "image", dicom_series, allow))
             continue
         item = dict(item)
         for key in keys:
             if key in item:
-                item[key] = _check_file(str(item[key]), key, dicom_series)
+                item[key] = _check_file(str(item[key]), key, dicom_series, allow)
         out.append(item)
     return out
 

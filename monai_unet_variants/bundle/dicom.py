@@ -28,6 +28,9 @@ logger = logging.getLogger("monai_unet_variants.bundle")
 
 #: largest allowed deviation of one slice gap from the median gap: 1% (and at least 0.01 mm)
 SPACING_TOLERANCE = 0.01
+#: fewest slices a series needs to be segmented as a CT volume (fewer: a localizer, a key-image series, a partial
+#: export)
+MIN_SLICES = 8
 
 
 class DicomSeriesError(ValueError):
@@ -159,7 +162,22 @@ def _series_folder(folder: Path, uid: str, items: list) -> Path:
     return out
 
 
-def check_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> str:
+def _check_content(folder: Path, uid: str, items: list) -> None:
+    """Refuse a series that is not a CT volume: another Modality, or too few slices to be one."""
+    modality = str(getattr(items[0][1], "Modality", "") or "").strip().upper()
+    if modality and modality != "CT":
+        raise DicomSeriesError(
+            f"series {uid} in {folder} has Modality {modality}, not CT: the networks are trained on CT in Hounsfield "
+            "units and would segment it without meaning. Give a CT series, or --allow_non_ct true if this one is CT "
+            "under another Modality tag")
+    if len(items) < MIN_SLICES:
+        raise DicomSeriesError(
+            f"series {uid} in {folder} has {len(items)} slice{'s' if len(items) != 1 else ''}, fewer than the "
+            f"{MIN_SLICES} of a CT volume (a localizer, key images or a partial export?); give the whole series, or "
+            "--allow_non_ct true to segment it anyway")
+
+
+def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, allow_non_ct: bool = False) -> str:
     """Check a DICOM series folder and return the folder to read (itself, its one DICOM subfolder, or a folder of
     links to the chosen series' files).
 
@@ -167,10 +185,13 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> 
         folder: the folder given in the datalist.
         series: ``None`` (a folder must hold one series), ``"largest"`` or a ``SeriesInstanceUID`` to choose one of
             several (logged). Defaults to ``None``.
+        allow_non_ct: read a series whose Modality is not CT, or with fewer than ``MIN_SLICES`` slices (logged).
+            Defaults to ``False``.
 
     Raises:
         DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
-            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations.
+            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations, a Modality other
+            than CT or too few slices (unless ``allow_non_ct``).
     """
     folder = Path(folder)
     found, other = _headers(folder)
@@ -179,7 +200,7 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> 
         with_dicom = [p for p in subfolders if _headers(p)[0]]
         if len(with_dicom) == 1:
             logger.warning(f"DICOM folder {folder} holds no DICOM file itself; reading its subfolder {with_dicom[0]}")
-            return check_dicom_folder(with_dicom[0], series)
+            return check_dicom_folder(with_dicom[0], series, allow_non_ct)
         what = (f"{len(other)} other file(s) (e.g. {other[0].name})" if other else "no files") + (
             f" and {len(subfolders)} subfolder(s)" if subfolders else "")
         if len(with_dicom) > 1:
@@ -190,6 +211,12 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None) -> 
     for path, ds in found:
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     uid, items = _choose(folder, groups, series)
+    try:
+        _check_content(folder, uid, items)
+    except DicomSeriesError as err:
+        if not allow_non_ct:
+            raise
+        logger.warning(f"{err} (read anyway: --allow_non_ct)")
     _check_geometry(folder, uid, items)
     if len(groups) > 1 or other:
         return str(_series_folder(folder, uid, items))
