@@ -9,7 +9,8 @@ from .registry import create_network, list_networks, list_presets, register_netw
 __version__ = "0.1.0"
 
 # every network class under its own name (the networks package finds its variants itself)
-globals().update({_name: getattr(_networks, _name) for _name in _networks.__all__ if _name != "BLOCKS"})
+_NETWORK_NAMES = [n for n in _networks.__all__ if n != "BLOCKS"]
+globals().update({n: getattr(_networks, n) for n in _NETWORK_NAMES})
 
 _LAZY_SUBMODULES = ("acceleration", "bundle", "data", "options", "runtime")
 
@@ -25,7 +26,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    *(n for n in _networks.__all__ if n != "BLOCKS"),
+    *_NETWORK_NAMES,
     "__version__",
     "create_network",
     "list_networks",

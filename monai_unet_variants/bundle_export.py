@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FILE_CAP_MB", "ZOO_FLAKE8", "export_bundle", "needed_modules", "zoo_problems"]
+__all__ = ["FILE_CAP_MB", "ZOO_FLAKE8", "export_bundle", "needed_modules", "zoo_json", "zoo_problems"]
 
 PACKAGE = "monai_unet_variants"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -125,11 +125,20 @@ def _formatters() -> tuple[Any, Any]:
     return black, isort
 
 
-def _zoo_format(code: str) -> str:
-    """``code`` as the zoo's isort (profile black) and black (line length 120) leave it."""
-    black, isort = _formatters()
-    code = isort.code(code, profile="black", line_length=LINE_LENGTH)
+def _isorted(code: str) -> str:
+    """``code`` with its imports as the zoo's isort (profile black, line length 120) sorts them."""
+    return _formatters()[1].code(code, profile="black", line_length=LINE_LENGTH)
+
+
+def _blacked(code: str) -> str:
+    """``code`` as the zoo's black (line length 120) formats it."""
+    black = _formatters()[0]
     return black.format_str(code, mode=black.Mode(line_length=LINE_LENGTH))
+
+
+def _zoo_format(code: str) -> str:
+    """``code`` as the zoo's isort and black leave it."""
+    return _blacked(_isorted(code))
 
 
 def to_scripts(text: str) -> str:
@@ -144,7 +153,8 @@ def to_scripts(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- the export
-def _json(obj: Any) -> str:
+def zoo_json(obj: Any) -> str:
+    """``obj`` as JSON text the way the zoo's ``pretty-format-json --indent=4`` hook writes it (the bundles' format)."""
     return json.dumps(obj, indent=4) + "\n"
 
 
@@ -185,12 +195,13 @@ def export_bundle(bundle_dir: str | Path, dest: str | Path, zoo_name: str, weigh
     modules = needed_modules(list(texts.values()))
     for rel, text in texts.items():
         text = to_scripts(text)
-        if rel == "configs/metadata.json":
-            meta = json.loads(text)
-            meta["required_packages_version"].pop(PACKAGE, None)
-            text = _json(meta)
-        elif rel.endswith(".json") and "initialize" in json.loads(text):
-            text = _json(_with_scripts_guard(json.loads(text)))
+        if rel.endswith(".json"):
+            config = json.loads(text)
+            if rel == "configs/metadata.json":
+                config["required_packages_version"].pop(PACKAGE, None)
+            elif "initialize" in config:
+                _add_scripts_guard(config)
+            text = zoo_json(config)
         elif rel == "docs/README.md":
             text = _export_doc(text, bundle_dir.name, modules)
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -213,8 +224,8 @@ def export_bundle(bundle_dir: str | Path, dest: str | Path, zoo_name: str, weigh
     return root
 
 
-def _with_scripts_guard(config: dict) -> dict:
-    """``config`` with a first ``initialize`` step that stops with a plain message when ``scripts`` cannot be
+def _add_scripts_guard(config: dict) -> None:
+    """Give ``config`` a first ``initialize`` step that stops with a plain message when ``scripts`` cannot be
     imported (the bundle run from another folder): MONAI would otherwise fail on the first expression using it."""
     imports = list(config.get("imports", []))
     config["imports"] = imports + [i for i in ("$import sys", "$import types") if i not in imports]
@@ -222,7 +233,6 @@ def _with_scripts_guard(config: dict) -> dict:
              "which is not on the Python path: run the command from the bundle folder, as for any model-zoo bundle, or "
              "add that folder to PYTHONPATH')")
     config["initialize"] = [guard, *config["initialize"]]
-    return config
 
 
 def _without_provenance(doc: str) -> str:
@@ -280,12 +290,11 @@ def _large_files(path: Path) -> tuple[list[dict], list[str]]:
 def _lint(scripts: Path) -> list[str]:
     """What the zoo's isort, black and flake8 settings find in ``scripts/``."""
     problems = []
-    black, isort = _formatters()
     for path in sorted(scripts.rglob("*.py")):
         code = path.read_text()
-        if not isort.check_code(code, profile="black", line_length=LINE_LENGTH):
+        if _isorted(code) != code:
             problems.append(f"scripts/{path.relative_to(scripts)}: imports not sorted as the zoo's isort sorts them")
-        if black.format_str(code, mode=black.Mode(line_length=LINE_LENGTH)) != code:
+        if _blacked(code) != code:
             problems.append(f"scripts/{path.relative_to(scripts)}: not formatted as the zoo's black formats it")
     with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as cfg:
         cfg.write(ZOO_FLAKE8)
@@ -329,7 +338,7 @@ def zoo_problems(bundle_dir: str | Path, schema: str | Path | None = None, lint:
         if path.suffix == ".json" and path.is_file():
             text = path.read_text()
             try:
-                pretty = _json(json.loads(text))
+                pretty = zoo_json(json.loads(text))
             except json.JSONDecodeError as err:
                 problems.append(f"{rel}: not JSON ({err})")
                 continue

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .bundle_export import zoo_json
+
 __all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "export", "render_bundle", "settings", "write_bundles", "zoo_name"]
 
 TEMPLATE = "attunet_pancreas"
@@ -97,10 +99,6 @@ def network_class(name: str) -> type:
     return getattr(networks, VARIANTS[name]["class"])
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(obj, indent=4) + "\n"
-
-
 #: where the template's shared documentation ends and each bundle's generated, per-network sections begin
 DOC_MARK = "<!-- per-network sections below: written by python -m monai_unet_variants.bundle_family -->"
 #: the repository's measurements that the per-network sections quote
@@ -131,9 +129,15 @@ def _fmt(value: Any, spec: str, unit: str = "") -> str:
     return "n/a (nothing predicted)" if value != value else f"{value:{spec}}{unit}"
 
 
-def doc_tail(name: str) -> str:
+def _data_reference(template_dir: Path) -> str:
+    """The data set's citation: the last of the template metadata's references (the network's papers come first)."""
+    return json.loads((template_dir / "configs" / "metadata.json").read_text())["references"][-1]
+
+
+def doc_tail(name: str, data_reference: str) -> str:
     """The per-network sections of bundle ``name``'s docs (Training configuration, Performance, References), from
-    ``VARIANTS``, the network class and the measurements in the repository's ``docs/`` folder."""
+    ``VARIANTS``, the network class, the measurements in the repository's ``docs/`` folder and ``data_reference``
+    (the data set's citation in the template's metadata)."""
     net = _registry_name(name)
     compare = [_load(f) for f in ("compare_results.json", "compare_results_nested_fullscale.json")]
     cmp_run = next((c for c in compare if _row(c["rows"], bundle=name)), None)
@@ -189,14 +193,13 @@ def doc_tail(name: str) -> str:
         "## References",
         "",
         *[f"- {ref}" for ref in meta_refs],
-        "- Simpson, A. L. et al. A large annotated medical image dataset for the development and evaluation of "
-        "segmentation algorithms. arXiv:1902.09063 (the Decathlon data)",
+        f"- {data_reference} (the Decathlon data)",
         "",
     ]
     return "\n".join(lines)
 
 
-def _doc(template_doc: str, name: str) -> str:
+def _doc(template_doc: str, name: str, data_reference: str) -> str:
     spec = VARIANTS[name]
     body = template_doc.split(DOC_MARK)[0]
     shared = body[body.index("## Commands") :].replace(TEMPLATE, name)
@@ -212,7 +215,7 @@ def _doc(template_doc: str, name: str) -> str:
         f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`; only this section\n"
         "and the network definition differ, and a test fails if anything else drifts.\n\n"
     )
-    return head + shared + doc_tail(name)
+    return head + shared + doc_tail(name, data_reference)
 
 
 def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
@@ -223,7 +226,7 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
         config = json.loads((template_dir / "configs" / conf).read_text())
         config["network_def"] = network_def(name)
         config.update(settings(name))
-        files[f"configs/{conf}"] = _json(config)
+        files[f"configs/{conf}"] = zoo_json(config)
     meta = json.loads((template_dir / "configs" / "metadata.json").read_text())
     spec = VARIANTS[name]
     meta["name"] = zoo_name(name)
@@ -233,10 +236,10 @@ def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
     )
     meta["changelog"] = {meta["version"]: f"first release: 3D {spec['title']} for pancreas and tumour CT segmentation"}
     meta["references"] = [*network_class(name).PAPERS, meta["references"][-1]]  # the network's papers, then the data
-    files["configs/metadata.json"] = _json(meta)
+    files["configs/metadata.json"] = zoo_json(meta)
     for rel in _VERBATIM:
         files[rel] = (template_dir / rel).read_text()
-    files["docs/README.md"] = _doc((template_dir / "docs" / "README.md").read_text(), name)
+    files["docs/README.md"] = _doc((template_dir / "docs" / "README.md").read_text(), name, meta["references"][-1])
     files["models/.gitkeep"] = ""
     return files
 
@@ -245,7 +248,8 @@ def write_bundles(bundles_dir: str | Path, names: Sequence[str] | None = None) -
     """Write every generated bundle (all of ``VARIANTS`` but the template) under ``bundles_dir``."""
     bundles_dir = Path(bundles_dir)
     template_doc = bundles_dir / TEMPLATE / "docs" / "README.md"
-    template_doc.write_text(template_doc.read_text().split(DOC_MARK)[0] + doc_tail(TEMPLATE))
+    template_doc.write_text(template_doc.read_text().split(DOC_MARK)[0]
+                            + doc_tail(TEMPLATE, _data_reference(bundles_dir / TEMPLATE)))
     written = []
     for name in names or [n for n in VARIANTS if n != TEMPLATE]:
         root = bundles_dir / name
@@ -269,7 +273,7 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
             if config.get(key) != value:
                 problems.append(f"{TEMPLATE}/configs/{conf}: {key} is {config.get(key)!r}, VARIANTS[{TEMPLATE!r}] says {value!r}")
     template_doc = (bundles_dir / TEMPLATE / "docs" / "README.md").read_text()
-    if DOC_MARK + template_doc.partition(DOC_MARK)[2] != doc_tail(TEMPLATE):
+    if DOC_MARK + template_doc.partition(DOC_MARK)[2] != doc_tail(TEMPLATE, _data_reference(bundles_dir / TEMPLATE)):
         problems.append(f"{TEMPLATE}/docs/README.md: per-network sections differ (run python -m monai_unet_variants.bundle_family)")
     template_meta = json.loads((bundles_dir / TEMPLATE / "configs" / "metadata.json").read_text())
     if template_meta.get("name") != zoo_name(TEMPLATE):

@@ -17,7 +17,7 @@ for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in ("base", "blocks"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-globals().update({cls.__name__: cls for cls in NETWORKS.values() if cls.__module__.startswith(__name__ + ".")})
+_classes = {cls.__name__: cls for cls in NETWORKS.values() if cls.__module__.startswith(__name__ + ".")}
+globals().update(_classes)
 
-__all__ = ["BLOCKS", "ComposableUNet",
-           *sorted(c.__name__ for c in NETWORKS.values() if c.__module__.startswith(__name__ + ".") and c is not ComposableUNet)]
+__all__ = ["BLOCKS", "ComposableUNet", *sorted(set(_classes) - {"ComposableUNet"})]
