@@ -119,9 +119,45 @@ def test_evaluate_writes_metrics_table(trained, sample):
                       f"['{trained}/configs/train.json','{trained}/configs/evaluate.json']",
                       "--dataset_dir", str(sample), *TINY)
     rows = (trained / "eval" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "case,dice_pancreas,hd95_pancreas,dice_tumour,hd95_tumour"
+    assert rows[0] == "case,space,dice_pancreas,hd95_pancreas,dice_tumour,hd95_tumour"
     assert rows[-1].startswith("mean,") and len(rows) == 3
     assert "dice_pancreas" in proc.stdout
+
+
+def test_original_grid_gives_back_each_cases_own_label(sample, tmp_path):
+    # evaluate.json's OriginalGridd with the template's validation preprocessing: a perfect prediction on the 1 mm
+    # grid taken back to the 0.8 x 0.8 x 2.5 mm LPS grid agrees with the label file read as it is
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch, list_data_collate
+    from monai.networks.utils import one_hot
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    case = {"image": str(sample / "imagesTr" / "pancreas_000.nii.gz"), "label": str(sample / "labelsTr" / "pancreas_000.nii.gz")}
+    original = np.asarray(nib.load(case["label"]).dataobj)
+    item = decollate_batch(list_data_collate([preprocessing(case)]))[0]  # as the evaluator's batch of one arrives
+    assert tuple(item["label"].shape[1:]) != original.shape  # resampled and cropped
+    item["pred"] = one_hot(item["label"][None].long(), 3)[0].float()
+    back = mb.OriginalGridd(preprocessing, space="original")(item)
+    assert torch.equal(back["label"][0].to(torch.uint8), torch.as_tensor(original))
+    pred = back["pred"].argmax(0).numpy()
+    assert pred.shape == original.shape
+    for c in (1, 2):  # a round trip through 1 mm loses only boundary voxels
+        dice = 2 * ((pred == c) & (original == c)).sum() / ((pred == c).sum() + (original == c).sum())
+        assert dice > 0.85, (c, dice)
+    np.testing.assert_allclose(back["pred"].affine.numpy(), nib.load(case["label"]).affine, atol=1e-4)
+    same = mb.OriginalGridd(preprocessing, space=" Resampled ")(item)  # as typed: case and blanks do not matter
+    assert same["pred"] is item["pred"] and same["label"] is item["label"]
+    with pytest.raises(ValueError, match="--eval_space 'orignal': expected one of original, resampled"):
+        mb.OriginalGridd(preprocessing, space="orignal")
+    # a label file changed after preprocessing (another case's grid) is named
+    shutil.copytree(sample, tmp_path / "copy")
+    moved = tmp_path / "copy" / "labelsTr" / "pancreas_000.nii.gz"
+    _write(moved, original[:, :, :-2])
+    item["label"].meta["filename_or_obj"] = str(moved)
+    with pytest.raises(ValueError, match=f"label {moved}: the prediction taken back to the image's grid has shape"):
+        mb.OriginalGridd(preprocessing)(item)
 
 
 @pytest.mark.slow  # ~15 s; every network's TorchScript and ONNX export is also tested in test_export.py
@@ -349,7 +385,7 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     one_rows = (tmp_path / "eval_one" / "metrics.csv").read_text().splitlines()
     assert len(one_rows) >= 3 and dist_rows[0] == one_rows[0] and dist_rows[-1] == one_rows[-1]  # header, mean
     assert sorted(dist_rows[1:-1]) == sorted(one_rows[1:-1])
-    assert (proc.stdout + proc.stderr).count("per-case metrics written to") == 1
+    assert (proc.stdout + proc.stderr).count("per-case metrics (original grid of each case) written to") == 1
 
 
 def test_best_metric_state_round_trip():

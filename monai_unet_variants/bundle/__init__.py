@@ -2,7 +2,8 @@
 
 - ``datalists``: the bundle's own folder, MSD-style datalists (NIfTI files or DICOM series folders), the split;
 - ``checks``: every file checked before any work starts, every loaded case checked, messages that name the file;
-- ``transforms``: ``MetaSafeSpacingd`` (MONAI Label's ``image_path`` left alone);
+- ``transforms``: ``MetaSafeSpacingd`` (MONAI Label's ``image_path`` left alone), ``OriginalGridd`` (evaluation on
+  each case's own grid);
 - ``handlers``: validation after the last epoch, per-class metric selection;
 - ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
 - ``metrics``: per-case Dice and HD95 tables.
@@ -35,7 +36,7 @@ from .errors import summarize_errors
 from .handlers import FinalValidationHandler, quiet_other_ranks, select_class
 from .metrics import PerCaseMetricsWriter
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
-from .transforms import MetaSafeSpacingd
+from .transforms import EVAL_SPACES, MetaSafeSpacingd, OriginalGridd, eval_space
 
 __all__ = [
     "LATEST_CHECKPOINT",
@@ -47,7 +48,9 @@ __all__ = [
     "CheckedThreadDataLoader",
     "DicomSeriesError",
     "FinalValidationHandler",
+    "EVAL_SPACES",
     "MetaSafeSpacingd",
+    "OriginalGridd",
     "OutputError",
     "OutputsReport",
     "PerCaseMetricsWriter",
@@ -60,6 +63,7 @@ __all__ = [
     "check_dicom_folder",
     "check_inputs",
     "claim_training_folders",
+    "eval_space",
     "find_bundle_root",
     "load_datalist",
     "output_names",

@@ -15,14 +15,20 @@ class FinalValidationHandler(ValidationHandler):
     """``ValidationHandler`` that also validates after the last epoch when ``interval`` skipped it.
 
     Without it a run of 5 epochs with ``val_interval`` 2 ends on an unvalidated model, and a short run (a MONAI
-    Label training request of one epoch) never writes ``model.pt``. Takes ``ValidationHandler``'s arguments.
+    Label training request of one epoch) never writes ``model.pt``. Takes ``ValidationHandler``'s arguments. Says
+    once, at the start, on which grid validation scores (the preprocessed one, unlike ``evaluate.json``).
     """
 
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
         super().attach(engine)
+        engine.add_event_handler(Events.STARTED, self._say_grid)
         engine.add_event_handler(Events.COMPLETED, self._final)
+
+    def _say_grid(self, engine: Any) -> None:
+        engine.logger.info("validation Dice is scored on the preprocessed grid (resampled to pixdim, cropped to the "
+                           "body), so it differs slightly from evaluate.json's, which scores each case on its own grid")
 
     def _final(self, engine: Any) -> None:
         done = engine.state.epoch if self.epoch_level else engine.state.iteration

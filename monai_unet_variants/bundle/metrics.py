@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .checkpoints import atomic_write
+from .transforms import eval_space
 
 __all__ = ["PerCaseMetricsWriter"]
 
@@ -20,13 +21,17 @@ __all__ = ["PerCaseMetricsWriter"]
 class PerCaseMetricsWriter:
     """Dice and 95th-percentile Hausdorff distance (mm) per case and class, written as a CSV and printed as a table.
 
-    Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing. In a
+    Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing; the
+    ``space`` column says on which grid they were scored (``evaluate.json``: each case's ``original`` grid by default,
+    see ``OriginalGridd``; ``resampled``: the preprocessed one). In a
     distributed run (``multi_gpu_evaluate.json``: each rank evaluates its share of the cases) the rows of every rank
     are gathered and rank 0 writes them all, in case order; the other ranks write nothing.
     """
 
-    def __init__(self, output_dir: str, class_names: Mapping[int, str] | None = None, filename: str = "metrics.csv"):
+    def __init__(self, output_dir: str, class_names: Mapping[int, str] | None = None, filename: str = "metrics.csv",
+                 space: str = "original"):
         self.output_dir = Path(output_dir)
+        self.space = eval_space(space)
         self.class_names = {int(k): v for k, v in (class_names or {1: "pancreas", 2: "tumour"}).items()}
         self.filename = filename
         self.rows: list[dict] = []
@@ -48,7 +53,7 @@ class PerCaseMetricsWriter:
             spacing = None
             if hasattr(label, "pixdim"):
                 spacing = [float(s) for s in label.pixdim]
-            row: dict[str, Any] = {"case": os.path.basename(name.rstrip("/"))}
+            row: dict[str, Any] = {"case": os.path.basename(name.rstrip("/")), "space": self.space}
             self.sources.append(name)
             for c, cname in self.class_names.items():
                 p, g = pred[None, c : c + 1].float(), label[None, c : c + 1].float()
@@ -82,8 +87,9 @@ class PerCaseMetricsWriter:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         cols = list(rows[0])
-        mean = {"case": "mean"}
-        for c in cols[1:]:
+        scores = [c for c in cols if isinstance(rows[0][c], float)]
+        mean = {"case": "mean", "space": self.space}
+        for c in scores:
             vals = [r[c] for r in rows if not math.isnan(r[c])]
             mean[c] = float(np.mean(vals)) if vals else float("nan")
         path = self.output_dir / self.filename
@@ -94,8 +100,8 @@ class PerCaseMetricsWriter:
             writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})
         atomic_write(path, lambda f: f.write(table.getvalue().encode()))  # complete or absent, never half written
         width = max(len(r["case"]) for r in rows + [mean]) + 2
-        lines = ["".join([f"{'case':<{width}}"] + [f"{c:>16}" for c in cols[1:]])]
+        lines = ["".join([f"{'case':<{width}}"] + [f"{c:>16}" for c in scores])]
         for r in rows + [mean]:
-            lines.append("".join([f"{r['case']:<{width}}"] + [f"{r[c]:>16.4f}" for c in cols[1:]]))
+            lines.append("".join([f"{r['case']:<{width}}"] + [f"{r[c]:>16.4f}" for c in scores]))
         print("\n".join(lines), flush=True)
-        engine.logger.info(f"per-case metrics written to {path}")
+        engine.logger.info(f"per-case metrics ({self.space} grid of each case) written to {path}")

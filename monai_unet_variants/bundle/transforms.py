@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from monai.transforms import Spacingd
+from monai.config import KeysCollection
+from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd
 
-__all__ = ["MetaSafeSpacingd"]
+from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm
+
+__all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "eval_space"]
 
 
 class MetaSafeSpacingd(Spacingd):
@@ -27,3 +30,60 @@ class MetaSafeSpacingd(Spacingd):
         out = dict(super().__call__(d, lazy=lazy))
         out.update(aside)
         return out
+
+
+#: where evaluate.json scores: each case's own grid (``original``, as the Decathlon reports) or the preprocessed one
+EVAL_SPACES = ("original", "resampled")
+
+
+def eval_space(space: Any) -> str:
+    """``space`` as typed on the command line (``--eval_space original|resampled``), checked."""
+    value = str(space).strip().lower()
+    if value not in EVAL_SPACES:
+        raise ValueError(f"--eval_space {space!r}: expected one of {', '.join(EVAL_SPACES)}")
+    return value
+
+
+class OriginalGridd(MapTransform):
+    """Prediction and label on each case's own voxel grid, where the Medical Segmentation Decathlon scores them.
+
+    ``pred`` (class probabilities on the preprocessed grid) is taken back through the preprocessing ``transform``
+    (``Invertd``: the foreground crop, the resampling and the reorientation undone, probabilities interpolated
+    linearly) and ``label`` is read again from its own file, untouched by any resampling. With
+    ``space="resampled"`` both pass unchanged (the preprocessed 1 mm space that validation during training uses).
+
+    Args:
+        transform: the preprocessing that produced ``image`` (``validate#preprocessing``).
+        space: ``"original"`` or ``"resampled"`` (as typed). Defaults to ``"original"``.
+        keys: the prediction key, then the label key. Defaults to ``("pred", "label")``.
+        image_key: the key whose applied operations are undone. Defaults to ``"image"``.
+
+    Raises:
+        ValueError: naming the label file when the inverted prediction and the label read back differ in shape or
+            lie on different grids.
+    """
+
+    def __init__(self, transform: Any, space: str = "original", keys: KeysCollection = ("pred", "label"),
+                 image_key: str = "image") -> None:
+        super().__init__(keys)
+        self.space = eval_space(space)
+        self.invert = Invertd(keys=self.keys[0], transform=transform, orig_keys=image_key, nearest_interp=False)
+        self.read = Compose([LoadImage(image_only=True), EnsureChannelFirst()])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        if self.space == "resampled":
+            return dict(data)
+        pred_key, label_key = self.keys[0], self.keys[1]
+        d = dict(self.invert(data))
+        pred = d[pred_key]
+        source = str(d[label_key].meta["filename_or_obj"])
+        label = self.read(source)
+        if tuple(label.shape[1:]) != tuple(pred.shape[1:]):
+            raise ValueError(f"label {source}: the prediction taken back to the image's grid has shape "
+                             f"{tuple(pred.shape[1:])}, the label {tuple(label.shape[1:])}")
+        distance = _grid_distance_mm(pred.affine, label.affine, label.shape[1:])
+        if distance > AFFINE_TOLERANCE_MM:
+            raise ValueError(f"label {source}: the prediction taken back to the image's grid lies up to "
+                             f"{distance:.2f} mm from the label's grid")
+        d[label_key] = label.to(pred.device)
+        return d
