@@ -179,12 +179,17 @@ class SegmentationWriter(SaveImaged):
         overwrite: replace existing outputs. Defaults to ``False``.
         keep_going: after a case that cannot be written, go on with the others (the run fails at its end, naming
             every case without output, through ``OutputsReport``) instead of failing at once. Defaults to ``True``.
+        dicom_seg: for a DICOM series input, also write a DICOM Segmentation object over the source series
+            (``<stem>_seg.dcm`` beside the NIfTI file; ``dicom_seg.write_dicom_seg``, needs highdicom); a NIfTI input
+            keeps NIfTI output. Defaults to ``False``.
+        algorithm: the algorithm's name in a DICOM SEG (the bundle's). Defaults to ``"monai-unet-variants"``.
         kwargs: ``SaveImaged``'s other arguments (``output_dtype``, ``print_log``, ...); ``output_ext`` is
             ``.nii.gz``.
     """
 
     def __init__(self, keys: Any, output_dir: str, inputs: Sequence[Any] = (), output_postfix: str = "seg",
-                 overwrite: bool = False, keep_going: bool = True, **kwargs: Any) -> None:
+                 overwrite: bool = False, keep_going: bool = True, dicom_seg: bool = False,
+                 algorithm: str = "monai-unet-variants", **kwargs: Any) -> None:
         kwargs.pop("output_ext", None)
         kwargs.pop("separate_folder", None)
         super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_ext=".nii.gz",
@@ -194,6 +199,8 @@ class SegmentationWriter(SaveImaged):
         self.set_inputs(inputs)
         self.overwrite = bool(overwrite)
         self.keep_going = bool(keep_going)
+        self.dicom_seg = bool(dicom_seg)
+        self.algorithm = algorithm
         self.dtype = np.dtype(kwargs.get("output_dtype", np.uint8))
         self.print_log = kwargs.get("print_log", True)
         self.written: list[Path] = []
@@ -206,9 +213,29 @@ class SegmentationWriter(SaveImaged):
     def target(self, source: str) -> Path:
         return self.out_dir / self.names.get(source, output_names([source], self.postfix)[source])
 
+    def seg_target(self, source: str) -> Path | None:
+        """The DICOM SEG file of input ``source``: ``None`` unless ``dicom_seg`` and ``source`` is a DICOM folder."""
+        if not (self.dicom_seg and Path(source).is_dir()):
+            return None
+        nifti = self.target(source)
+        return nifti.with_name(nifti.name.removesuffix(".nii.gz") + ".dcm")
+
     def check_outputs(self) -> bool:
-        """Refuse to start when an output of this run exists already (unless ``overwrite``)."""
-        existing = [self.out_dir / n for n in self.names.values() if (self.out_dir / n).exists()]
+        """Refuse to start when an output of this run exists already (unless ``overwrite``), or when a DICOM SEG is
+        asked for without highdicom installed."""
+        if self.dicom_seg:
+            try:
+                import highdicom  # noqa: F401
+            except ImportError as err:
+                raise ImportError("--dicom_seg true writes DICOM SEG objects with highdicom, which is not installed: "
+                                  "pip install highdicom (part of monai-unet-variants[bundle])") from err
+            plain = [src for src in self.names if not Path(src).is_dir()]
+            if plain:
+                logger.info(f"--dicom_seg: {len(plain)} input(s) are not DICOM series (e.g. {plain[0]}): NIfTI output "
+                            "only for them")
+        paths = [self.out_dir / n for n in self.names.values()]
+        paths += [p for p in map(self.seg_target, self.names) if p is not None]
+        existing = [p for p in paths if p.exists()]
         if existing and not self.overwrite:
             shown = ", ".join(str(p) for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
             raise FileExistsError(f"{len(existing)} output(s) exist already ({shown}): --overwrite true replaces "
@@ -253,8 +280,11 @@ class SegmentationWriter(SaveImaged):
             array = np.asarray(label.detach().cpu() if hasattr(label, "detach") else label)
             array = array[0] if array.ndim == 4 else array
             affine = np.asarray(getattr(label, "affine", np.eye(4)), dtype=np.float64)
+            seg = self.seg_target(source)
             try:
                 self._write_one(array, affine, path)
+                if seg is not None:
+                    self._write_seg(array, affine, source, seg)
             except OutputError as err:
                 self.failed.append(f"{source}: {err}")
                 logger.error(f"no output for {source}: {err}")
@@ -263,8 +293,16 @@ class SegmentationWriter(SaveImaged):
                 continue
             self.written.append(path)
             if self.print_log:
-                logger.info(f"wrote {path}")
+                logger.info(f"wrote {path}" + (f" and the DICOM SEG {seg}" if seg is not None else ""))
         return d
+
+    def _write_seg(self, array: np.ndarray, affine: np.ndarray, source: str, path: Path) -> None:
+        from .dicom_seg import write_dicom_seg
+
+        try:
+            write_dicom_seg(array, affine, source, path, algorithm=self.algorithm, overwrite=self.overwrite)
+        except ValueError as err:  # a label map off the series' grid: no SEG rather than a misplaced one
+            raise OutputError(5, f"cannot write the DICOM SEG {path}: {err}") from err
 
 
 class OutputsReport:

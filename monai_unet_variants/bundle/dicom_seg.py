@@ -1,0 +1,198 @@
+"""DICOM Segmentation objects for a DICOM series input: the label map back to the PACS, over its source series.
+
+``write_dicom_seg`` takes a label map on the source series' voxel grid (as the inference bundle writes its NIfTI
+output: the prediction taken back through the preprocessing) and writes a binary DICOM SEG (highdicom) with one
+segment per class, coded with SNOMED CT terms, on the series' frame of reference and referencing its Study, Series
+and SOP Instance UIDs, so that a PACS, OHIF or 3D Slicer shows it over the series. Each frame is matched to its
+source slice by position: the voxel of every frame pixel is found through the slice's own ``ImagePositionPatient``,
+``ImageOrientationPatient`` and ``PixelSpacing`` and the label map's affine, whatever the order of the files or the
+direction of the slices.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from .checkpoints import OutputError, atomic_write
+
+__all__ = ["SEGMENTS", "label_frames", "write_dicom_seg"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+#: label value -> (segment label, SNOMED CT category, SNOMED CT type), in pydicom's ``codes.SCT`` names
+SEGMENTS: dict[int, tuple[str, str, str]] = {
+    1: ("pancreas", "AnatomicalStructure", "Pancreas"),
+    2: ("pancreatic tumour", "MorphologicallyAbnormalStructure", "Neoplasm"),
+}
+#: how far (in voxels) a frame pixel may fall from a voxel centre of the label map before the grids are refused
+GRID_TOLERANCE = 0.01
+_LPS = np.diag([-1.0, -1.0, 1.0])  # DICOM patient coordinates (LPS) <-> the RAS world of NIfTI/MONAI affines
+#: patient and study attributes the SEG copies from its source: type 2 (present, possibly empty) in a CT image, yet
+#: missing from some exports; an absent one is copied as empty, as the standard allows
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+          "StudyID", "ReferringPhysicianName")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("monai-unet-variants")
+    except PackageNotFoundError:  # a model-zoo copy of the bundle runs without the package installed
+        return "unknown"
+
+
+def _source_slices(folder: Path) -> list[Any]:
+    """The series' slice headers (pydicom datasets), in file order; the folder holds one series (checked before
+    inference by ``check_dicom_folder``)."""
+    import pydicom
+
+    slices = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(str(path))
+        except Exception:  # not a DICOM file (a README, a DICOMDIR's companion): the check left it aside too
+            continue
+        if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds:
+            for keyword in _TYPE2:
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+            slices.append(ds)
+    if not slices:
+        raise ValueError(f"DICOM folder {folder} holds no image slice to reference")
+    return slices
+
+
+def label_frames(label: np.ndarray, affine: np.ndarray, slices: list[Any], source: str = "") -> np.ndarray:
+    """The label map's values at every pixel of every source slice: ``(len(slices), Rows, Columns)``.
+
+    Args:
+        label: the label map, ``(X, Y, Z)``, on the series' voxel grid.
+        affine: its RAS affine (voxel index -> mm).
+        slices: the series' slice headers.
+        source: the series' folder, for messages.
+
+    Raises:
+        ValueError: naming ``source`` when a slice's pixels do not fall on the label map's voxels (another series'
+            grid, or a label map that was resampled).
+    """
+    to_index = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    frames = []
+    for ds in slices:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        row_cos, col_cos = (np.array([float(v) for v in ds.ImageOrientationPatient[i:i + 3]]) for i in (0, 3))
+        row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+        origin = np.array([float(v) for v in ds.ImagePositionPatient])
+        # DICOM: pixel (r, c) lies at origin + c * col_spacing * row_cos + r * row_spacing * col_cos (LPS)
+        steps = np.stack([origin, row_cos * col_spacing, col_cos * row_spacing])  # origin, one column, one row
+        steps = steps @ _LPS.T  # RAS
+        o = to_index[:3, :3] @ steps[0] + to_index[:3, 3]
+        dc, dr = to_index[:3, :3] @ steps[1], to_index[:3, :3] @ steps[2]
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        index = o[:, None, None] + dr[:, None, None] * r + dc[:, None, None] * c
+        nearest = np.rint(index)
+        off = float(np.abs(index - nearest).max())
+        inside = all((nearest[a] >= 0).all() and (nearest[a] < label.shape[a]).all() for a in range(3))
+        if off > GRID_TOLERANCE or not inside:
+            raise ValueError(
+                f"DICOM series {source}: slice {ds.SOPInstanceUID} does not lie on the label map's voxel grid "
+                f"({'up to %.3g voxels off' % off if off > GRID_TOLERANCE else 'outside the label map'}); the label "
+                "map must be on the series' own grid")
+        ijk = nearest.astype(np.intp)
+        frames.append(label[ijk[0], ijk[1], ijk[2]])
+    return np.stack(frames)
+
+
+def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | os.PathLike, path: str | os.PathLike,
+                    segments: Mapping[int, tuple[str, str, str]] | None = None, algorithm: str = "monai-unet-variants",
+                    overwrite: bool = False) -> Path:
+    """Write ``label`` (on the grid of the DICOM series in ``series_folder``) as a binary DICOM SEG at ``path``.
+
+    One segment per class of ``segments`` (all of them, present or not, so that every SEG of a model holds the
+    same segments), frames only where a class is present (highdicom's ``omit_empty_frames``), written through
+    ``atomic_write`` and read back before it replaces anything.
+
+    Args:
+        label: label map ``(X, Y, Z)`` (or ``(1, X, Y, Z)``) with values 0 and the keys of ``segments``.
+        affine: its RAS affine.
+        series_folder: the folder of the source series.
+        path: the SEG file to write.
+        segments: label value -> (label, SNOMED CT category name, type name in ``pydicom``'s ``codes.SCT``).
+            Defaults to ``SEGMENTS``.
+        algorithm: the algorithm's name in the SEG (the bundle's). Defaults to ``"monai-unet-variants"``.
+        overwrite: replace an existing file. Defaults to ``False``.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: the file cannot be written or read back (path and reason named), or exists already.
+        ValueError: the label map is not on the series' grid, or holds values that are not segments.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    version = _version()
+    segments = dict(SEGMENTS if segments is None else segments)
+    folder, path = Path(series_folder), Path(path)
+    label = np.asarray(label)
+    label = label[0] if label.ndim == 4 else label
+    unknown = sorted({int(v) for v in np.unique(label)} - {0, *segments})
+    if unknown:
+        raise ValueError(f"label map for {folder} has values {unknown} that are not segments {sorted(segments)}")
+    slices = _source_slices(folder)
+    frames = label_frames(label, affine, slices, str(folder)).astype(np.uint8)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=getattr(codes.SCT, category),
+            segmented_property_type=getattr(codes.SCT, kind),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name=algorithm, version=version, family=codes.cid7162.ArtificialIntelligence),
+            anatomic_regions=[codes.SCT.Pancreas] if kind != "Pancreas" else None,
+        )
+        for number, (name, category, kind) in sorted(segments.items())
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=slices,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=int(getattr(slices[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="monai-unet-variants",
+        manufacturer_model_name=algorithm,
+        software_versions=version,
+        device_serial_number="none",
+        series_description=f"{algorithm} segmentation",
+    )
+
+    def write(f: IO[bytes]) -> None:
+        seg.save_as(f)
+
+    def verify(tmp: Path) -> None:
+        import pydicom
+
+        try:
+            back = pydicom.dcmread(str(tmp))
+            count = int(back.NumberOfFrames)
+        except Exception as err:  # any reader failure means the file is not what was written
+            raise OSError(5, f"the written DICOM SEG cannot be read back ({err})") from err
+        if count != int(seg.NumberOfFrames):
+            raise OSError(5, f"the written DICOM SEG has {count} frames, not {seg.NumberOfFrames}")
+
+    if path.exists() and not overwrite:
+        raise OutputError(17, f"cannot write {path}: it exists already (--overwrite true replaces it)")
+    atomic_write(path, write, verify, suffix=".dcm")
+    return path
