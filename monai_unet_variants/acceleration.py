@@ -23,7 +23,7 @@ from monai.data import get_track_meta, set_track_meta
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
 
-__all__ = ["CompileMonitor", "NoMetaCompose", "PaddedSlidingWindowInferer", "compiled_graphs", "to_device"]
+__all__ = ["CompileMonitor", "NoMetaCompose", "PaddedSlidingWindowInferer", "compiled_graphs", "say_padding", "to_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,28 @@ class _FixedBatch:
         return _first(self.network(self._pad(x), *args, **kwargs), n)
 
 
+def say_padding(image: Any, patch: Sequence[int], what: str = "patch", said: set | None = None) -> bool:
+    """Log a warning when ``image`` (channel first, after preprocessing) is smaller than ``patch`` along an axis: it is
+    padded to the patch there, and a case smaller than one patch (a partial scan, a tight crop) is worth knowing
+    about. Names the image's file; a file already in ``said`` is not named again (each validation would repeat it).
+    Returns whether it pads."""
+    shape = [int(n) for n in image.shape[-len(patch):]]
+    patch = [int(p) if int(p) > 0 else n for p, n in zip(patch, shape, strict=True)]
+    if all(n >= p for n, p in zip(shape, patch, strict=True)):
+        return False
+    source = getattr(image, "meta", {}).get("filename_or_obj", "a volume")
+    source = source[0] if isinstance(source, (list, tuple)) and source else source
+    if said is not None:
+        if str(source) in said:
+            return True
+        said.add(str(source))
+    padded = [max(n, p) for n, p in zip(shape, patch, strict=True)]
+    logging.getLogger("monai_unet_variants.bundle").warning(
+        f"{source}: {' x '.join(map(str, shape))} voxels after preprocessing is smaller than one "
+        f"{' x '.join(map(str, patch))} {what}: padded to {' x '.join(map(str, padded))}")
+    return True
+
+
 class PaddedSlidingWindowInferer(SlidingWindowInferer):
     """``SlidingWindowInferer`` that pads the last, incomplete window batch to ``sw_batch_size`` windows.
 
@@ -91,7 +113,8 @@ class PaddedSlidingWindowInferer(SlidingWindowInferer):
     shapes would compile a second time for it (and again for every other remainder), one compiled with dynamic
     shapes runs slower kernels throughout. Padding keeps one shape. The padded windows are zeros and their outputs
     are dropped; in eval mode every window is computed on its own (instance or batch norm with running statistics),
-    so the real windows' outputs are those of the unpadded call.
+    so the real windows' outputs are those of the unpadded call. A volume smaller than the window along an axis is padded by MONAI's
+    inferer; it is logged once per file (``say_padding``).
 
     Args:
         roi_size: the window, as for ``SlidingWindowInferer``.
@@ -113,8 +136,11 @@ class PaddedSlidingWindowInferer(SlidingWindowInferer):
     def __init__(self, roi_size: Sequence[int] | int, sw_batch_size: int = 1, static_batch: bool = True, **kwargs: Any) -> None:
         super().__init__(roi_size=roi_size, sw_batch_size=sw_batch_size, **kwargs)
         self.static_batch = bool(static_batch)
+        self._said: set[str] = set()  # volumes whose padding was logged
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        say_padding(inputs, self.roi_size if isinstance(self.roi_size, Sequence) else [self.roi_size] * (inputs.ndim - 2),
+                    "sliding window", self._said)
         if self.static_batch and self.sw_batch_size > 1:
             network = _FixedBatch(network, self.sw_batch_size)
         return super().__call__(inputs, network, *args, **kwargs)

@@ -256,7 +256,7 @@ def test_bad_inputs_are_named(tmp_path):
 def test_bad_labels_are_named(tmp_path):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
-    img = _write(tmp_path / "img.nii.gz", np.arange(16 * 16 * 8, dtype=np.int16).reshape(16, 16, 8))
+    img = _write(tmp_path / "img.nii.gz", np.arange(16 * 16 * 8, dtype=np.int16).reshape(16, 16, 8) - 1024)
     small = _write(tmp_path / "small.nii.gz", np.zeros((16, 16, 6), np.uint8))
     wrong = _write(tmp_path / "wrong.nii.gz", np.full((16, 16, 8), 5, np.uint8))
     load = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"])])

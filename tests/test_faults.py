@@ -35,7 +35,7 @@ def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> P
 
 
 def _ramp(shape=(16, 16, 8)) -> np.ndarray:
-    return np.arange(np.prod(shape), dtype=np.int16).reshape(shape) % 400 - 200
+    return np.arange(np.prod(shape), dtype=np.int16).reshape(shape) % 1200 - 1000  # air to soft tissue, in HU
 
 
 def _case(tmp_path: Path, label: np.ndarray, label_affine: np.ndarray | None = None, image: np.ndarray | None = None):
@@ -96,6 +96,44 @@ def test_constant_image_and_empty_label(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
         mb.CheckCased()(data)
     assert f"label {lbl} has no foreground" in caplog.text
+
+
+@pytest.mark.parametrize("what, image", [
+    ("MR", (np.arange(16 * 16 * 8, dtype=np.int16).reshape(16, 16, 8) % 1200)),  # non-negative, MR-like
+    ("intercept missing", _ramp() + 1024),  # stored values whose rescale intercept -1024 was never applied
+])
+def test_an_image_not_in_hounsfield_units_is_refused_unless_allowed(tmp_path, caplog, what, image):
+    data, img, _ = _case(tmp_path, _label(), image=image.astype(np.int16))
+    with pytest.raises(ValueError, match=f"image {img} does not look like CT in Hounsfield units: 0.00% of its voxels "
+                                         "lie below -500 HU .* --allow_non_ct true to read it anyway"):
+        mb.CheckCased()(data)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        assert mb.CheckCased(allow_non_ct="Yes")(data)["image"].shape == (1, 16, 16, 8)  # as the command line types it
+    assert "does not look like CT in Hounsfield units" in caplog.text and "(read anyway: --allow_non_ct)" in caplog.text
+    ct = _case(tmp_path, _label())[0]  # the same label with an image in HU passes
+    assert mb.CheckCased()(ct)["image"].shape == (1, 16, 16, 8)
+
+
+def test_a_case_smaller_than_one_patch_is_padded_and_named_once(caplog):
+    from monai.data import MetaTensor
+
+    from monai_unet_variants.acceleration import PaddedSlidingWindowInferer
+
+    small = MetaTensor(torch.zeros(1, 40, 70, 20), meta={"filename_or_obj": "/data/partial.nii.gz"})
+    pad = mb.PatchPadd(["image"], [64, 64, 64])
+    inferer = PaddedSlidingWindowInferer([32, 32, 32], sw_batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        for _ in range(2):  # cached once, validated every epoch: said once each
+            assert pad({"image": small})["image"].shape == (1, 64, 70, 64)
+            assert inferer(small[None], torch.nn.Conv3d(1, 2, 1)).shape == (1, 2, 40, 70, 20)
+        large = MetaTensor(torch.zeros(1, 64, 70, 64), meta={"filename_or_obj": "/data/whole.nii.gz"})
+        pad({"image": large})
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "/data/partial.nii.gz: 40 x 70 x 20 voxels after preprocessing is smaller than one 64 x 64 x 64 training "
+        "patch: padded to 64 x 70 x 64",
+        "/data/partial.nii.gz: 40 x 70 x 20 voxels after preprocessing is smaller than one 32 x 32 x 32 sliding "
+        "window: padded to 40 x 70 x 32"]
 
 
 def test_four_dimensional_files_are_refused(tmp_path):

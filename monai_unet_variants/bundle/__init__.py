@@ -36,7 +36,7 @@ from .errors import summarize_errors
 from .handlers import FinalValidationHandler, quiet_other_ranks, select_class
 from .metrics import PerCaseMetricsWriter
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
-from .transforms import EVAL_SPACES, MetaSafeSpacingd, OriginalGridd, eval_space
+from .transforms import EVAL_SPACES, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
 
 __all__ = [
     "LATEST_CHECKPOINT",
@@ -51,6 +51,7 @@ __all__ = [
     "EVAL_SPACES",
     "MetaSafeSpacingd",
     "OriginalGridd",
+    "PatchPadd",
     "OutputError",
     "OutputsReport",
     "PerCaseMetricsWriter",

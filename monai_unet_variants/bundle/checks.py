@@ -24,6 +24,10 @@ __all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDa
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
+#: a CT volume in Hounsfield units holds air (-1000 HU) around and inside the body: at least this share of its voxels
+#: below ``AIR_HU``; an MR or PET volume, or stored values whose rescale intercept was never applied, hold none
+AIR_HU = -500.0
+MIN_AIR_FRACTION = 0.001
 #: how far (mm) a label's voxel grid may lie from its image's before the pair is refused: far above the rounding of
 #: header fields (1e-4 mm), far below a voxel
 AFFINE_TOLERANCE_MM = 0.1
@@ -108,18 +112,21 @@ def _grid_distance_mm(a: torch.Tensor, b: torch.Tensor, spatial_shape: Sequence[
 class CheckCased(MapTransform):
     """Check a loaded case before anything is learnt from it; every error names the file(s) and the problem.
 
-    Image: one channel, not empty, finite, not constant. Label: one channel, finite, whole numbers within ``labels``,
-    the image's shape, and on the image's voxel grid (the world positions of the grid's corners under the two
-    affines within ``affine_tolerance_mm``: a label shifted, rescaled or rotated against its image is refused even
-    when the shapes agree). A label without any foreground is accepted with a warning. Place it right after
-    ``EnsureChannelFirstd``, before any resampling (a fractional value is only detectable before nearest-neighbour
-    resampling hides it).
+    Image: one channel, not empty, finite, not constant, and CT in Hounsfield units (at least ``MIN_AIR_FRACTION``
+    of its voxels below ``AIR_HU``, as air is; refused otherwise unless ``allow_non_ct``). Label: one channel,
+    finite, whole numbers within ``labels``, the image's shape, and on the image's voxel grid (the world positions
+    of the grid's corners under the two affines within ``affine_tolerance_mm``: a label shifted, rescaled or rotated
+    against its image is refused even when the shapes agree). A label without any foreground is accepted with a
+    warning. Place it right after ``EnsureChannelFirstd``, before any resampling (a fractional value is only
+    detectable before nearest-neighbour resampling hides it).
 
     Args:
         keys: the image key, then the label key (the label is optional). Defaults to ``("image", "label")``.
         labels: allowed label values. Defaults to ``(0, 1, 2)``.
         affine_tolerance_mm: largest allowed distance between the two grids, in mm. Defaults to 0.1.
         allow_missing_keys: accept items without a label (inference). Defaults to ``True``.
+        allow_non_ct: read an image whose intensities are not Hounsfield units (with a warning); a bool or its
+            command-line spelling. Defaults to ``False``.
     """
 
     def __init__(
@@ -128,8 +135,12 @@ class CheckCased(MapTransform):
         labels: Sequence[int] = (0, 1, 2),
         affine_tolerance_mm: float = AFFINE_TOLERANCE_MM,
         allow_missing_keys: bool = True,
+        allow_non_ct: Any = False,
     ) -> None:
+        from ..options import as_bool
+
         super().__init__(keys, allow_missing_keys)
+        self.allow_non_ct = as_bool(allow_non_ct, "allow_non_ct")
         self.labels = {int(v) for v in labels}
         self.affine_tolerance_mm = float(affine_tolerance_mm)
 
@@ -148,6 +159,15 @@ class CheckCased(MapTransform):
         low, high = float(arr.min()), float(arr.max())
         if low == high:
             raise ValueError(f"image {name} is constant (every voxel {low:g}): an empty or failed export, not a scan")
+        air = float((arr < AIR_HU).sum()) / arr.numel()
+        if air < MIN_AIR_FRACTION:
+            problem = (f"image {name} does not look like CT in Hounsfield units: {air:.2%} of its voxels lie below "
+                       f"{AIR_HU:g} HU (values {low:g} to {high:g}), where air (-1000 HU) around and inside the body "
+                       "takes far more. An MR or PET volume, or stored values whose rescale intercept (e.g. -1024) was "
+                       "not applied?")
+            if not self.allow_non_ct:
+                raise ValueError(f"{problem} Convert it to HU, or --allow_non_ct true to read it anyway")
+            logger.warning(f"{problem} (read anyway: --allow_non_ct)")
 
     def _check_label(self, label: Any, image: Any) -> None:
         name, lname = _name(image), _name(label)

@@ -6,11 +6,12 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd
+from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd, SpatialPadd
 
+from ..acceleration import say_padding
 from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm
 
-__all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "eval_space"]
+__all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "PatchPadd", "eval_space"]
 
 
 class MetaSafeSpacingd(Spacingd):
@@ -30,6 +31,25 @@ class MetaSafeSpacingd(Spacingd):
         out = dict(super().__call__(d, lazy=lazy))
         out.update(aside)
         return out
+
+
+
+class PatchPadd(SpatialPadd):
+    """``SpatialPadd`` to the training patch that says so (``acceleration.say_padding``: a warning naming the file
+    and both sizes, once per file) when a case is smaller than one patch along an axis; everything else is
+    ``SpatialPadd``'s."""
+
+    _said: set[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._said = set()
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
+        first = next(iter(self.key_iterator(dict(data))), None)
+        if first is not None:
+            say_padding(data[first], self.padder.spatial_size, "training patch", self._said)
+        return dict(super().__call__(data, lazy=lazy))
 
 
 #: where evaluate.json scores: each case's own grid (``original``, as the Decathlon reports) or the preprocessed one
