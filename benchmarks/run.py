@@ -29,8 +29,12 @@ memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed memo
 (cuDNN picks its algorithms by timing them; GPU); sliding-window inference of the flagship bundle's inference
 config on a 512x512x128 synthetic CT volume, as configured and in the trials of ``--sw_trials`` (config overrides:
 window batch, compile, AMP, ...), each label map compared voxel by voxel with an eager float32 run's; the flagship
-bundle's training throughput, its share of step time spent waiting for data and its compile times. Results: a
-table on stdout, ``results.json`` and ``results.csv`` in ``--out``.
+bundle's training throughput, its share of step time spent waiting for data and its compile times. Named only,
+``--sections scale``: the flagship bundle trained on the first N cases of a clinical-size synthetic set (512 x 512 x
+80-120 voxels) for every N of ``--scale_cases``, each with a fresh disk cache under ``--scale_cache_gb``: cache build
+time, peak resident memory, cases in memory and on disk, epoch time and data wait, peak memory extrapolated to the
+Decathlon's 281 cases, and a plot (``scale_rss.png``). Results: a table on stdout, ``results.json`` and
+``results.csv`` in ``--out``.
 
 ``--jobs N`` prepares up to N cases at once, each in its own process (building, compiling, warming up: the
 compilation of ``torch.compile`` takes tens of seconds per network and runs on the CPU), then lets them time one
@@ -45,6 +49,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -91,8 +96,20 @@ def first_output(net: Any) -> Any:
     return FirstOutput(net)
 
 
+#: narrow convolutions channels-last on a CPU (the package's default); the ``no_narrow`` option turns it off
+NARROW = True
+
+
 def build(name: str, spatial_dims: int, channels: Sequence[int], norm: Any) -> Any:
-    """One network at the given widths: ours through the registry, MONAI's with matching arguments."""
+    """One network at the given widths: ours through the registry (inside ``narrow_channels_last(NARROW)``), MONAI's
+    with matching arguments."""
+    from monai_unet_variants.networks.blocks.layers import narrow_channels_last
+
+    with narrow_channels_last(NARROW):
+        return _build(name, spatial_dims, channels, norm)
+
+
+def _build(name: str, spatial_dims: int, channels: Sequence[int], norm: Any) -> Any:
     from monai.networks import nets
 
     from monai_unet_variants import create_network
@@ -221,15 +238,15 @@ def autocast(device: Any, amp: bool) -> Any:
 def process_settings(case: dict) -> None:
     """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``; the
     ``no_reuse`` option returns freed memory to the kernel at once instead) and the channels-last layout of narrow
-    convolutions (``layers.NARROW_CHANNELS_LAST``, switched off by ``no_narrow``); ``cudnn_benchmark`` lets cuDNN time
+    convolutions (``layers.narrow_channels_last`` around ``build``, off with ``no_narrow``); ``cudnn_benchmark`` lets cuDNN time
     its algorithms for each shape and keep the fastest (GPU)."""
-    from monai_unet_variants.networks.blocks import layers
     from monai_unet_variants.runtime import reuse_freed_memory
 
     opts = case.get("options", {})
     # a network case reads its peak memory first and turns reuse on itself afterwards (see measure_case)
     reuse_freed_memory(case["kind"] != "network" and not opts.get("no_reuse"))
-    layers.NARROW_CHANNELS_LAST = not opts.get("no_narrow")
+    global NARROW
+    NARROW = not opts.get("no_narrow")
     import torch
 
     torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))  # reset for the next case in-process
@@ -524,7 +541,15 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     from monai_unet_variants.data import ensure_sample_data, make_dataset
 
     out = Path(tempfile.mkdtemp(prefix="muv_bench_bundle_"))
-    if case.get("cases"):
+    overrides = dict(case.get("overrides", {}))
+    if case.get("scale"):  # the first N cases of a clinical-size set, a fresh disk cache, validation left out
+        data_dir = Path(case["scale_data"])
+        meta = json.loads((data_dir / "dataset.json").read_text())
+        first = meta["training"][: case["scale"] + 1]
+        datalist = out / "datalist.json"
+        datalist.write_text(json.dumps({"training": first[:-1], "validation": first[-1:]}).replace("./", f"{data_dir}/"))
+        overrides.update({"datalist": str(datalist), "cache_gb": str(case["cache_gb"]), "cache_dir": str(out / "cache")})
+    elif case.get("cases"):
         data_dir = make_dataset(out / "data", num_train=case["cases"], num_test=1, dicom=False, progress=False)
     else:
         data_dir = ensure_sample_data(case.get("sample_dir") or None)
@@ -541,10 +566,21 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         device=f"$torch.device('{case['device']}')",
         **{"network_def#channels": case["channels"]},
         **({"roi_size": [case["roi_size"]] * 3} if case.get("roi_size") else {}),
-        **case.get("overrides", {}),
+        **overrides,
     )
+    if case.get("scale"):
+        from monai_unet_variants.runtime import reuse_freed_memory
+
+        reuse_freed_memory(True)  # the allocator as `python -m monai.bundle run` sets it (here the bundle is a guest)
+        # training alone: a clinical-size validation takes minutes on a CPU (the sliding-window section times it)
+        handlers = workflow.parser.get("train#handlers")
+        final = next(i for i, h in enumerate(handlers) if h["_target_"].endswith("FinalValidationHandler"))
+        workflow.parser[f"train#handlers#{final}#_disabled_"] = True
+    setup = time.perf_counter()
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
+    setup = time.perf_counter() - setup
+    rss_after_setup = _rss_kib("VmHWM") * 1024 / 1e9
     marks: dict[str, float] = {}
     waits: list[float] = []
     steps: list[float] = []
@@ -598,9 +634,17 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         "data_wait_share_steady": sum(w for w, _ in steady) / sum(s for _, s in steady) if steady else float("nan"),
         "graphs_first_epoch": graphs.get("first_epoch", graphs["end"]) - graphs["start"],
         "graphs_after_first_epoch": graphs["end"] - graphs.get("first_epoch", graphs["end"]),
+        "setup_s": setup,
+        "peak_rss_setup_gb": rss_after_setup,
+        "peak_rss_gb": _rss_kib("VmHWM") * 1024 / 1e9,
         **durations,
     }
+    dataset = workflow.parser.get_parsed_content("train#dataset")
+    if hasattr(dataset, "budget"):
+        result.update(cached_in_memory=dataset._cache.in_memory(), cached_on_disk=len(dataset._cache)
+                      - dataset._cache.in_memory(), cache_memory_gb=dataset.budget.used / 1e9)
     workflow.finalize()
+    shutil.rmtree(out, ignore_errors=True)
     return result
 
 
@@ -909,8 +953,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bundle_dir", default="",
                    help="bundle folder for the bundle run (default: the flagship; e.g. an older copy to compare with)")
     p.add_argument("--sample_dir", default="", help="synthetic sample folder for the bundle run")
+    p.add_argument("--scale_cases", default="8,16,32",
+                   help="scale section: training cases of the clinical-size set per run (default 8,16,32)")
+    p.add_argument("--scale_data", default="",
+                   help="scale section: a clinical-size set (python -m monai_unet_variants.data --clinical); made in "
+                   "a temporary folder when not given")
+    p.add_argument("--scale_cache_gb", type=float, default=2.0,
+                   help="scale section: the bundle's --cache_gb (default 2: the larger runs exceed it)")
+    p.add_argument("--scale_extrapolate", type=int, default=281,
+                   help="scale section: peak RSS extrapolated to this many cases (default 281, MSD Task07)")
     p.add_argument("--sections", default="networks,gates,sliding_window,bundle",
-                   help="what to measure (default: all of networks,gates,sliding_window,bundle)")
+                   help="what to measure (default: networks,gates,sliding_window,bundle; scale: the bundle on "
+                   "clinical-size sets, cache build, peak memory and epoch time against N, only when named)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: checks the command, not speed")
     p.add_argument("--out", default="benchmark_results", help="folder for results.json and results.csv")
     p.add_argument("--verbose", action="store_true", help="show the children's stderr")
@@ -980,7 +1034,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
               "volume": [int(v) for v in args.sw_volume.split(",")], "roi_size": args.sw_roi,
               "repeats": args.sw_repeats, "checkpoint": args.sw_checkpoint}
         trials = [t for t in args.sw_trials.split(";") if t.strip()]
-        if trials:
+        if trials and args.device.startswith("cuda"):  # on a CPU the config as it is runs eager float32 already
             trials = [REFERENCE_TRIAL, *trials]
         cases.append({**sw, "trial": "as configured", "overrides": {}})
         cases += [{**sw, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
@@ -992,16 +1046,24 @@ def plan(args: argparse.Namespace) -> list[dict]:
         cases.append({**bundle, "trial": "as configured", "overrides": {}})
         cases += [{**bundle, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
     sections = {s.strip() for s in args.sections.split(",")}
+    for n in (int(v) for v in args.scale_cases.split(",") if v.strip()) if "scale" in sections else []:
+        cases.append({"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3, "epochs": 2,
+                      "roi_size": args.bundle_roi, "trial": f"scale N={n}", "scale": n, "scale_data": args.scale_data,
+                      "cache_gb": args.scale_cache_gb, "overrides": {}})
     kinds = {"roof": "networks", "network": "networks", "gates": "gates", "sliding_window": "sliding_window",
              "bundle": "bundle"}
-    return [c for c in cases if kinds[c["kind"]] in sections]
+    return [c for c in cases if ("scale" if c.get("scale") else kinds[c["kind"]]) in sections]
 
 
 def compare_label_maps(results: list[dict], files: dict[int, Path]) -> None:
-    """Fraction of voxels of every sliding-window trial's label map equal to the reference trial's (``agreement``)."""
+    """Fraction of voxels of every sliding-window trial's label map equal to the reference trial's (``agreement``):
+    eager float32 with window batch 2 (``REFERENCE_TRIAL`` on a GPU, the config as it is on a CPU)."""
     import numpy as np
 
     ref = next((i for i, r in enumerate(results) if r.get("trial") == REFERENCE_TRIAL and "error" not in r), None)
+    if ref is None:  # a CPU run: the config as it is (eager, float32) is the reference
+        ref = next((i for i, r in enumerate(results) if r.get("kind") == "sliding_window"
+                    and r.get("trial") == "as configured" and "error" not in r), None)
     if ref is None or not files[ref].is_file():
         return
     reference = np.load(files[ref])
@@ -1035,7 +1097,66 @@ def _bundle_line(r: dict) -> str:
             f"{r['graphs_first_epoch']} in the first epoch, {r['graphs_after_first_epoch']} after")
 
 
-def render(results: list[dict]) -> tuple[list[dict], list[str]]:
+def _scale_lines(results: Sequence[dict], extrapolate: int) -> list[str]:
+    """One line per scale run, then peak RSS extrapolated to ``extrapolate`` cases from the runs whose memory cache
+    was full (a least-squares line through them, never falling: beyond the budget only the per-case bookkeeping
+    grows)."""
+    runs = sorted((r for r in results if r.get("scale")), key=lambda r: r["scale"])
+    lines = []
+    for r in runs:
+        if "error" in r:
+            lines.append(f"scale N={r['scale']}: failed: {r['error']}")
+            continue
+        lines.append(
+            f"scale N={r['scale']} (clinical size, --cache_gb {r['cache_gb']}): cache built in {r['setup_s']:.0f} s, "
+            f"{r.get('cached_in_memory', '?')} training cases in memory, {r.get('cached_on_disk', 0)} on disk (memory "
+            f"cache {r.get('cache_memory_gb', float('nan')):.2f} GB with the validation case); peak RSS "
+            f"{r.get('peak_rss_setup_gb', float('nan')):.2f} GB caching, {r['peak_rss_gb']:.2f} GB by the end; epoch "
+            f"{r['iterations'] / r['iterations_per_s']:.0f} s ({r['iterations']} steps, median {r['step_ms']:.0f} ms), "
+            f"data wait {r['data_wait_share']:.1%} ({r['data_wait_share_steady']:.1%} after the first batch)")
+    full = [r for r in runs if "error" not in r and r.get("cached_on_disk")]
+    if len(full) >= 2:  # least squares through the runs beyond the budget (one run's peak depends on when the cache
+        # threads' largest buffers happen to coincide: a few hundred MB either way)
+        n = [float(r["scale"]) for r in full]
+        rss = [r["peak_rss_gb"] for r in full]
+        mean_n, mean_rss = statistics.fmean(n), statistics.fmean(rss)
+        slope = sum((a - mean_n) * (b - mean_rss) for a, b in zip(n, rss)) / sum((a - mean_n) ** 2 for a in n)
+        at = mean_rss + max(0.0, slope) * (extrapolate - mean_n)
+        lines.append(f"scale: peak RSS changes by {1e3 * slope:+.1f} MB per case once the memory cache is full (N = "
+                     f"{', '.join(str(r['scale']) for r in full)}); extrapolated to {extrapolate} cases (no fall "
+                     f"assumed): {at:.1f} GB")
+    elif runs:
+        lines.append("scale: fewer than two runs beyond the memory budget; no extrapolation")
+    return lines
+
+
+def plot_scale(results: Sequence[dict], path: Path) -> Path | None:
+    """Peak RSS and cache build time against the number of cases (a PNG), from the scale runs."""
+    runs = sorted((r for r in results if r.get("scale") and "error" not in r), key=lambda r: r["scale"])
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = [r["scale"] for r in runs]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(n, [r["peak_rss_gb"] for r in runs], "o-", label="peak RSS")
+    ax.plot(n, [r.get("cache_memory_gb", 0) for r in runs], "s--", label="cases cached in memory")
+    ax.axhline(runs[0]["cache_gb"], color="grey", lw=0.8, ls=":", label=f"--cache_gb {runs[0]['cache_gb']:g}")
+    ax.set_xlabel("clinical-size training cases (512 x 512 x 80-120)")
+    ax.set_ylabel("GB")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Flagship bundle training on a CPU: memory against data set size", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render(results: list[dict], extrapolate: int = 281) -> tuple[list[dict], list[str]]:
     """The network rows (with efficiency and ratios added) and the report's lines, from the cases' results."""
     roof = next((r for r in results if r["kind"] == "roof"), {"error": "not measured", "size": "?"})
     rows = [r for r in results if r["kind"] == "network"]
@@ -1062,8 +1183,9 @@ def render(results: list[dict]) -> tuple[list[dict], list[str]]:
                 f"FLOPs x{r['like_flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
             report.append(_sliding_window_line(r))
-        if r["kind"] == "bundle":
+        if r["kind"] == "bundle" and not r.get("scale"):
             report.append(_bundle_line(r))
+    report += _scale_lines(results, extrapolate)
     return rows, report
 
 
@@ -1099,6 +1221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"2D {args.size2d}^2, 3D {args.size3d}^3, median of {args.repeats} after {args.warmup} warm-up, "
           f"{args.jobs} case(s) prepared at once")
     work = Path(tempfile.mkdtemp(prefix="muv_bench_sw_"))
+    scale = [i for i, c in enumerate(cases) if c.get("scale")]
+    if scale and not args.scale_data:  # one clinical-size set for every scale run
+        from monai_unet_variants.data import make_dataset
+
+        data = make_dataset(work / "clinical", num_train=max(cases[i]["scale"] for i in scale) + 1, num_test=0,
+                            dicom=False, clinical=True, workers=os.cpu_count() or 1)
+        for i in scale:
+            cases[i] = {**cases[i], "scale_data": str(data)}
     label_files: dict[int, Path] = {}
     maker: threading.Thread | None = None
     sw_cases = [i for i, c in enumerate(cases) if c["kind"] == "sliding_window"]
@@ -1147,11 +1277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bar is not None:
         bar.close()
     compare_label_maps(results, label_files)
-    for path in work.iterdir():
-        path.unlink()
-    work.rmdir()
-    rows, report = render(results)
+    shutil.rmtree(work, ignore_errors=True)
+    rows, report = render(results, args.scale_extrapolate)
     print("\n".join(report))
+    if plot_scale(results, out / "scale_rss.png"):
+        print(f"wrote {out / 'scale_rss.png'}")
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     (out / "results.json").write_text(json.dumps(
         {"date": started, "device": device_name, "settings": settings, "results": results, "report": report}, indent=2))

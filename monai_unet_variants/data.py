@@ -11,6 +11,7 @@ Command line::
 
     python -m monai_unet_variants.data --out ~/data/SyntheticPancreas        # 8 train + 2 test cases
     python -m monai_unet_variants.data --out DIR --num-train 16 --num-test 4 --shape 160 128 40
+    python -m monai_unet_variants.data --out DIR --clinical --n 32 --workers 2   # 512 x 512 x 80-120, as real CT
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SAMPLE_VERSION", "default_sample_dir", "ensure_sample_data", "generate_case", "make_dataset", "write_dicom_series"]
+__all__ = ["SAMPLE_VERSION", "clinical_shape", "default_sample_dir", "ensure_sample_data", "generate_case", "make_dataset", "write_dicom_series"]
 
 SAMPLE_VERSION = "1"
 SPACING = (0.8, 0.8, 2.5)
 SHAPE = (150, 125, 32)
 LABELS = {"0": "background", "1": "pancreas", "2": "cancer"}
+#: clinical-size cases (``--clinical``): 512 x 512 in plane, 80-120 slices, at ``SPACING``
+CLINICAL_IN_PLANE = (512, 512)
+CLINICAL_SLICES = (80, 120)
 
 
 def _affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
@@ -93,13 +97,20 @@ def generate_case(seed: int, shape: Sequence[int] = SHAPE, spacing: Sequence[flo
     bend = (head + tail) / 2 + np.array([0.0, -half_h * rng.uniform(0.2, 0.32), rng.uniform(-4, 4)])
     curve = ((1 - t) ** 2)[:, None] * head + (2 * (1 - t) * t)[:, None] * bend + (t**2)[:, None] * tail
     radius = 9.0 - 4.0 * t + rng.uniform(-1, 1)  # thick head, thin tail
-    dist = np.full(shape, np.inf, dtype=np.float32)
-    rel = np.full(shape, np.inf, dtype=np.float32)
+    # the tube's distance, computed within its bounding box only (a clinical-size volume is 25 M voxels)
+    reach = float(radius.max()) + max(spacing)
+    box = tuple(
+        slice(max(0, int(np.searchsorted(axis, lo - reach)) - 1), int(np.searchsorted(axis, hi + reach)) + 1)
+        for axis, lo, hi in zip((x, y, z), curve.min(axis=0), curve.max(axis=0), strict=True)
+    )
+    bx, by, bz = gx[box], gy[box], gz[box]
+    rel = np.full(bx.shape, np.inf, dtype=np.float32)
     for p, r in zip(curve, radius, strict=True):
-        d = np.sqrt((gx - p[0]) ** 2 + (gy - p[1]) ** 2 + ((gz - p[2]) * 1.3) ** 2)
-        np.minimum(dist, d, out=dist)
+        d = np.sqrt((bx - p[0]) ** 2 + (by - p[1]) ** 2 + ((bz - p[2]) * 1.3) ** 2)
         np.minimum(rel, d / r, out=rel)
-    pancreas = (rel <= 1.0) & cavity
+    pancreas = np.zeros(shape, dtype=bool)
+    pancreas[box] = rel <= 1.0
+    pancreas &= cavity
     hu[pancreas] = 110.0 + 8 * rng.standard_normal()
     label[pancreas] = 1
     # hypodense tumour inside the pancreas
@@ -175,6 +186,33 @@ def write_dicom_series(image: np.ndarray, affine: np.ndarray, folder: str | os.P
     return paths
 
 
+def clinical_shape(seed: int) -> tuple[int, int, int]:
+    """The shape of clinical-size case ``seed``: 512 x 512 in plane, 80-120 slices (drawn from the seed)."""
+    return (*CLINICAL_IN_PLANE, int(np.random.default_rng([seed, 7]).integers(CLINICAL_SLICES[0], CLINICAL_SLICES[1] + 1)))
+
+
+def _write_case(out: Path, i: int, seed: int, shape: Sequence[int], spacing: Sequence[float], is_train: bool,
+                dicom: bool) -> dict | str:
+    """Generate case ``i`` and write it (image, label, and optionally its DICOM series); its datalist entry."""
+    import nibabel as nib
+
+    name = f"pancreas_{i:03d}"
+    image, label, affine = generate_case(seed, shape, spacing)
+    img_path = out / ("imagesTr" if is_train else "imagesTs") / f"{name}.nii.gz"
+    lbl_path = out / ("labelsTr" if is_train else "labelsTs") / f"{name}.nii.gz"
+    for arr, path in ((image, img_path), (label, lbl_path)):
+        nii = nib.Nifti1Image(arr, affine)
+        nii.header.set_xyzt_units("mm", "sec")
+        nii.set_qform(affine, code=1)
+        nii.set_sform(affine, code=1)
+        nib.save(nii, str(path))
+    if dicom:
+        write_dicom_series(image, affine, out / "dicomTs" / name, seed=seed)
+    if is_train:
+        return {"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"}
+    return f"./imagesTs/{name}.nii.gz"
+
+
 def make_dataset(
     out_dir: str | os.PathLike,
     num_train: int = 8,
@@ -183,48 +221,58 @@ def make_dataset(
     spacing: Sequence[float] = SPACING,
     dicom: bool = True,
     progress: bool = True,
+    clinical: bool = False,
+    workers: int = 1,
 ) -> Path:
     """Write the synthetic set in the MSD Task07 layout and return its folder.
 
     Cases ``pancreas_000 .. pancreas_{num_train-1}`` are training cases (image and label); the next
     ``num_test`` are test images (their labels go to ``labelsTs/`` for checking inference). With ``dicom``,
-    the first test case is also written as a DICOM series under ``dicomTs/<case>/``.
+    the first test case is also written as a DICOM series under ``dicomTs/<case>/``. With ``clinical``, every case
+    has clinical size instead of ``shape``: 512 x 512 x 80-120 voxels (``clinical_shape``) at ``spacing``
+    (0.8 x 0.8 x 2.5 mm by default), about 25 M voxels, 50 MB of int16 each. ``workers`` processes write cases at
+    once (each needs about 1.5 GB at clinical size).
     """
-    import nibabel as nib
-
     out = Path(out_dir)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    cases = range(num_train + num_test)
+    jobs = [
+        (out, i, 1000 + i, clinical_shape(1000 + i) if clinical else tuple(shape), tuple(spacing), i < num_train,
+         dicom and i == num_train)
+        for i in range(num_train + num_test)
+    ]
+    bar = None
     if progress:
         try:
             from tqdm import tqdm
 
-            cases = tqdm(cases, desc="synthetic pancreas CT", unit="case")
+            bar = tqdm(total=len(jobs), desc=f"synthetic pancreas CT{' (clinical size)' if clinical else ''}",
+                       unit="case")
         except ImportError:
             pass
-    training, test = [], []
-    for i in cases:
-        name = f"pancreas_{i:03d}"
-        image, label, affine = generate_case(1000 + i, shape, spacing)
-        is_train = i < num_train
-        img_path = out / ("imagesTr" if is_train else "imagesTs") / f"{name}.nii.gz"
-        lbl_path = out / ("labelsTr" if is_train else "labelsTs") / f"{name}.nii.gz"
-        for arr, path in ((image, img_path), (label, lbl_path)):
-            nii = nib.Nifti1Image(arr, affine)
-            nii.header.set_xyzt_units("mm", "sec")
-            nii.set_qform(affine, code=1)
-            nii.set_sform(affine, code=1)
-            nib.save(nii, str(path))
-        if is_train:
-            training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
-        else:
-            test.append(f"./imagesTs/{name}.nii.gz")
-            if dicom and len(test) == 1:
-                write_dicom_series(image, affine, out / "dicomTs" / name, seed=1000 + i)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(_write_case, *job) for job in jobs]
+            entries = []
+            for future in futures:
+                entries.append(future.result())
+                if bar is not None:
+                    bar.update()
+    else:
+        entries = []
+        for job in jobs:
+            entries.append(_write_case(*job))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    training, test = entries[:num_train], entries[num_train:]
     meta = {
-        "name": "SyntheticPancreas",
-        "description": "Synthetic pancreas and tumour CT, generated by monai_unet_variants.data (MSD Task07 layout)",
+        "name": "SyntheticPancreasClinical" if clinical else "SyntheticPancreas",
+        "description": "Synthetic pancreas and tumour CT, generated by monai_unet_variants.data (MSD Task07 layout)"
+        + (", clinical size (512 x 512 x 80-120 voxels)" if clinical else ""),
         "reference": "monai-unet-variants",
         "licence": "CC0-1.0",
         "release": SAMPLE_VERSION,
@@ -277,9 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-test", type=int, default=2)
     parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), help="voxels (x y z)")
     parser.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
+    parser.add_argument("--clinical", action="store_true",
+                        help="clinical-size cases: 512 x 512 x 80-120 voxels at 0.8 x 0.8 x 2.5 mm (--shape ignored)")
+    parser.add_argument("--n", type=int, default=None, help="training cases (the same as --num-train)")
+    parser.add_argument("--workers", type=int, default=1, help="processes writing cases at once (default 1)")
     args = parser.parse_args(argv)
-    out = make_dataset(args.out, args.num_train, args.num_test, tuple(args.shape), dicom=not args.no_dicom)
-    print(f"wrote {args.num_train} training and {args.num_test} test cases to {out}")
+    num_train = args.n if args.n is not None else args.num_train
+    out = make_dataset(args.out, num_train, args.num_test, tuple(args.shape), dicom=not args.no_dicom,
+                       clinical=args.clinical, workers=max(1, args.workers))
+    print(f"wrote {num_train} training and {args.num_test} test cases to {out}")
     return 0
 
 

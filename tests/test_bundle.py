@@ -124,6 +124,22 @@ def test_evaluate_writes_metrics_table(trained, sample):
     assert "dice_pancreas" in proc.stdout
 
 
+def test_validation_overlap_is_lighter_on_a_cpu_and_evaluation_keeps_the_full_one():
+    # a clinical-size volume takes minutes per validation on a CPU at overlap 0.625 (README, benchmark): training
+    # validates at 0.25 there; evaluate.json scores at the full overlap wherever it runs
+    from monai.bundle import ConfigParser
+
+    def overlap(*files: str, **updates) -> float:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / f) for f in files])
+        parser.update(updates)
+        return parser.get_parsed_content("validate#inferer").overlap
+
+    assert overlap("train.json") == (0.625 if torch.cuda.is_available() else 0.25)
+    assert overlap("train.json", "evaluate.json") == 0.625
+    assert overlap("train.json", val_overlap=0.5) == 0.5 and overlap("train.json", "evaluate.json", overlap=0.4) == 0.4
+
+
 def test_original_grid_gives_back_each_cases_own_label(sample, tmp_path):
     # evaluate.json's OriginalGridd with the template's validation preprocessing: a perfect prediction on the 1 mm
     # grid taken back to the 0.8 x 0.8 x 2.5 mm LPS grid agrees with the label file read as it is

@@ -197,7 +197,7 @@ def test_batch_independence_in_eval(name, dims):
     torch.testing.assert_close(full[1:2], single, atol=1e-5, rtol=1e-4)
 
 
-def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
+def test_narrow_convolutions_change_layout_not_results(name, dims):
     """Narrow convolutions compute in channels-last on a CPU (``prefers_channels_last``): same parameters from the
     same seed, same state-dict keys, same outputs and gradients as plain convolutions; a channels-last input
     keeps its layout through them."""
@@ -209,8 +209,9 @@ def test_narrow_convolutions_change_layout_not_results(name, dims, monkeypatch):
     assert all(
         layers.prefers_channels_last(dims, m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in narrow
     )
-    monkeypatch.setattr(layers, "NARROW_CHANNELS_LAST", False)
-    plain = tiny_net(name, dims).train()
+    with layers.narrow_channels_last(False):
+        plain = tiny_net(name, dims).train()
+    assert layers.prefers_channels_last(dims, 4, 8)  # the switch ends with its block
     assert not any(isinstance(m, (layers.NarrowConv2d, layers.NarrowConv3d)) for m in plain.modules())
     assert list(fast.state_dict()) == list(plain.state_dict())
     for key, value in plain.state_dict().items():
@@ -270,8 +271,8 @@ for name in NETWORK_NAMES:
     for dims in (2, 3):
         nets = []
         for narrow in (True, False):
-            layers.NARROW_CHANNELS_LAST = narrow
-            net = tiny_net(name, dims).train()
+            with layers.narrow_channels_last(narrow):
+                net = tiny_net(name, dims).train()
             for _ in range(3):
                 net.zero_grad()
                 net(tiny_input(dims)).square().mean().backward()

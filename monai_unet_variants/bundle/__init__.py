@@ -6,11 +6,13 @@
   each case's own grid);
 - ``handlers``: validation after the last epoch, per-class metric selection;
 - ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
+- ``caching``: preprocessed cases within a memory budget, the rest in a persistent on-disk cache;
 - ``metrics``: per-case Dice and HD95 tables.
 
 Every name is importable from ``monai_unet_variants.bundle`` itself, the path the configs' ``_target_`` use.
 """
 
+from .caching import CacheBudget, Uncached
 from .checkpoints import (
     LATEST_CHECKPOINT,
     AtomicCheckpointSaver,
@@ -43,6 +45,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "BadCaseError",
     "BestMetricState",
+    "CacheBudget",
     "CheckCased",
     "CheckedCacheDataset",
     "CheckedThreadDataLoader",
@@ -59,6 +62,7 @@ __all__ = [
     "SafeCheckpointLoader",
     "SegmentationWriter",
     "SkippedCasesReport",
+    "Uncached",
     "atomic_write",
     "check_checkpoint",
     "check_dicom_folder",

@@ -16,6 +16,7 @@ from monai.config import KeysCollection
 from monai.data import CacheDataset, ThreadDataLoader
 from monai.transforms import MapTransform
 
+from ..runtime import release_freed_memory
 from .dicom import check_dicom_folder, series_choice
 from .errors import root_cause
 
@@ -239,11 +240,19 @@ def _guilty_file(item: Any) -> str:
 
 def describe_failure(item: Any, err: BaseException) -> str:
     """One line: the case's file, the cause, and what to do."""
+    from .checkpoints import OutputError
+
     cause = root_cause(err)
     if isinstance(cause, ValueError) and str(cause).startswith(("image ", "label ")):
         return str(cause)  # our own checks name their files already
+    if isinstance(cause, OutputError):  # the case is fine; its preprocessed copy could not be stored
+        return f"{_guilty_file(item)}: its preprocessed copy cannot be stored in the disk cache: {cause}"
     return (f"{_guilty_file(item)} cannot be loaded ({type(cause).__name__}: {cause}): the file is truncated, corrupt "
             "or not an image; replace it or take the case out of the datalist")
+
+
+class _Uncached:
+    """A case over the memory budget with no disk cache to hold it."""
 
 
 class _BadCase:
@@ -261,47 +270,113 @@ class CheckedCacheDataset(CacheDataset):
     at the end of the run (``SkippedCasesReport``). A case beyond the cache (``cache_rate`` < 1) that fails when it is
     drawn fails the run the same way, or is replaced by the next case and counted.
 
+    Host memory stays within ``budget`` (``caching.CacheBudget``, shared by a run's datasets): a preprocessed case
+    stays in memory while the budget lasts; after that it is written to ``cache_dir`` (a persistent ``DiskCache``,
+    keyed by the case's files and the preprocessing) and read back in the loader's thread each time it is drawn. A
+    case found in ``cache_dir`` from an earlier run is read instead of preprocessed again. The placement is logged.
+
     Args:
         data, transform, cache_num, cache_rate, num_workers, progress, copy_cache, ...: as ``CacheDataset``.
         skip_bad_cases: drop failing cases (counted and reported) instead of failing. Defaults to ``False``.
         name: what the messages call the set (``"training"``, ``"validation"``). Defaults to ``"dataset"``.
+        budget: the memory budget (``CacheBudget``, or what it takes: GB, ``"auto"``, ``"none"``). Defaults to
+            ``None`` (no limit).
+        cache_dir: the on-disk cache's folder. Defaults to ``None``: no disk cache (cases beyond the budget are
+            preprocessed again whenever they are drawn, as beyond MONAI's ``cache_rate``).
     """
 
-    def __init__(self, *args: Any, skip_bad_cases: bool = False, name: str = "dataset", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, skip_bad_cases: bool = False, name: str = "dataset", budget: Any = None,
+                 cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+        from .caching import CacheBudget, DiskCache
+
         self.skip_bad_cases = bool(skip_bad_cases)
         self.name = name
         self.skipped: list[str] = []
+        self.budget = budget if isinstance(budget, CacheBudget) else CacheBudget(budget)
+        if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise ValueError(f"--cache_dir {cache_dir} is a file, not a folder: give a folder for the preprocessed cases")
+        self.disk = DiskCache(cache_dir) if cache_dir else None
+        self._signature: str | None = None
         super().__init__(*args, **kwargs)
 
+    def _cache_key(self, idx: int) -> str | None:
+        from monai.transforms import Transform
+        from monai.transforms.transform import RandomizableTrait
+
+        from .caching import cache_key, transform_signature
+
+        if self.disk is None:
+            return None
+        if self._signature is None:
+            steps = []
+            for t in self.transform.flatten().transforms:
+                if isinstance(t, RandomizableTrait) or not isinstance(t, Transform):
+                    break
+                steps.append(t)
+            self._signature = transform_signature(steps)
+        return cache_key(self.data[idx], self._signature)
+
     def _load_cache_item(self, idx: int) -> Any:
+        from .caching import OnDisk, nbytes
+
         try:
-            return super()._load_cache_item(idx)
+            key = self._cache_key(idx)
+            item = self.disk.load(key) if key else None
+            stored = item is not None
+            if item is None:
+                item = super()._load_cache_item(idx)
+                release_freed_memory()  # the case's transient buffers: not left in holes between cached cases
+            if self.budget.take(nbytes(item)):
+                return item
+            if key is None:
+                return _Uncached()
+            if not stored:
+                self.disk.save(key, item)
+            return OnDisk(self.disk, key)
         except Exception as err:  # recorded, decided on after the pool has finished
             return _BadCase(idx, self.data[idx], err)
 
     def set_data(self, data: Sequence) -> None:
+        from .caching import TieredCache
+
         super().set_data(data)
-        bad = [c for c in self._cache if isinstance(c, _BadCase)]
-        if not bad:
-            return
-        lines = "\n  ".join(c.message for c in bad)
-        if not self.skip_bad_cases:
-            raise BadCaseError(
-                f"{len(bad)} of {len(self.data)} {self.name} cases cannot be used:\n  {lines}\n"
-                "Fix or remove them, or run with --skip_bad_cases true to go on without them."
+        entries = list(self._cache)
+        bad = [c for c in entries if isinstance(c, _BadCase)]
+        if bad:
+            lines = "\n  ".join(c.message for c in bad)
+            if not self.skip_bad_cases:
+                raise BadCaseError(
+                    f"{len(bad)} of {len(self.data)} {self.name} cases cannot be used:\n  {lines}\n"
+                    "Fix or remove them, or run with --skip_bad_cases true to go on without them."
+                )
+            gone = {c.index for c in bad}
+            self.skipped += [c.message for c in bad]
+            logger.warning(
+                f"skipping {len(bad)} of {len(self.data)} {self.name} cases (--skip_bad_cases true):\n  {lines}"
             )
-        gone = {c.index for c in bad}
-        self.skipped += [c.message for c in bad]
-        logger.warning(
-            f"skipping {len(bad)} of {len(self.data)} {self.name} cases (--skip_bad_cases true):\n  {lines}"
-        )
-        keep = [i for i in range(len(self.data)) if i not in gone]
-        cached = [c for c in self._cache if not isinstance(c, _BadCase)]
-        self.data = [self.data[i] for i in keep]
-        self._cache = cached
-        self.cache_num = len(cached)
-        if not self.data:
-            raise BadCaseError(f"every {self.name} case failed; nothing is left to train on:\n  {lines}")
+            self.data = [self.data[i] for i in range(len(self.data)) if i not in gone]
+            entries = [c for c in entries if not isinstance(c, _BadCase)]
+            if not self.data:
+                raise BadCaseError(f"every {self.name} case failed; nothing is left to train on:\n  {lines}")
+        over = [i for i, c in enumerate(entries) if isinstance(c, _Uncached)]
+        if over:  # over the budget, no disk cache: behind the cached cases, preprocessed whenever drawn
+            kept = [i for i, c in enumerate(entries) if not isinstance(c, _Uncached)]
+            self.data = [self.data[i] for i in kept + over + list(range(len(entries), len(self.data)))]
+            entries = [entries[i] for i in kept]
+        self._cache = TieredCache(entries)
+        self.cache_num = len(entries)
+        self._say_where()
+
+    def _say_where(self) -> None:
+        cache = self._cache
+        memory = cache.in_memory()
+        disk = len(cache) - memory
+        if disk or len(self.data) > len(cache):
+            where = f"{disk} on disk in {self.disk.folder}" if disk else ""
+            fresh = len(self.data) - len(cache)
+            again = f"{fresh} preprocessed again whenever drawn" if fresh else ""
+            logger.info(f"{self.name} cases: {memory} in memory (so far {self.budget.describe()}), "
+                        + ", ".join(x for x in (where, again) if x))
 
     def _transform(self, index: int) -> Any:
         if not -len(self.data) <= index < len(self.data):

@@ -7,7 +7,9 @@ bundle's JSON as a name or a ``(name, {kwargs})`` pair.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -20,10 +22,10 @@ __all__ = [
     "BLOCKS",
     "LayerArg",
     "ChannelShift",
-    "NARROW_CHANNELS_LAST",
     "NarrowConv2d",
     "NarrowConv3d",
     "convolution",
+    "narrow_channels_last",
     "prefers_channels_last",
     "conv_unit",
     "norm_act",
@@ -107,9 +109,30 @@ class ChannelShift(nn.Module):
         return x + self.bias.view([1, -1] + [1] * (x.dim() - 2)).to(x.dtype)
 
 
-#: build narrow convolutions as ``NarrowConv2d``/``NarrowConv3d`` (``prefers_channels_last``); set to ``False``
-#: before building a network to get plain ``nn.Conv2d``/``nn.Conv3d`` everywhere
-NARROW_CHANNELS_LAST = True
+_NARROW = ContextVar("narrow_channels_last", default=True)
+
+
+@contextmanager
+def narrow_channels_last(enabled: bool = True) -> Iterator[None]:
+    """Within the ``with`` block, networks are built with narrow convolutions as ``NarrowConv2d``/``NarrowConv3d``
+    (``enabled``, the default everywhere else: channels-last on a CPU where ``prefers_channels_last`` says it is
+    faster) or as plain ``nn.Conv2d``/``nn.Conv3d`` (``False``). Parameters, state-dict keys and results are the
+    same either way; the switch is for measuring (the benchmark's ``no_narrow``) and for comparing layouts. It holds
+    for the current thread (a context variable), not process-wide.
+
+    Examples::
+
+        >>> from monai_unet_variants import create_network
+        >>> with narrow_channels_last(False):
+        ...     net = create_network("unet", spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8))
+        >>> any(isinstance(m, (NarrowConv2d, NarrowConv3d)) for m in net.modules())
+        False
+    """
+    token = _NARROW.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _NARROW.reset(token)
 
 
 def prefers_channels_last(
@@ -119,8 +142,8 @@ def prefers_channels_last(
     kernel_size: Sequence[int] | int = 3,
     stride: Sequence[int] | int = 1,
 ) -> bool:
-    """Whether a convolution this narrow runs faster in channels-last layout on a CPU (always ``False`` when
-    ``NARROW_CHANNELS_LAST`` is off).
+    """Whether a convolution this narrow runs faster in channels-last layout on a CPU (always ``False`` inside
+    ``narrow_channels_last(False)``).
 
     oneDNN computes a channels-first convolution in a blocked layout that pads channels to 8 or 16; for
     narrow convolutions most of that work is padding. Measured here (2-core x86 CPU, PyTorch 2.13, batch 2,
@@ -134,7 +157,7 @@ def prefers_channels_last(
     heap corruption and segmentation faults from 3 threads on, in 2D; reported elsewhere as silently wrong
     weight gradients).
     """
-    if not NARROW_CHANNELS_LAST:
+    if not _NARROW.get():
         return False
     kernel, strides = ensure_tuple_rep(kernel_size, spatial_dims), ensure_tuple_rep(stride, spatial_dims)
     if any(s > k for s, k in zip(strides, kernel, strict=True)):
