@@ -121,13 +121,14 @@ def run_one(bundle_dir: Path, args: argparse.Namespace, out: Path) -> dict:
     workflow.run()
     evaluator.remove_event_handler(record, Events.COMPLETED)  # the curve holds the validation runs of training
     # final model on the validation set: per-class Dice and HD95, timed per volume
-    writer = PerCaseMetricsWriter(str(out / "final"))
+    writer = PerCaseMetricsWriter(str(out / "final"), space="resampled")  # train.json's validation: the 1 mm grid
     writer.attach(evaluator)
     t0 = time.perf_counter()
     evaluator.run()
     infer_s = (time.perf_counter() - t0) / max(1, len(writer.rows))
     workflow.finalize()
-    mean = {k: sum(r[k] for r in writer.rows) / len(writer.rows) for k in writer.rows[0] if k != "case"}
+    scores = [k for k, v in writer.rows[0].items() if isinstance(v, float)]  # not the case's name or the grid
+    mean = {k: sum(r[k] for r in writer.rows) / len(writer.rows) for k in scores}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:

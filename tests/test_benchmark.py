@@ -109,8 +109,8 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert {r["network"] for r in compiled} == {"unet", "monai_basicunet"}
     assert all(r["compile_s"] > 0 and r["recompiles"] == 0 for r in compiled)
     sw = {r["trial"]: r for r in results if r["kind"] == "sliding_window"}
-    assert set(sw) == {"as configured", "compile=false,amp=false,sw_batch_size=2",
-                       "compile=true,compile_kwargs#backend=eager,sw_batch_size=3"}
+    # on a CPU the config as it is runs eager float32 with window batch 2: it is the reference, not run twice
+    assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3"}
     # the same weights in every trial: float32 everywhere on a CPU, so the label maps are the reference's
     assert all(r["agreement"] > 0.999 for r in sw.values())
     trial = sw["compile=true,compile_kwargs#backend=eager,sw_batch_size=3"]

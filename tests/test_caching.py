@@ -21,6 +21,8 @@ def test_cache_budget_reads_what_is_typed(monkeypatch):
     assert CacheBudget("AUTO").limit == 5e9
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four processes on this machine, each caching
     assert CacheBudget("auto").limit == 1.25e9
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4e9, 80e9))  # a cache on a GPU: its memory
+    assert CacheBudget("auto", device="cuda:0").limit == 0.5e9 and CacheBudget("auto", device="cpu").limit == 1.25e9
     for bad in ("lots", "-1"):
         with pytest.raises(ValueError, match=f"--cache_gb '{bad}': expected a number of GB"):
             CacheBudget(bad)

@@ -67,6 +67,8 @@ class CacheBudget:
             by the processes of this machine under torchrun: ``LOCAL_WORLD_SIZE``, each of which caches), or
             ``"none"`` / ``None`` (no limit: every case in memory, as MONAI's ``CacheDataset``). As typed on the
             command line (``--cache_gb 8``).
+        device: where the cached cases live (the bundles' ``data_device``): with ``"auto"`` on a CUDA device the
+            budget is half of that GPU's free memory, or of the host's if that is less. Defaults to ``"cpu"``.
 
     Examples::
 
@@ -75,13 +77,16 @@ class CacheBudget:
         (True, False, 600)
     """
 
-    def __init__(self, gigabytes: Any = "auto") -> None:
+    def __init__(self, gigabytes: Any = "auto", device: Any = "cpu") -> None:
         text = str(gigabytes).strip().lower() if gigabytes is not None else "none"
         if text in ("none", "", "inf", "unlimited"):
             self.limit: float = float("inf")
         elif text == "auto":
             local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-            self.limit = AUTO_SHARE * available_memory_gb() * 1e9 / local
+            free = available_memory_gb() * 1e9
+            if torch.device(device).type == "cuda":
+                free = min(free, float(torch.cuda.mem_get_info(torch.device(device))[0]))
+            self.limit = AUTO_SHARE * free / local
         else:
             try:
                 self.limit = float(text) * 1e9

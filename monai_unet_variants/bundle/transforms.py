@@ -33,7 +33,6 @@ class MetaSafeSpacingd(Spacingd):
         return out
 
 
-
 class PatchPadd(SpatialPadd):
     """``SpatialPadd`` to the training patch that says so (``acceleration.say_padding``: a warning naming the file
     and both sizes, once per file) when a case is smaller than one patch along an axis; everything else is
