@@ -22,6 +22,7 @@ import torch
 from monai.data import get_track_meta, set_track_meta
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
+from monai.utils import ensure_tuple_rep
 
 __all__ = ["CompileMonitor", "NoMetaCompose", "PaddedSlidingWindowInferer", "compiled_graphs", "say_padding", "to_device"]
 
@@ -113,8 +114,8 @@ class PaddedSlidingWindowInferer(SlidingWindowInferer):
     shapes would compile a second time for it (and again for every other remainder), one compiled with dynamic
     shapes runs slower kernels throughout. Padding keeps one shape. The padded windows are zeros and their outputs
     are dropped; in eval mode every window is computed on its own (instance or batch norm with running statistics),
-    so the real windows' outputs are those of the unpadded call. A volume smaller than the window along an axis is padded by MONAI's
-    inferer; it is logged once per file (``say_padding``).
+    so the real windows' outputs are those of the unpadded call. A volume smaller than the window along an axis is
+    padded by MONAI's inferer; it is logged once per file (``say_padding``).
 
     Args:
         roi_size: the window, as for ``SlidingWindowInferer``.
@@ -139,8 +140,7 @@ class PaddedSlidingWindowInferer(SlidingWindowInferer):
         self._said: set[str] = set()  # volumes whose padding was logged
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        say_padding(inputs, self.roi_size if isinstance(self.roi_size, Sequence) else [self.roi_size] * (inputs.ndim - 2),
-                    "sliding window", self._said)
+        say_padding(inputs, ensure_tuple_rep(self.roi_size, inputs.ndim - 2), "sliding window", self._said)
         if self.static_batch and self.sw_batch_size > 1:
             network = _FixedBatch(network, self.sw_batch_size)
         return super().__call__(inputs, network, *args, **kwargs)

@@ -250,20 +250,13 @@ def make_dataset(
                        unit="case")
         except ImportError:
             pass
-    if workers > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
 
-        with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_write_case, *job) for job in jobs]
-            entries = []
-            for future in futures:
-                entries.append(future.result())
-                if bar is not None:
-                    bar.update()
-    else:
-        entries = []
-        for job in jobs:
-            entries.append(_write_case(*job))
+    entries = []
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        for entry in (pool.map if pool else map)(_write_case, *zip(*jobs, strict=True)):  # in case order
+            entries.append(entry)
             if bar is not None:
                 bar.update()
     if bar is not None:

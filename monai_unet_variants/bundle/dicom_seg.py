@@ -49,23 +49,17 @@ def _version() -> str:
 
 
 def _source_slices(folder: Path) -> list[Any]:
-    """The series' slice headers (pydicom datasets), in file order; the folder holds one series (checked before
-    inference by ``check_dicom_folder``)."""
-    import pydicom
+    """The series' slice headers (pydicom datasets, pixels not read), in file order, read as ``check_dicom_folder``
+    reads them; the folder holds one series (checked before inference)."""
+    from .dicom import _headers
 
-    slices = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(str(path))
-        except Exception:  # not a DICOM file (a README, a DICOMDIR's companion): the check left it aside too
-            continue
-        if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds:
-            for keyword in _TYPE2:
-                if keyword not in ds:
-                    setattr(ds, keyword, "")
-            slices.append(ds)
+    slices = [ds for _, ds in _headers(folder)[0] if "ImagePositionPatient" in ds]
     if not slices:
         raise ValueError(f"DICOM folder {folder} holds no image slice to reference")
+    for ds in slices:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     return slices
 
 
