@@ -1,9 +1,13 @@
 """One bundle per network, generated from the flagship ``attunet_pancreas`` so that they never drift.
 
-The bundles share everything but the network: ``attunet_pancreas`` is the source of truth for every shared
-setting, transform, handler and document section, and ``VARIANTS`` below holds the only per-network parts
-(the ``network_def``, its description, and the ``SETTINGS`` a measurement says differ per network), read from
-each network class's ``BUNDLE``.
+The bundles share everything but the network: ``attunet_pancreas`` is the template, the source of truth for every
+shared setting, transform, handler and document section; ``VARIANTS`` below holds the only per-network parts (the
+``network_def``, its description, and the ``SETTINGS`` a measurement says differ per network), read from each
+network class's ``BUNDLE``. Each bundle's ``configs/network.json`` is its overlay: those parts as a MONAI config.
+Its ``train.json`` and ``inference.json`` are the template's merged with the overlay by MONAI's own multi-file
+config loading (``ConfigParser.load_config_files([template, overlay])``, the same merge as ``monai.bundle run
+--config_file "['.../attunet_pancreas/configs/train.json','configs/network.json']"``), written in the template's
+layout, so that ``git diff`` between two bundles shows the network only; the check compares the files as text.
 
     python -m monai_unet_variants.bundle_family            # (re)write bundles/<name>_pancreas from the template
     python -m monai_unet_variants.bundle_family --check    # exit 1 and list the differences if any bundle drifted
@@ -13,15 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .bundle_export import zoo_json
 
-__all__ = ["SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "export", "render_bundle", "settings", "write_bundles", "zoo_name"]
+__all__ = ["OVERLAY", "SETTINGS", "TEMPLATE", "VARIANTS", "check_bundles", "export", "merge_configs", "overlay",
+           "render_bundle", "settings", "write_bundles", "zoo_name"]
 
 TEMPLATE = "attunet_pancreas"
+#: each bundle's overlay: what differs from the template, as a MONAI config merged over its train and inference configs
+OVERLAY = "configs/network.json"
+#: the configs that are the template's merged with the overlay (the others are the template's, verbatim)
+MERGED = ("configs/train.json", "configs/inference.json")
 _NET_BASE: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
@@ -66,6 +76,22 @@ _VERBATIM = (
 def network_def(name: str) -> dict[str, Any]:
     spec = VARIANTS[name]
     return {"_target_": f"monai_unet_variants.networks.{spec['class']}", **_NET_BASE, **spec.get("args", {})}
+
+
+def overlay(name: str) -> dict[str, Any]:
+    """Bundle ``name``'s overlay config: its ``network_def`` and its per-network settings (``configs/network.json``)."""
+    return {"network_def": network_def(name), **settings(name)}
+
+
+def merge_configs(template: str | Path, overlay_text: str) -> str:
+    """The config file ``template`` merged with an overlay config (JSON text) by MONAI's multi-file config loading,
+    formatted as the model zoo formats configs (the template's key order, the overlay's values)."""
+    from monai.bundle import ConfigParser
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "network.json"
+        path.write_text(overlay_text)
+        return zoo_json(ConfigParser.load_config_files([str(template), str(path)]))
 
 
 def zoo_name(name: str) -> str:
@@ -212,8 +238,11 @@ def _doc(template_doc: str, name: str, data_reference: str) -> str:
         f"`monai_unet_variants.networks.{spec['class']}` ({citations(name)}): {spec['about']}\n\n"
         "Switch the network with one override, e.g. `--network_def#_target_ monai_unet_variants.networks.ResUNet` (any class\n"
         "of `monai_unet_variants.networks`; pass the same override to `inference.json` with a checkpoint of that network).\n\n"
-        f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`; only this section\n"
-        "and the network definition differ, and a test fails if anything else drifts.\n\n"
+        f"This bundle is generated from `{TEMPLATE}` by `python -m monai_unet_variants.bundle_family`: `configs/network.json`\n"
+        f"holds all that differs (the network and its settings), and `configs/train.json` and `configs/inference.json` are\n"
+        f"`{TEMPLATE}`'s merged with it by MONAI's multi-file config loading; only that file, this section and the\n"
+        "network definition differ, and a test fails if anything else drifts. The same merge at run time:\n"
+        f"`--config_file \"['bundles/{TEMPLATE}/configs/train.json','bundles/{name}/configs/network.json']\"`.\n\n"
     )
     return head + shared + doc_tail(name, data_reference)
 
@@ -221,12 +250,9 @@ def _doc(template_doc: str, name: str, data_reference: str) -> str:
 def render_bundle(template_dir: str | Path, name: str) -> dict[str, str]:
     """The files of bundle ``name`` (relative path -> text) built from the template bundle folder."""
     template_dir = Path(template_dir)
-    files: dict[str, str] = {}
-    for conf in ("train.json", "inference.json"):
-        config = json.loads((template_dir / "configs" / conf).read_text())
-        config["network_def"] = network_def(name)
-        config.update(settings(name))
-        files[f"configs/{conf}"] = zoo_json(config)
+    files: dict[str, str] = {OVERLAY: zoo_json(overlay(name))}
+    for rel in MERGED:
+        files[rel] = merge_configs(template_dir / rel, files[OVERLAY])
     meta = json.loads((template_dir / "configs" / "metadata.json").read_text())
     spec = VARIANTS[name]
     meta["name"] = zoo_name(name)
@@ -250,6 +276,7 @@ def write_bundles(bundles_dir: str | Path, names: Sequence[str] | None = None) -
     template_doc = bundles_dir / TEMPLATE / "docs" / "README.md"
     template_doc.write_text(template_doc.read_text().split(DOC_MARK)[0]
                             + doc_tail(TEMPLATE, _data_reference(bundles_dir / TEMPLATE)))
+    (bundles_dir / TEMPLATE / OVERLAY).write_text(zoo_json(overlay(TEMPLATE)))
     written = []
     for name in names or [n for n in VARIANTS if n != TEMPLATE]:
         root = bundles_dir / name
@@ -281,6 +308,10 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
     template_refs = template_meta.get("references", [])
     if template_refs[:-1] != list(network_class(TEMPLATE).PAPERS):
         problems.append(f"{TEMPLATE}/configs/metadata.json: references differ from {VARIANTS[TEMPLATE]['class']}.PAPERS")
+    own_overlay = bundles_dir / TEMPLATE / OVERLAY
+    if not own_overlay.is_file() or own_overlay.read_text() != zoo_json(overlay(TEMPLATE)):
+        problems.append(f"{TEMPLATE}/{OVERLAY}: missing or differs from VARIANTS[{TEMPLATE!r}] "
+                        "(run python -m monai_unet_variants.bundle_family)")
     for name in VARIANTS:
         if name == TEMPLATE:
             continue
@@ -288,9 +319,7 @@ def check_bundles(bundles_dir: str | Path) -> list[str]:
             path = bundles_dir / name / rel
             if not path.is_file():
                 problems.append(f"{name}/{rel}: missing")
-            elif rel.endswith(".json") and json.loads(path.read_text()) != json.loads(text):
-                problems.append(f"{name}/{rel}: differs from the template (run python -m monai_unet_variants.bundle_family)")
-            elif not rel.endswith(".json") and path.read_text() != text:
+            elif path.read_text() != text:  # as text: the layout too, so that git diff between bundles shows the network
                 problems.append(f"{name}/{rel}: differs from the template (run python -m monai_unet_variants.bundle_family)")
     known = set(VARIANTS)
     for folder in sorted(p for p in bundles_dir.iterdir() if (p / "configs" / "metadata.json").is_file()):

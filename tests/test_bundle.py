@@ -502,6 +502,38 @@ def test_bundle_family_check_catches_drift(tmp_path):
     assert check_bundles(copy) == [
         "resunet_pancreas/configs/train.json: differs from the template (run python -m monai_unet_variants.bundle_family)"
     ]
+    # compared as text: the same config in another layout (keys reordered) is drift too, as git diff would show it
+    shutil.copy(REPO / "bundles" / "resunet_pancreas" / "configs" / "train.json", train)
+    infer = copy / "unet_pancreas" / "configs" / "inference.json"
+    infer.write_text(json.dumps(dict(reversed(json.loads(infer.read_text()).items())), indent=4) + "\n")
+    overlay = copy / "denseunet_pancreas" / "configs" / "network.json"
+    overlay.write_text(overlay.read_text().replace('"channels_last": false', '"channels_last": true'))
+    own = copy / "attunet_pancreas" / "configs" / "network.json"
+    own.unlink()
+    assert check_bundles(copy) == [
+        "attunet_pancreas/configs/network.json: missing or differs from VARIANTS['attunet_pancreas'] "
+        "(run python -m monai_unet_variants.bundle_family)",
+        "denseunet_pancreas/configs/network.json: differs from the template (run python -m monai_unet_variants.bundle_family)",
+        "unet_pancreas/configs/inference.json: differs from the template (run python -m monai_unet_variants.bundle_family)",
+    ]
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_each_bundle_is_the_template_merged_with_its_overlay_by_monai(name):
+    """What the bundle docs promise: MONAI's own multi-file loading of the template's config and the bundle's
+    ``configs/network.json`` gives the bundle's config, and the overlay holds the network and nothing shared."""
+    from monai.bundle import ConfigParser
+
+    from monai_unet_variants.bundle_family import SETTINGS, TEMPLATE
+
+    configs = REPO / "bundles" / name / "configs"
+    overlay = json.loads((configs / "network.json").read_text())
+    assert set(overlay) == {"network_def", *SETTINGS}
+    for conf in ("train.json", "inference.json"):
+        merged = ConfigParser.load_config_files([str(REPO / "bundles" / TEMPLATE / "configs" / conf),
+                                                 str(configs / "network.json")])
+        assert merged == json.loads((configs / conf).read_text()), (name, conf)
+        assert list(merged) == list(json.loads((REPO / "bundles" / TEMPLATE / "configs" / conf).read_text()))
 
 
 def test_a_new_network_class_with_a_bundle_spec_is_a_new_bundle(monkeypatch):
