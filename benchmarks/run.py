@@ -344,13 +344,13 @@ def measure_gates(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         torch.manual_seed(0)
         net = build(name, dims, channels, case["norm"])
         if mode == "grid_at_skip":
-            for gate in (gate for skip_path in net.skips for gate in skip_path.gates):
+            for gate in (gate for skip_path in net.decoder.skips for gate in skip_path.gates):
                 theta = gate.theta.conv
                 gate.theta = convolution(dims, theta.in_channels, theta.out_channels, kernel_size=1, bias=False,
                                          conv_only=True)
         net = net.to(device).train()
         paths = []
-        for j, skip_path in enumerate(net.skips):  # the deepest skip first, as the decoder runs
+        for j, skip_path in enumerate(net.decoder.skips):  # the deepest skip first, as the decoder runs
             level = len(channels) - 2 - j
             edge = size // 2**level
 

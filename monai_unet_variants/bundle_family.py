@@ -41,11 +41,14 @@ _NET_BASE: dict[str, Any] = {
     "act": "relu",
     "norm": ["instance", {"affine": True}],
     "dropout": 0.0,
+    # top-level settings, read as typed on the command line (`--deep_supervision false` means off)
+    "deep_supervision": "$monai_unet_variants.options.as_bool(@deep_supervision, 'deep_supervision')",
+    "deep_supr_num": "@deep_supr_num",
 }
 
 #: top-level settings of train.json and inference.json that may differ per network, with their default; a
 #: variant's ``"settings"`` overrides them where a measurement says so (the template's files must hold its own)
-SETTINGS: dict[str, Any] = {"channels_last": False}
+SETTINGS: dict[str, Any] = {"channels_last": False, "deep_supervision": False, "deep_supr_num": 1}
 
 
 def _variants() -> dict[str, dict[str, Any]]:

@@ -750,3 +750,81 @@ def test_multi_gpu_config_silences_the_right_handlers():
     kept = [h["_target_"].rsplit(".", 1)[-1] for i, h in enumerate(train["train"]["handlers"])
             if f"train#handlers#{i}#_disabled_" not in multi]
     assert kept == ["SafeCheckpointLoader", "LrScheduleHandler", "FinalValidationHandler", "SkippedCasesReport"]
+
+
+# ------------------------------------------------------------------------------- deep supervision in the bundles
+def test_stacked_deep_supervision_loss_is_the_weighted_mean_of_each_outputs_loss():
+    from monai.losses import DiceCELoss
+
+    base = DiceCELoss(to_onehot_y=True, softmax=True)
+    label = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    stacked = torch.randn(2, 4, 3, 8, 8, 8)
+    each = torch.stack([base(stacked[:, k], label) for k in range(4)])
+    torch.testing.assert_close(mb.StackedDeepSupervisionLoss(base)(stacked, label), each.mean())
+    weights = torch.tensor([1.0, 0.5, 0.25, 0.125])
+    torch.testing.assert_close(mb.StackedDeepSupervisionLoss(base, weight_mode="exp")(stacked, label),
+                               (each * weights).sum() / weights.sum())
+    # a plain output (eval mode, a network without deep supervision) is the plain loss
+    torch.testing.assert_close(mb.StackedDeepSupervisionLoss(base)(stacked[:, 2], label), each[2])
+    with pytest.raises(ValueError, match=r"neither a plain .* nor a deep-supervision stack"):
+        mb.StackedDeepSupervisionLoss(base)(stacked[None], label)
+    with pytest.raises(ValueError, match="weight_mode must be"):
+        mb.StackedDeepSupervisionLoss(base, weight_mode="Same")
+
+
+def test_main_output_goes_to_the_training_metrics():
+    item = {"pred": torch.arange(4 * 3 * 8.0).reshape(4, 3, 2, 2, 2), "label": torch.zeros(1, 2, 2, 2)}
+    out = mb.MainOutputd(keys="pred", ref_key="label")(item)
+    torch.testing.assert_close(out["pred"], item["pred"][0])
+    assert mb.MainOutputd()(out)["pred"] is out["pred"]  # a plain output stays as it is
+    with pytest.raises(ValueError, match="neither an output with the dimensions of label"):
+        mb.MainOutputd()({"pred": torch.zeros(3, 2, 2), "label": torch.zeros(1, 2, 2, 2)})
+
+
+@pytest.mark.parametrize("name, heads", [("unetplusplus_pancreas", 4), ("unet3plus_pancreas", 5), ("unet_pancreas", 1)])
+def test_bundle_trains_every_deep_supervision_head_it_declares(name, heads):
+    """The bundle's own configs wired together as the trainer uses them: its network (UNet++ and UNet 3+ with the
+    papers' deep supervision) in training mode, its loss on the stacked output, its training postprocessing giving
+    the metrics the main output; every head's weights get a gradient, and eval mode returns one output."""
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "train.json"))
+    parser["network_def#channels"] = [4, 8, 16, 32, 64]
+    torch.manual_seed(0)
+    net, loss, post = (parser.get_parsed_content(k) for k in ("network_def", "loss", "train#postprocessing"))
+    x, label = torch.rand(1, 1, 32, 32, 32), torch.randint(0, 3, (1, 1, 32, 32, 32)).float()
+    out = net.train()(x)
+    assert out.shape == ((1, heads, 3, 32, 32, 32) if heads > 1 else (1, 3, 32, 32, 32))
+    loss(out, label).backward()
+    head_grads = {n: p.grad for n, p in net.named_parameters() if n.startswith("head.")}
+    assert len({n.rsplit(".", 1)[0] for n in head_grads}) == heads  # one convolution per output
+    assert all(g is not None and g.abs().sum() > 0 for g in head_grads.values()), head_grads.keys()
+    item = post(decollate_batch({"pred": out.detach(), "label": label})[0])
+    assert item["pred"].shape == (3, 32, 32, 32) and item["label"].shape == (3, 32, 32, 32)
+    assert net.eval()(x).shape == (1, 3, 32, 32, 32)
+
+
+@pytest.mark.slow
+def test_unetplusplus_bundle_trains_with_deep_supervision_as_typed(tmp_path, sample):
+    """The real command line: the UNet++ bundle trains its four top-row heads by default and the last one only with
+    ``--deep_supervision false`` (the text, as typed); its inference loads either checkpoint as it was trained."""
+    root = tmp_path / "unetplusplus_pancreas"
+    shutil.copytree(REPO / "bundles" / "unetplusplus_pancreas", root, ignore=shutil.ignore_patterns("*.pt", "eval"))
+    heads = {}
+    for flag in ("true", "false"):
+        models = tmp_path / f"models_{flag}"
+        proc = run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
+                          "--epochs", "1", "--val_interval", "1", "--ckpt_dir", str(models), "--deep_supervision", flag,
+                          *TINY)
+        losses = [float(line.rsplit("train_loss:", 1)[1]) for line in (proc.stdout + proc.stderr).splitlines()
+                  if "train_loss:" in line]
+        assert losses and all(0 < v < 10 for v in losses)
+        state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+        heads[flag] = sorted({k.split(".")[1] for k in state if k.startswith("heads.")})
+        run_bundle("run", "--config_file", str(root / "configs" / "inference.json"), "--dataset_dir", str(sample),
+                   "--ckpt_path", str(models / "model.pt"), "--output_dir", str(tmp_path / f"seg_{flag}"),
+                   "--deep_supervision", flag, *TINY[:4])
+        assert len(list((tmp_path / f"seg_{flag}").glob("*_seg.nii.gz"))) == 1
+    assert heads == {"true": ["0", "1", "2", "3"], "false": ["0"]}

@@ -571,9 +571,10 @@ def test_training_again_over_a_finished_run_is_refused(tmp_path, sample, tiny_mo
 
 
 # -------------------------------------------------------------------------------- options as they were typed
-TRAIN_FLAGS = ["resume", "overwrite", "amp", "compile", "channels_last", "skip_bad_cases", "reuse_memory", "allow_non_ct"]
+TRAIN_FLAGS = ["resume", "overwrite", "amp", "compile", "channels_last", "skip_bad_cases", "reuse_memory", "allow_non_ct",
+               "deep_supervision"]
 INFERENCE_FLAGS = ["largest_component", "overwrite", "keep_going", "dicom_seg", "amp", "compile", "channels_last", "reuse_memory",
-                   "allow_non_ct"]
+                   "allow_non_ct", "deep_supervision"]
 
 
 @pytest.mark.slow

@@ -4,12 +4,15 @@ deep supervision, activation checkpointing, AMP, dropout and attention maps."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
 from conftest import tiny_input, tiny_kwargs, tiny_net
 
 from monai_unet_variants import create_network
+from monai_unet_variants.networks.base import UNetBase
+from monai_unet_variants.networks.blocks import OutputHead
 
 
 def test_output_shape(name, dims):
@@ -94,6 +97,8 @@ def test_wrong_input_rank(name, dims):
         (dict(upsample="bicubic"), "upsample must be one of"),
         (dict(dropout=1.5), "dropout must be a probability"),
         (dict(deep_supervision=True, deep_supr_num=3), "deep_supr_num must be in 1\\.\\."),
+        (dict(deep_supervision="false"), "deep_supervision must be True or False \\(got 'false'\\)"),
+        (dict(deep_supervision=True, deep_supr_num="1"), "deep_supr_num must be an integer \\(got '1'\\)"),
         (dict(out_channels=0), "in_channels and out_channels must be positive"),
     ],
 )
@@ -138,7 +143,7 @@ def test_checkpointing_gives_same_gradients(name, dims):
     plain = tiny_net(name, dims).train()
     ckpt = copy.deepcopy(plain)
     ckpt.checkpointing = True
-    plain_calls, ckpt_calls = _count_calls(plain.encoder[0]), _count_calls(ckpt.encoder[0])
+    plain_calls, ckpt_calls = _count_calls(plain.encoder.blocks[0]), _count_calls(ckpt.encoder.blocks[0])
     x = tiny_input(dims)
     plain(x).square().mean().backward()
     ckpt(x).square().mean().backward()
@@ -149,7 +154,7 @@ def test_checkpointing_gives_same_gradients(name, dims):
 
 def test_checkpointing_constructor_flag(name):
     net = tiny_net(name, 2, checkpointing=True).train()
-    calls = _count_calls(net.encoder[0])
+    calls = _count_calls(net.encoder.blocks[0])
     x = tiny_input(2)
     net(x).mean().backward()
     assert net.checkpointing and len(calls) == 2
@@ -286,3 +291,76 @@ print("ok")
     tests = str(Path(__file__).parent)
     proc = subprocess.run([sys.executable, "-c", script, tests], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), (proc.returncode, proc.stderr[-2000:])
+
+
+def _legacy(key: str) -> str:
+    """A key as checkpoints named it before encoder, decoder and head were modules of their own."""
+    for pattern, repl in ((r"^encoder\.blocks\.", "encoder."), (r"^decoder\.blocks\.", "decoder."),
+                          (r"^decoder\.(ups|skips|nodes|stages)\.", r"\1."), (r"^head\.(heads|classifier)\.", r"\1.")):
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def test_checkpoints_saved_before_the_parts_were_modules_still_load(name):
+    """The state-dict keys changed with the encoder/decoder/head split (``encoder.0.`` -> ``encoder.blocks.0.``,
+    ``skips.`` -> ``decoder.skips.``, ``heads.`` -> ``head.heads.``); an older checkpoint loads and predicts the same."""
+    kwargs = {"deep_supervision": True, "deep_supr_num": 1}
+    if name == "unet3plus":
+        kwargs["classification_guided"] = True
+    old = tiny_net(name, 2, **kwargs).eval()
+    legacy = {_legacy(k): v for k, v in old.state_dict().items()}
+    assert set(legacy) != set(old.state_dict())  # the old names differ
+    torch.manual_seed(1)
+    new = create_network(name, **tiny_kwargs(name, 2, **kwargs)).eval()
+    new.load_state_dict(legacy)
+    x = tiny_input(2)
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), old(x))
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # an unknown key is still refused
+        new.load_state_dict({**legacy, "decoder.99.weight": torch.zeros(1)})
+
+
+# ------------------------------------------------------------------------- the parts' protocol (networks.base)
+class _SumDecoder(torch.nn.Module):
+    """A decoder of the protocol that is none of the family's: each level's features to ``width`` channels by a 1x1
+    convolution, up-sampled to full size (an FPN-like toy); ``out_channels`` one width per output."""
+
+    def __init__(self, widths: list[int], width: int) -> None:
+        super().__init__()
+        self.lateral = torch.nn.ModuleList([torch.nn.Conv2d(w, width, 1) for w in widths])
+        self.out_channels = [width] * len(widths)
+
+    def forward(self, feats: list[torch.Tensor], use_checkpoint: bool = False) -> list[torch.Tensor]:
+        size = list(feats[0].shape[2:])
+        outs: list[torch.Tensor] = []
+        for k, lateral in enumerate(self.lateral):
+            outs.append(torch.nn.functional.interpolate(lateral(feats[k]), size=size, mode="nearest"))
+        return outs
+
+
+class _ToyNet(UNetBase):
+    """A variant that brings only its decoder: the shared encoder and head, ``UNetBase``'s forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        common = dict(kernel_size=3, act="relu", norm="batch", dropout=None, bias=True)
+        widths = self._build_encoder(2, 1, 3, (4, 8, 16), (2, 2), "conv", common, {})
+        self.decoder = _SumDecoder(widths, 6)
+        self.head = OutputHead(2, self.decoder.out_channels, 3, deep_supr_num=2)
+        self.deep_supervision = True
+
+
+def test_a_variant_brings_its_own_decoder_and_the_skeleton_does_the_rest():
+    torch.manual_seed(0)
+    net = _ToyNet()
+    x = torch.randn(2, 1, 16, 16)
+    assert net.train()(x).shape == (2, 3, 3, 16, 16)  # main + two deep-supervision outputs, stacked
+    net.checkpointing = True
+    net(x).mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+    assert net(x).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="not divisible by 4"):
+        net(torch.randn(1, 1, 18, 18))

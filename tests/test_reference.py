@@ -78,13 +78,13 @@ def test_multires_block_widths_follow_keras():
 
 def test_respath_lengths_are_4_3_2_1():
     net = create_network("multiresunet", preset="reference")
-    lengths = [len(s.transform.units) for s in net.skips]  # stored deepest first
+    lengths = [len(s.transform.units) for s in net.decoder.skips]  # stored deepest first
     assert lengths == [1, 2, 3, 4]
 
 
 def test_attention_paper_gates_only_lower_skips():
     net = create_network("attention_unet", preset="paper", channels=(4, 8, 16, 32, 64))
-    gated = [len(s.gates) for s in net.skips]  # deepest first
+    gated = [len(s.gates) for s in net.decoder.skips]  # deepest first
     assert gated == [2, 2, 2, 0]
     y, maps = net.eval().forward_with_attention(torch.randn(1, 1, 32, 32, 32))
     assert y.shape == (1, 3, 32, 32, 32)
@@ -95,7 +95,7 @@ def test_attention_paper_gates_only_lower_skips():
 def test_grid_gate_works_at_coarse_resolution():
     """Grid gates compute coefficients on the coarse grid: theta is strided, phi sees the coarse level."""
     net = create_network("attention_unet", spatial_dims=2, channels=(4, 8, 16), strides=(2, 2))
-    gate = net.skips[1].gates[0]  # top skip (level 0)
+    gate = net.decoder.skips[1].gates[0]  # top skip (level 0)
     seen = {}
     gate.psi.register_forward_hook(lambda m, i, o: seen.update(psi=o.shape))
     net.eval()(torch.randn(1, 1, 32, 32))
@@ -104,7 +104,7 @@ def test_grid_gate_works_at_coarse_resolution():
 
 def test_same_gate_uses_upsampled_decoder_features():
     net = create_network("attention_unet", preset="reference", channels=(4, 8, 16, 32, 64))
-    gate = net.skips[-1].gates[0]
+    gate = net.decoder.skips[-1].gates[0]
     seen = {}
     gate.phi.register_forward_hook(lambda m, i, o: seen.update(phi_in=i[0].shape))
     net.eval()(torch.randn(1, 3, 32, 32))
@@ -124,7 +124,7 @@ def test_recurrent_conv_shares_weights_over_time():
         assert len(layer.steps) == t + 1
     # weights of two R2 units' recurrent layers: two convolutions per unit, never more
     net = R2UNet(2, 1, 1, channels=(4, 8), strides=(2,), recurrence=5)
-    unit = net.encoder[0]
+    unit = net.encoder.blocks[0]
     assert sum(isinstance(m, torch.nn.Conv2d) for m in unit.body.modules()) == 2
 
 

@@ -52,7 +52,7 @@ def test_compose_attention_on_multiresunet():
     net = muv.MultiResUNet(2, 1, 2, channels=(8, 16, 32), attention="grid").eval()
     y, maps = net.forward_with_attention(torch.randn(1, 1, 32, 32))
     assert y.shape == (1, 2, 32, 32) and len(maps) == 2
-    assert net.skips[-1].transform.__class__.__name__ == "ResPath"
+    assert net.decoder.skips[-1].transform.__class__.__name__ == "ResPath"
 
 
 def test_composable_mixed_blocks():

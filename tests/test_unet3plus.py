@@ -19,8 +19,8 @@ def test_reference_stages_aggregate_every_scale():
     a 3x3 conv to 320 (ZJUGiveLab ``UNet_3Plus``: CatChannels 64, UpChannels 320)."""
     net = create_network("unet3plus", preset="reference")
     filters = (64, 128, 256, 512, 1024)
-    assert len(net.stages) == 4
-    for stage, i in zip(net.stages, (3, 2, 1, 0)):
+    assert len(net.decoder.stages) == 4
+    for stage, i in zip(net.decoder.stages, (3, 2, 1, 0)):
         assert len(stage.paths) == 5
         for k, path in enumerate(stage.paths):
             resample, conv = path[0], _convs(path)[0]
@@ -36,7 +36,7 @@ def test_reference_stages_aggregate_every_scale():
                 assert resample.mode == "bilinear"
         fuse = _convs(stage.fuse)[0]
         assert (fuse.in_channels, fuse.out_channels) == (320, 320)
-    head = _convs(net.heads[0])[0]
+    head = _convs(net.head.heads[0])[0]
     assert (head.in_channels, head.out_channels, tuple(head.kernel_size)) == (320, 1, (3, 3))
 
 
@@ -45,9 +45,9 @@ def test_full_scale_deep_supervision_reaches_the_bottleneck():
     x = torch.randn(2, 1, 16, 16, 16)
     out = net(x)
     assert out.shape == (2, 3, 2, 16, 16, 16)
-    assert _convs(net.heads[2])[0].in_channels == 16  # the bottleneck's head
+    assert _convs(net.head.heads[2])[0].in_channels == 16  # the bottleneck's head
     out[:, 2].sum().backward()  # the bottleneck's output trains the encoder
-    assert net.encoder[2][0].conv.weight.grad.abs().sum() > 0
+    assert net.encoder.blocks[2][0].conv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"deep_supr_num must be in 1\.\.2"):
         UNet3Plus(3, 1, 2, channels=(4, 8, 16), deep_supervision=True, deep_supr_num=3)
 
@@ -56,7 +56,7 @@ def _gated(verdict: int) -> UNet3Plus:
     torch.manual_seed(0)
     net = UNet3Plus(2, 1, 3, channels=(4, 8, 16), norm="instance", deep_supervision=True, deep_supr_num=2,
                     classification_guided=True)
-    conv = _convs(net.classifier)[0]
+    conv = _convs(net.head.classifier)[0]
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.copy_(torch.tensor([10.0, -10.0]) if verdict == 0 else torch.tensor([-10.0, 10.0]))
@@ -78,7 +78,7 @@ def test_classification_guided_module_gates_every_output():
             assert probs.shape == (2, 2) and torch.all(probs[:, 0] > 0.99)
             assert out.argmax(dim=-3 if mode == "train" else 1).eq(0).all()  # all background
             torch.testing.assert_close(present(x), plain(x))
-    assert _convs(plain.classifier) == []  # no module without the option
+    assert _convs(plain.head.classifier) == []  # no module without the option
 
 
 def test_only_interpolating_upsampling():

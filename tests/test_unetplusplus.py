@@ -19,7 +19,7 @@ def test_reference_nodes_match_the_keras_merges():
     net = create_network("unetplusplus", preset="reference")
     nb_filter = (32, 64, 128, 256, 512)
     seen = set()
-    for node in net.nodes:
+    for node in net.decoder.nodes:
         i, j = node.row, node.column
         seen.add((i, j))
         conv = _first_conv(node.block)
@@ -39,14 +39,14 @@ def test_concatenation_order_is_upsampled_first():
     X^{0,1} removes the deeper level's influence on it."""
     torch.manual_seed(0)
     net = UNetPlusPlus(2, 1, 1, channels=(4, 8), norm=None).eval()
-    node = net.nodes[0]
+    node = net.decoder.nodes[0]
     conv = _first_conv(node.block)
     with torch.no_grad():
         conv.weight[:, : node.up.out_channels] = 0
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         base = net(x)
-        for p in net.encoder[1].parameters():
+        for p in net.encoder.blocks[1].parameters():
             p.add_(1.0)
         assert torch.equal(net(x), base)
 
@@ -69,9 +69,9 @@ def test_pruned_output_is_the_full_network_head(depth):
         stacked = full.train()(x)  # instance norm without running stats: training and eval compute the same
         assert stacked.shape == (2, 3, 2, 32, 32)
         calls: list = []
-        for level, enc in enumerate(pruned.encoder):
+        for level, enc in enumerate(pruned.encoder.blocks):
             enc.register_forward_pre_hook(lambda *a, level=level: calls.append(("enc", level)))
-        for node in pruned.nodes:
+        for node in pruned.decoder.nodes:
             node.register_forward_pre_hook(lambda *a, n=node: calls.append(("node", n.row, n.column)))
         out = pruned.eval()(x)
     torch.testing.assert_close(out, stacked[:, 3 - depth], rtol=1e-5, atol=1e-6)
@@ -108,4 +108,4 @@ def test_deep_supervision_feeds_monai_loss():
     label = torch.randint(0, 2, (2, 1, 32, 32))
     loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))(list(torch.unbind(out, 1)), label)
     loss.backward()
-    assert torch.isfinite(loss) and all(p.grad is not None for p in net.heads.parameters())
+    assert torch.isfinite(loss) and all(p.grad is not None for p in net.head.heads.parameters())

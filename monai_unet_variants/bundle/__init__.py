@@ -7,7 +7,9 @@
 - ``handlers``: validation after the last epoch, per-class metric selection;
 - ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
 - ``caching``: preprocessed cases within a memory budget, the rest in a persistent on-disk cache;
-- ``metrics``: per-case Dice and HD95 tables.
+- ``metrics``: per-case Dice and HD95 tables;
+- ``losses``: MONAI's deep-supervision loss for the family's stacked output (``MainOutputd`` gives the metrics
+  the main output).
 
 Every name is importable from ``monai_unet_variants.bundle`` itself, the path the configs' ``_target_`` use.
 """
@@ -36,9 +38,10 @@ from .datalists import find_bundle_root, list_test_images, load_datalist, test_i
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, quiet_other_ranks, select_class
+from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
-from .transforms import EVAL_SPACES, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
+from .transforms import EVAL_SPACES, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
 
 __all__ = [
     "LATEST_CHECKPOINT",
@@ -52,6 +55,7 @@ __all__ = [
     "DicomSeriesError",
     "FinalValidationHandler",
     "EVAL_SPACES",
+    "MainOutputd",
     "MetaSafeSpacingd",
     "OriginalGridd",
     "PatchPadd",
@@ -62,6 +66,7 @@ __all__ = [
     "SafeCheckpointLoader",
     "SegmentationWriter",
     "SkippedCasesReport",
+    "StackedDeepSupervisionLoss",
     "Uncached",
     "atomic_write",
     "check_checkpoint",

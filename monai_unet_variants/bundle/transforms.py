@@ -55,6 +55,33 @@ class PatchPadd(SpatialPadd):
 EVAL_SPACES = ("original", "resampled")
 
 
+class MainOutputd(MapTransform):
+    """The main output of a deep-supervision stack: a training step's ``pred`` of a network with
+    ``deep_supervision=True`` is, per case, ``(1 + n, C, *spatial)`` (the main output first); the training metrics
+    score the main output ``(C, *spatial)``. A plain output (one dimension fewer than the stack, as many as
+    ``ref_key``'s) is left as it is, so one config serves every network.
+
+    Args:
+        keys: the outputs. Defaults to ``"pred"``.
+        ref_key: an item with the plain output's number of dimensions (the label). Defaults to ``"label"``.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", ref_key: str = "label", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        plain = d[self.ref_key].ndim
+        for key in self.key_iterator(d):
+            if d[key].ndim == plain + 1:
+                d[key] = d[key][0]
+            elif d[key].ndim != plain:
+                raise ValueError(f"{key} has shape {tuple(d[key].shape)}: neither an output with the dimensions of "
+                                 f"{self.ref_key} {tuple(d[self.ref_key].shape)} nor a deep-supervision stack of them")
+        return d
+
+
 def eval_space(space: Any) -> str:
     """``space`` as typed on the command line (``--eval_space original|resampled``), checked."""
     value = str(space).strip().lower()

@@ -1,15 +1,33 @@
 """What every U-Net of the family shares, whatever its decoder: argument checks, the block registry, the
-encoder (down-sampling path) and the input check.
+encoder, the input check, and the protocol by which the parts of a network compose.
 
-A network of the family is a ``UNetBase`` subclass that calls ``_build_encoder`` in its constructor and
-``_check_input`` / ``_encode`` in its forward; what it does with the encoder features (one decoder stage per
-level in ``ComposableUNet``, nested dense skips in ``UNetPlusPlus``, full-scale skips in ``UNet3Plus``) is its own.
+A network of the family is four parts (segmentation_models_pytorch's encoder/decoder/head split, with the skip
+pathways inside the decoder), each a module of its own:
+
+- ``encoder``: a ``UNetEncoder``. ``encoder(x, levels, use_checkpoint)`` returns the features of the first
+  ``levels`` levels (all for ``-1``), top level (full resolution) first; ``encoder.out_channels`` their widths.
+- ``decoder``: any module with ``decoder(feats, use_checkpoint) -> outs``, the decoder's outputs that the head
+  reads, ordered as that head expects (the family's decoders: top level first), and ``decoder.out_channels``. Its
+  skip or aggregation pathways are its own submodules: ``UNetDecoder`` (one stage per level, ``SkipPath``: plain,
+  ResPath, attention gates), ``NestedDecoder`` (UNet++'s dense nested nodes), ``FullScaleDecoder`` (UNet 3+'s
+  full-scale aggregation). A decoder with attention gates also has
+  ``decoder.forward_with_attention(feats, use_checkpoint) -> (outs, maps)``.
+- ``head``: any module with ``head(outs, deep) -> [main, *deep_supervision_outputs]``, each full size.
+- ``UNetBase.forward``: ``_check_input``, encoder, decoder, head; the outputs stacked along dimension 1 in training
+  mode with deep supervision (MONAI's form), the main output alone otherwise.
+
+``UNetBase`` holds that forward once; a variant's constructor builds the three parts (``_build_encoder`` for the
+encoder) and sets ``deep_supervision``; it overrides ``_levels`` (how many encoder levels a forward needs: UNet++'s
+pruning) or ``_finish`` (what becomes of the head's outputs: a global residual, UNet 3+'s classification guidance)
+only where it differs. The parts decide nothing about checkpointing: the network passes ``use_checkpoint`` (its
+``checkpointing`` flag, in training, with gradients on) and each part checkpoints its levels or stages when told.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -21,7 +39,9 @@ from torch.utils.checkpoint import checkpoint
 from .blocks import UPSAMPLE_MODES
 from .blocks.layers import BLOCKS, LayerArg, check_layer_args, check_spatial_dims
 
-__all__ = ["BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "check_unet_args", "make_block", "positive_ints"]
+__all__ = [
+    "BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "UNetEncoder", "check_unet_args", "make_block", "positive_ints",
+]
 
 DOWNSAMPLE_MODES = ("maxpool", "conv")
 INTERP_MODES = ("nearest", "linear")
@@ -84,6 +104,10 @@ def check_unet_args(
         raise ValueError(f"upsample must be one of {UPSAMPLE_MODES} (got {upsample!r}).")
     if interp_mode not in INTERP_MODES:
         raise ValueError(f"interp_mode must be one of {INTERP_MODES} (got {interp_mode!r}).")
+    if deep_supervision not in (True, False):  # a command line's "false" is a non-empty string, not False
+        raise ValueError(f"deep_supervision must be True or False (got {deep_supervision!r}).")
+    if not isinstance(deep_supr_num, int) or isinstance(deep_supr_num, bool):
+        raise ValueError(f"deep_supr_num must be an integer (got {deep_supr_num!r}).")
     most, most_text = (depth - 2, "len(channels) - 2") if max_deep_supr_num is None else (max_deep_supr_num, "")
     if deep_supervision and not 1 <= deep_supr_num <= most:
         raise ValueError(
@@ -120,20 +144,96 @@ def _encode_level(pool: nn.Module, enc: nn.Module, h: torch.Tensor) -> torch.Ten
     return enc(pool(h))
 
 
-class UNetBase(nn.Module):
-    """The encoder and input handling every network of the family shares.
+class UNetEncoder(nn.Module):
+    """The down-sampling path: level ``i > 0`` is reached by max pooling with ``strides[i-1]`` (or, with
+    ``downsample="conv"``, by the block's strided first convolution), then block ``i`` of ``BLOCKS``.
 
-    Protocol for subclasses: call ``super().__init__()``, then ``_build_encoder(...)`` (it sets ``pools``,
-    ``encoder``, ``spatial_dims``, ``in_channels``, ``out_channels``, ``divisor`` and ``checkpointing``) and build
-    the decoder and head from the widths it returns. In ``forward``: ``_check_input(x)``, then
-    ``_encode(x)`` gives the encoder features, top level first. ``PAPERS`` holds the full citations of the papers a
-    variant follows (its bundles' metadata and docs read them); ``BUNDLE`` describes its bundle.
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        channels: each level's width, top first.
+        strides: the down-sampling factor before each level after the first.
+        block: a key of ``BLOCKS``.
+        common: the blocks' shared arguments (``kernel_size``, ``act``, ``norm``, ``dropout``, ``bias``).
+        block_args: the block's own arguments.
+        downsample: ``"maxpool"`` or ``"conv"``. Defaults to ``"maxpool"``.
+
+    ``forward(x, levels=-1, use_checkpoint=False)``: the features of the first ``levels`` levels (all for ``-1``),
+    top level first; with ``use_checkpoint`` each level (pooling + block) is one activation checkpoint.
+    ``out_channels``: each level's width.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int],
+        strides: Sequence[int],
+        block: str,
+        common: Mapping[str, Any],
+        block_args: Mapping[str, Any],
+        downsample: str = "maxpool",
+    ) -> None:
+        super().__init__()
+        if downsample not in DOWNSAMPLE_MODES:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES} (got {downsample!r}).")
+        pools, blocks, widths = [], [], []
+        prev = in_channels
+        for i, width in enumerate(channels):
+            stride = 1 if i == 0 else strides[i - 1]
+            pool_here = downsample == "maxpool" and stride > 1
+            pools.append(Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity())
+            unit_stride = 1 if pool_here else stride
+            blocks.append(make_block(block, spatial_dims, prev, width, unit_stride, i == 0, common, block_args))
+            prev = blocks[-1].out_channels
+            widths.append(prev)
+        self.pools = nn.ModuleList(pools)
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels: list[int] = widths
+
+    def forward(self, x: torch.Tensor, levels: int = -1, use_checkpoint: bool = False) -> list[torch.Tensor]:
+        feats: list[torch.Tensor] = []
+        h = x
+        # TorchScript's zip takes no strict=, and no `break`: it unrolls this loop
+        for pool, block in zip(self.pools, self.blocks):  # noqa: B905
+            if levels < 0 or len(feats) < levels:
+                if use_checkpoint and not torch.jit.is_scripting():  # TorchScript drops this branch
+                    h = checkpoint(_encode_level, pool, block, h, use_reentrant=False)
+                else:
+                    h = block(pool(h))
+                feats.append(h)
+        return feats
+
+
+#: state-dict keys of checkpoints saved before the parts were modules (old pattern -> new key), read by
+#: ``UNetBase``'s load hook so that those checkpoints still load
+LEGACY_KEYS: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.(\d+)\.", r"encoder.blocks.\1."),
+    (r"^(ups|skips|nodes|stages)\.", r"decoder.\1."),
+    (r"^decoder\.(\d+)\.", r"decoder.blocks.\1."),
+    (r"^(heads|classifier)\.", r"head.\1."),
+)
+
+
+class UNetBase(nn.Module):
+    """The forward pass, encoder and input handling every network of the family shares (the protocol of its parts
+    is in this module's docstring).
+
+    Protocol for subclasses: call ``super().__init__()``, then ``_build_encoder(...)`` (it sets ``encoder``,
+    ``spatial_dims``, ``in_channels``, ``out_channels``, ``divisor`` and ``checkpointing``), build ``decoder`` and
+    ``head`` from the widths it returns and set ``deep_supervision``. ``PAPERS`` holds the full citations of the
+    papers a variant follows (its bundles' metadata and docs read them); ``BUNDLE`` describes its bundle.
     """
 
     PAPERS: tuple[str, ...] = ()
     #: the variant's MONAI bundle, generated by ``bundle_family``: ``name`` (folder), ``title``, ``about`` (one
     #: paragraph for its docs), optional constructor ``args`` and per-network ``settings`` of its configs
     BUNDLE: dict[str, Any] | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deep_supervision = False
+        self._register_load_state_dict_pre_hook(self._legacy_keys)
 
     def _build_encoder(
         self,
@@ -148,48 +248,51 @@ class UNetBase(nn.Module):
         downsample: str = "maxpool",
         checkpointing: bool = False,
     ) -> list[int]:
-        """Build the down-sampling path: level ``i > 0`` is reached by max pooling with ``strides[i-1]`` (or,
-        with ``downsample="conv"``, by the block's strided first convolution). Returns each level's width."""
-        if downsample not in DOWNSAMPLE_MODES:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_MODES} (got {downsample!r}).")
+        """Build the encoder (``UNetEncoder``) and record what the forward pass needs. Returns each level's width."""
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.divisor = int(math.prod(strides))
         self.checkpointing = bool(checkpointing)
-        pools, encoder, widths = [], [], []
-        prev = in_channels
-        for i, width in enumerate(channels):
-            stride = 1 if i == 0 else strides[i - 1]
-            pool_here = downsample == "maxpool" and stride > 1
-            pool = Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride) if pool_here else nn.Identity()
-            pools.append(pool)
-            unit_stride = 1 if pool_here else stride
-            encoder.append(make_block(block, spatial_dims, prev, width, unit_stride, i == 0, common, block_args))
-            prev = encoder[-1].out_channels
-            widths.append(prev)
-        self.pools = nn.ModuleList(pools)
-        self.encoder = nn.ModuleList(encoder)
-        return widths
+        self.encoder = UNetEncoder(spatial_dims, in_channels, channels, strides, block, common, block_args, downsample)
+        return list(self.encoder.out_channels)
 
     def _use_checkpointing(self) -> bool:
         return self.checkpointing and self.training and torch.is_grad_enabled()
 
-    def _encode(self, x: torch.Tensor, levels: int = -1) -> list[torch.Tensor]:
-        """Encoder features, top level first: all levels, or the first ``levels``. With checkpointing (training),
-        each level (pooling + block) is one checkpoint."""
+    def _levels(self) -> int:
+        """How many encoder levels a forward pass needs: all (``-1``) unless a variant prunes (UNet++)."""
+        return -1
+
+    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor], feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What becomes of the head's outputs before they are returned: nothing here (a variant's hook)."""
+        return outs
+
+    def _stack(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        if self.deep_supervision and self.training:
+            return torch.stack(outs, dim=1)
+        return outs[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segmentation logits ``(B, out_channels, *spatial)``; with deep supervision in training mode
+        ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the main output first."""
+        self._check_input(x)
         use_ckpt = self._use_checkpointing()
-        feats: list[torch.Tensor] = []
-        h = x
-        # TorchScript's zip takes no strict=, and no `break`: it unrolls this loop
-        for pool, enc in zip(self.pools, self.encoder):  # noqa: B905
-            if levels < 0 or len(feats) < levels:
-                if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
-                    h = checkpoint(_encode_level, pool, enc, h, use_reentrant=False)
-                else:
-                    h = enc(pool(h))
-                feats.append(h)
-        return feats
+        feats = self.encoder(x, self._levels(), use_ckpt)
+        outs = self.head(self.decoder(feats, use_ckpt), self.deep_supervision and self.training)
+        return self._stack(self._finish(x, outs, feats))
+
+    def _legacy_keys(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Rename the keys of a checkpoint saved before the parts were modules (``encoder.0.`` -> ``encoder.blocks.0.``,
+        ``skips.`` -> ``decoder.skips.``, ...) where the network has no key of the old name."""
+        own = set(self.state_dict(keep_vars=True))
+        for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] not in own]:
+            rest = key[len(prefix):]
+            for pattern, repl in LEGACY_KEYS:
+                new = re.sub(pattern, repl, rest)
+                if new != rest and new in own:
+                    state_dict[prefix + new] = state_dict.pop(key)
+                    break
 
     @torch.jit.export
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

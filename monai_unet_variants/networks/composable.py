@@ -1,7 +1,9 @@
-"""One U-Net skeleton with pluggable encoder block, decoder block, skip path and head.
+"""The U-Net decoder (``UNetDecoder``: one stage per level) and ``ComposableUNet``, the U-Net whose encoder block,
+decoder block, skip path and head are chosen by name.
 
-Every network of this package is a thin composition of this class; users can compose their own
-(e.g. a MultiResUNet with attention gates) with JSON-friendly string arguments.
+The seven classic networks of this package are thin compositions of ``ComposableUNet``; users can compose their
+own (e.g. a MultiResUNet with attention gates) with JSON-friendly string arguments. UNet++ and UNet 3+ bring
+decoders of their own to the same skeleton (``base``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .base import BLOCKS, DOWNSAMPLE_MODES, UNetBase, check_unet_args, make_bloc
 from .blocks import ATTENTION_MODES, HEADS, MultiScaleFusionHead, OutputHead, ResPath, SkipPath, make_upsample
 from .blocks.layers import LayerArg
 
-__all__ = ["ComposableUNet", "BLOCKS", "DOWNSAMPLE_MODES", "SKIP_TRANSFORMS"]
+__all__ = ["ComposableUNet", "BLOCKS", "DOWNSAMPLE_MODES", "SKIP_TRANSFORMS", "UNetDecoder"]
 
 SKIP_TRANSFORMS = ("plain", "respath")
 
@@ -32,6 +34,118 @@ def _decode_stage(
     return dec(torch.cat([s, up], dim=1)), amap
 
 
+class UNetDecoder(nn.Module):
+    """The U-Net's decoder: one stage per level from the deepest up, each up-sampling the coarser features,
+    passing the level's encoder features through its skip path (plain, ResPath, attention gates: ``SkipPath``),
+    concatenating ``[skip, up]`` and applying the decoder block.
+
+    ``forward(feats, use_checkpoint=False)``: the decoder outputs, top level first, the bottleneck last (the
+    protocol in ``base``); ``forward_with_attention`` also returns the gates' attention maps, top level first. With
+    ``use_checkpoint`` each stage (up-sampling, skip path with its gates, concatenation and block) is one checkpoint.
+    ``out_channels``: the widths of those outputs. ``ups``, ``skips`` and ``blocks`` are stored deepest stage first,
+    the order of the forward pass.
+
+    Args:
+        spatial_dims: 2 or 3.
+        enc_channels: the encoder's widths, top first.
+        channels: each level's width, top first.
+        strides: the down-sampling factors between levels.
+        block: the decoder block, a key of ``BLOCKS``.
+        common: the blocks' shared arguments (``kernel_size``, ``act``, ``norm``, ``dropout``, ``bias``).
+        block_args: the block's own arguments.
+        upsample, up_kernel_size, interp_mode: of the up-sampling (``make_upsample``).
+        skip_transform: ``"plain"`` or ``"respath"``, with ``skip_args`` for the ResPath.
+        attention, attention_levels, attention_gates, attention_ratio: the gates (``SkipPath``); ``attention_levels``
+            a set of skip levels.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        enc_channels: Sequence[int],
+        channels: Sequence[int],
+        strides: Sequence[int],
+        block: str,
+        common: Mapping[str, Any],
+        block_args: Mapping[str, Any],
+        upsample: str,
+        up_kernel_size: Optional[int],
+        interp_mode: str,
+        skip_transform: str,
+        skip_args: Mapping[str, Any],
+        attention: Optional[str],
+        attention_levels: set[int],
+        attention_gates: int,
+        attention_ratio: float,
+    ) -> None:
+        super().__init__()
+        depth = len(channels)
+        act, norm, bias, kernel_size = common["act"], common["norm"], common["bias"], common["kernel_size"]
+        ups, skips, blocks = [], [], []
+        widths = [0] * depth
+        widths[-1] = enc_channels[-1]
+        for i in reversed(range(depth - 1)):
+            coarse = widths[i + 1]
+            up = make_upsample(
+                spatial_dims, coarse, channels[i], strides[i], upsample, up_kernel_size, interp_mode, act, norm, bias
+            )
+            transform = None
+            if skip_transform == "respath":
+                transform = ResPath(
+                    spatial_dims, enc_channels[i], channels[i], depth - 1 - i, kernel_size, act, norm, bias, **skip_args
+                )
+            gated = attention is not None and i in attention_levels
+            sp = SkipPath(
+                spatial_dims,
+                enc_channels[i],
+                coarse,
+                up.out_channels,
+                transform=transform,
+                attention=attention if gated else None,
+                num_gates=attention_gates,
+                inter_ratio=attention_ratio,
+                subsample=strides[i],
+                project_gating=attention == "grid" and i == depth - 2,
+                act=act,
+                norm=norm,
+                bias=bias,
+                interp_mode="linear",
+            )
+            ups.append(up)
+            skips.append(sp)
+            c_in = sp.out_channels + up.out_channels
+            blocks.append(make_block(block, spatial_dims, c_in, channels[i], 1, False, common, block_args))
+            widths[i] = blocks[-1].out_channels
+        self.ups = nn.ModuleList(ups)
+        self.skips = nn.ModuleList(skips)
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels: list[int] = widths
+
+    def forward(self, feats: list[torch.Tensor], use_checkpoint: bool = False) -> list[torch.Tensor]:
+        return self.forward_with_attention(feats, use_checkpoint)[0]
+
+    @torch.jit.export
+    def forward_with_attention(
+        self, feats: list[torch.Tensor], use_checkpoint: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        h = feats[-1]
+        outs: list[torch.Tensor] = [h]
+        maps: list[torch.Tensor] = []
+        level = len(feats) - 2
+        for up_layer, skip_path, dec in zip(self.ups, self.skips, self.blocks):  # noqa: B905 (TorchScript: no strict=)
+            if use_checkpoint and not torch.jit.is_scripting():
+                h, amap = checkpoint(_decode_stage, up_layer, skip_path, dec, feats[level], h, use_reentrant=False)
+            else:  # the same steps as _decode_stage, written out for TorchScript (no modules as arguments)
+                up = up_layer(h)
+                s, amap = skip_path(feats[level], h, up)
+                h = dec(torch.cat([s, up], dim=1))
+            if amap is not None:
+                maps.insert(0, amap)
+            outs.insert(0, h)
+            level -= 1
+        return outs, maps
+
+
 @register_network("composable")
 class ComposableUNet(UNetBase):
     """A U-Net whose encoder block, decoder block, skip path, up-sampling and head are chosen by name.
@@ -39,7 +153,9 @@ class ComposableUNet(UNetBase):
     Topology: ``len(channels)`` levels; level ``i > 0`` is reached by down-sampling with ``strides[i-1]``
     (max pooling, or the block's first convolution with ``downsample="conv"``). The decoder up-samples
     the coarser features, passes the level's encoder features through the skip path (plain, ResPath,
-    attention gates), concatenates ``[skip, up]`` and applies the decoder block.
+    attention gates), concatenates ``[skip, up]`` and applies the decoder block. Its parts (the protocol in
+    ``base``): ``encoder`` a ``UNetEncoder``, ``decoder`` a ``UNetDecoder``, ``head`` an ``OutputHead`` or a
+    ``MultiScaleFusionHead``.
 
     Args:
         spatial_dims: 2 or 3. Defaults to 3.
@@ -166,100 +282,26 @@ class ComposableUNet(UNetBase):
             spatial_dims, in_channels, out_channels, channels, strides, encoder_block, common, extra, downsample,
             checkpointing,
         )
-
-        # decoder, built from the deepest level up; stored in forward order
-        ups, skips, decoder = [], [], []
-        dec_out = [0] * depth
-        dec_out[-1] = enc_out[-1]
-        for i in reversed(range(depth - 1)):
-            coarse = dec_out[i + 1]
-            up = make_upsample(
-                spatial_dims, coarse, channels[i], strides[i], upsample, up_kernel_size, interp_mode, act, norm, bias
-            )
-            transform = None
-            if skip == "respath":
-                transform = ResPath(
-                    spatial_dims, enc_out[i], channels[i], depth - 1 - i, kernel_size, act, norm, bias,
-                    **dict(skip_args or {}),
-                )
-            gated = attention is not None and i in levels
-            sp = SkipPath(
-                spatial_dims,
-                enc_out[i],
-                coarse,
-                up.out_channels,
-                transform=transform,
-                attention=attention if gated else None,
-                num_gates=attention_gates,
-                inter_ratio=attention_ratio,
-                subsample=strides[i],
-                project_gating=attention == "grid" and i == depth - 2,
-                act=act,
-                norm=norm,
-                bias=bias,
-                interp_mode="linear",
-            )
-            ups.append(up)
-            skips.append(sp)
-            c_in = sp.out_channels + up.out_channels
-            decoder.append(make_block(decoder_block, spatial_dims, c_in, channels[i], 1, False, common, extra))
-            dec_out[i] = decoder[-1].out_channels
-        self.ups = nn.ModuleList(ups)
-        self.skips = nn.ModuleList(skips)
-        self.decoder = nn.ModuleList(decoder)
-
+        self.decoder = UNetDecoder(
+            spatial_dims, enc_out, channels, strides, decoder_block, common, extra, upsample, up_kernel_size,
+            interp_mode, skip, dict(skip_args or {}), attention, levels, attention_gates, attention_ratio,
+        )
         n_deep = deep_supr_num if deep_supervision else 0
-        if head == "multiscale":
-            self.head: nn.Module = MultiScaleFusionHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
-        else:
-            self.head = OutputHead(spatial_dims, dec_out[:-1], out_channels, n_deep)
+        head_cls = MultiScaleFusionHead if head == "multiscale" else OutputHead
+        self.head: nn.Module = head_cls(spatial_dims, self.decoder.out_channels[:-1], out_channels, n_deep)
 
-    def _features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Decoder outputs (top level first, bottleneck last) and attention maps (top level first).
-
-        With checkpointing, each encoder level (pooling + block) and each decoder stage (up-sampling, skip
-        path with its gates, concatenation and block) is one checkpoint: only the level outputs are kept for
-        the backward pass and everything inside a level or stage is recomputed.
-        """
-        use_ckpt = self._use_checkpointing()
-        feats = self._encode(x)
-        h = feats[-1]
-        outs: list[torch.Tensor] = [h]
-        maps: list[torch.Tensor] = []
-        level = len(feats) - 2
-        for up_layer, skip_path, dec in zip(self.ups, self.skips, self.decoder):  # noqa: B905 (TorchScript: no strict=)
-            if use_ckpt and not torch.jit.is_scripting():
-                h, amap = checkpoint(_decode_stage, up_layer, skip_path, dec, feats[level], h, use_reentrant=False)
-            else:  # the same steps as _decode_stage, written out for TorchScript (no modules as arguments)
-                up = up_layer(h)
-                s, amap = skip_path(feats[level], h, up)
-                h = dec(torch.cat([s, up], dim=1))
-            if amap is not None:
-                maps.insert(0, amap)
-            outs.insert(0, h)
-            level -= 1
-        return outs, maps
-
-    def _output(self, x: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
-        deep = self.deep_supervision and self.training
-        outs = self.head(feats, deep)
+    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor], feats: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.global_residual:
             outs[0] = outs[0] + x
-        if deep:
-            return torch.stack(outs, dim=1)
-        return outs[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits ``(B, out_channels, *spatial)``; with deep supervision in training mode
-        ``(B, 1 + deep_supr_num, out_channels, *spatial)``."""
-        self._check_input(x)
-        feats, _ = self._features(x)
-        return self._output(x, feats)
+        return outs
 
     @torch.jit.export
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Like ``forward``, plus the attention coefficients of every gated skip, top level first, each
         ``(B, gates, *skip_spatial)`` (an empty list for networks without gates)."""
         self._check_input(x)
-        feats, maps = self._features(x)
-        return self._output(x, feats), maps
+        use_ckpt = self._use_checkpointing()
+        feats = self.encoder(x, -1, use_ckpt)
+        dec, maps = self.decoder.forward_with_attention(feats, use_ckpt)
+        outs = self.head(dec, self.deep_supervision and self.training)
+        return self._stack(self._finish(x, outs, feats)), maps

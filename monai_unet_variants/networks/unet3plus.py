@@ -18,7 +18,7 @@ from .base import UNetBase, check_unet_args
 from .blocks.attention import interp_mode_for
 from .blocks.layers import LayerArg, conv_unit, convolution
 
-__all__ = ["FullScaleStage", "UNet3Plus"]
+__all__ = ["FullScaleDecoder", "FullScaleHead", "FullScaleStage", "UNet3Plus"]
 
 
 class FullScaleStage(nn.Module):
@@ -69,6 +69,129 @@ class FullScaleStage(nn.Module):
         for k, path in enumerate(self.paths):
             parts.append(path(inputs[k]))
         return self.fuse(torch.cat(parts, dim=1))
+
+
+class FullScaleDecoder(nn.Module):
+    """UNet 3+'s decoder: a ``FullScaleStage`` per level from the second deepest up, each aggregating every encoder
+    scale and every deeper decoder scale (the bottleneck counting as the deepest).
+
+    ``forward(feats, use_checkpoint=False)``: the decoder outputs, top level first, the bottleneck last (the
+    protocol in ``base``); with ``use_checkpoint`` each stage keeps only its output for the backward pass.
+    ``out_channels``: their widths.
+
+    Args:
+        spatial_dims: 2 or 3.
+        enc_channels: the encoder's widths, top first.
+        strides: the down-sampling factors between levels.
+        cat_channels: channels of each aggregated input.
+        kernel_size, act, norm, dropout, bias: of the stages' convolutions.
+        interp_mode: ``"nearest"`` or ``"linear"`` up-sampling.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        enc_channels: Sequence[int],
+        strides: Sequence[int],
+        cat_channels: int,
+        kernel_size: int,
+        act: LayerArg,
+        norm: LayerArg,
+        dropout: Optional[float],
+        bias: bool,
+        interp_mode: str,
+    ) -> None:
+        super().__init__()
+        depth = len(enc_channels)
+
+        def scale(a: int, b: int) -> int:  # the size ratio between levels a < b
+            return int(math.prod(strides[a:b]))
+
+        # stages from the second deepest level up; widths[k]: what level k's decoder output has (bottleneck: enc)
+        widths = {depth - 1: enc_channels[-1]}
+        stages = []
+        for i in reversed(range(depth - 1)):
+            sources = [(enc_channels[k], -scale(k, i) if k < i else 1) for k in range(i + 1)]
+            sources += [(widths[k], scale(i, k)) for k in range(i + 1, depth)]
+            stage = FullScaleStage(spatial_dims, sources, cat_channels, kernel_size, act, norm, dropout, bias,
+                                   interp_mode)
+            stages.append(stage)
+            widths[i] = stage.out_channels
+        self.stages = nn.ModuleList(stages)
+        self.out_channels: list[int] = [widths[k] for k in range(depth)]
+
+    def forward(self, feats: list[torch.Tensor], use_checkpoint: bool = False) -> list[torch.Tensor]:
+        deeper: list[torch.Tensor] = [feats[-1]]  # decoder outputs of the deeper levels, shallowest first
+        level = len(feats) - 2
+        for stage in self.stages:
+            inputs = feats[: level + 1] + deeper
+            if use_checkpoint and not torch.jit.is_scripting():  # TorchScript drops this branch
+                h = checkpoint(stage, inputs, use_reentrant=False)
+            else:
+                h = stage(inputs)
+            deeper.insert(0, h)
+            level -= 1
+        return deeper
+
+
+class FullScaleHead(nn.Module):
+    """UNet 3+'s output: a ``kernel_size`` convolution on the top decoder stage and, for full-scale deep supervision,
+    on the next ``deep_supr_num`` levels (the last may be the bottleneck), each up-sampled bilinearly (trilinearly)
+    to full size; with ``classification_guided``, the authors' classification-guided module on the bottleneck
+    (dropout 0.5, 1x1 convolution to 2 channels, global max pooling, sigmoid) whose argmax multiplies every output.
+
+    ``forward(outs, deep)``: ``[main]`` or, with ``deep``, ``[main, ds_1, ..., ds_n]``, from the decoder's outputs
+    (top first, the bottleneck last); ``forward_with_classification(outs, deep)`` also returns the ``(B, 2)``
+    probabilities (absent, present), all ones without the module.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: the decoder's output widths, top first, the bottleneck last.
+        out_channels: classes.
+        kernel_size: of the head convolutions.
+        deep_supr_num: deep-supervision heads. Defaults to 0.
+        classification_guided: add the classification-guided module. Defaults to ``False``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: Sequence[int], out_channels: int, kernel_size: int,
+                 deep_supr_num: int = 0, classification_guided: bool = False) -> None:
+        super().__init__()
+        # heads[k] reads the decoder output of level k (level depth - 1: the bottleneck)
+        self.heads = nn.ModuleList(
+            [convolution(spatial_dims, in_channels[k], out_channels, kernel_size=kernel_size, bias=True, conv_only=True)
+             for k in range(1 + deep_supr_num)]
+        )
+        self.interp_mode = interp_mode_for("linear", spatial_dims)  # the authors' bilinear up-scoring of the heads
+        self.classification_guided = bool(classification_guided)
+        self.classifier: nn.Module = nn.Identity()
+        if self.classification_guided:
+            self.classifier = nn.Sequential(
+                nn.Dropout(p=0.5),  # element-wise, as the authors' (not a channel dropout)
+                convolution(spatial_dims, in_channels[-1], 2, kernel_size=1, bias=True, conv_only=True),
+                Pool[Pool.ADAPTIVEMAX, spatial_dims](1),
+                nn.Sigmoid(),
+            )
+
+    def forward(self, dec: list[torch.Tensor], deep: bool) -> list[torch.Tensor]:
+        return self.forward_with_classification(dec, deep)[0]
+
+    @torch.jit.export
+    def forward_with_classification(
+        self, dec: list[torch.Tensor], deep: bool
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        size = list(dec[0].shape[2:])
+        outs: list[torch.Tensor] = []
+        for k, head in enumerate(self.heads):
+            if k == 0:
+                outs.append(head(dec[0]))
+            elif deep:
+                outs.append(F.interpolate(head(dec[k]), size=size, mode=self.interp_mode, align_corners=False))
+        present = torch.ones(dec[0].shape[0], 2, dtype=outs[0].dtype, device=dec[0].device)
+        if self.classification_guided:
+            present = self.classifier(dec[-1]).flatten(1)
+            gate = present.argmax(dim=1).to(outs[0].dtype).view([-1] + [1] * (outs[0].dim() - 1))
+            outs = [o * gate for o in outs]
+        return outs, present
 
 
 @register_network("unet3plus")
@@ -146,10 +269,12 @@ class UNet3Plus(PresetMixin, UNetBase):
             "full-scale skip connections: every decoder stage takes all shallower encoder levels (max-pooled), its "
             "own encoder level and all deeper decoder stages (trilinear up-sampling), each through a 3x3x3 "
             "conv-norm-ReLU to 16 channels, fused by one 3x3x3 conv-norm-ReLU to 80 channels; widths "
-            "16-32-64-128-256, instance normalisation, a 3x3x3 head. The bundle trains without deep supervision and"
-            " without the classification-guided module (its loss and metrics take one output); both are options of "
-            "the network class."
+            "16-32-64-128-256, instance normalisation, a 3x3x3 head. The bundle trains with the paper's full-scale "
+            "deep supervision (a head on every decoder stage and on the bottleneck, each up-sampled to full size, "
+            "the DiceCE loss of the five outputs averaged with equal weights; `--deep_supervision false` trains the "
+            "main output only); the classification-guided module is an option of the network class."
         ),
+        "settings": {"deep_supervision": True, "deep_supr_num": 4},
     }
     PRESETS = {
         "reference": dict(
@@ -192,7 +317,6 @@ class UNet3Plus(PresetMixin, UNetBase):
         cat = channels[0] if cat_channels is None else int(cat_channels)
         if cat < 1:
             raise ValueError(f"cat_channels must be a positive integer (got {cat_channels!r}).")
-        depth = len(channels)
         self.deep_supervision = bool(deep_supervision)
         self.classification_guided = bool(classification_guided)
         common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout, bias=bias)
@@ -200,78 +324,18 @@ class UNet3Plus(PresetMixin, UNetBase):
             spatial_dims, in_channels, out_channels, channels, strides, "conv", common, dict(block_args or {}),
             "maxpool", checkpointing,
         )
-
-        def scale(a: int, b: int) -> int:  # the size ratio between levels a < b
-            return int(math.prod(strides[a:b]))
-
-        # stages from the second deepest level up; widths[k]: what level k's decoder output has (bottleneck: enc)
-        widths = {depth - 1: enc[-1]}
-        stages = []
-        for i in reversed(range(depth - 1)):
-            sources = [(enc[k], -scale(k, i) if k < i else 1) for k in range(i + 1)]
-            sources += [(widths[k], scale(i, k)) for k in range(i + 1, depth)]
-            stage = FullScaleStage(spatial_dims, sources, cat, kernel_size, act, norm, dropout, bias, interp_mode)
-            stages.append(stage)
-            widths[i] = stage.out_channels
-        self.stages = nn.ModuleList(stages)
+        self.decoder = FullScaleDecoder(spatial_dims, enc, strides, cat, kernel_size, act, norm, dropout, bias,
+                                        interp_mode)
         n_deep = deep_supr_num if deep_supervision else 0
-        # heads[k] reads the decoder output of level k (level depth - 1: the bottleneck)
-        self.heads = nn.ModuleList(
-            [convolution(spatial_dims, widths[k], out_channels, kernel_size=kernel_size, bias=True, conv_only=True)
-             for k in range(1 + n_deep)]
-        )
-        self.interp_mode = interp_mode_for("linear", spatial_dims)  # the authors' bilinear up-scoring of the heads
-        self.classifier: nn.Module = nn.Identity()
-        if self.classification_guided:
-            self.classifier = nn.Sequential(
-                nn.Dropout(p=0.5),  # element-wise, as the authors' (not a channel dropout)
-                convolution(spatial_dims, enc[-1], 2, kernel_size=1, bias=True, conv_only=True),
-                Pool[Pool.ADAPTIVEMAX, spatial_dims](1),
-                nn.Sigmoid(),
-            )
-
-    def _decode(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Decoder outputs, top level first, the bottleneck last."""
-        use_ckpt = self._use_checkpointing()
-        deeper: list[torch.Tensor] = [feats[-1]]  # decoder outputs of the deeper levels, shallowest first
-        level = len(feats) - 2
-        for stage in self.stages:
-            inputs = feats[: level + 1] + deeper
-            if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
-                h = checkpoint(stage, inputs, use_reentrant=False)
-            else:
-                h = stage(inputs)
-            deeper.insert(0, h)
-            level -= 1
-        return deeper
-
-    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_input(x)
-        feats = self._encode(x)
-        dec = self._decode(feats)
-        deep = self.deep_supervision and self.training
-        size = list(x.shape[2:])
-        outs: list[torch.Tensor] = []
-        for k, head in enumerate(self.heads):
-            if k == 0:
-                outs.append(head(dec[0]))
-            elif deep:
-                outs.append(F.interpolate(head(dec[k]), size=size, mode=self.interp_mode, align_corners=False))
-        present = torch.ones(x.shape[0], 2, dtype=outs[0].dtype, device=x.device)
-        if self.classification_guided:
-            present = self.classifier(feats[-1]).flatten(1)
-            gate = present.argmax(dim=1).to(outs[0].dtype).view([-1] + [1] * (outs[0].dim() - 1))
-            outs = [o * gate for o in outs]
-        out = torch.stack(outs, dim=1) if deep else outs[0]
-        return out, present
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, out_channels, *spatial)``; with deep supervision in training mode
-        ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the top level first."""
-        return self._outputs(x)[0]
+        self.head = FullScaleHead(spatial_dims, self.decoder.out_channels, out_channels, kernel_size, n_deep,
+                                  self.classification_guided)
 
     @torch.jit.export
     def forward_with_classification(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``'s output and the classification-guided module's ``(B, 2)`` probabilities (absent,
         present); all ones without the module."""
-        return self._outputs(x)
+        self._check_input(x)
+        use_ckpt = self._use_checkpointing()
+        dec = self.decoder(self.encoder(x, -1, use_ckpt), use_ckpt)
+        outs, present = self.head.forward_with_classification(dec, self.deep_supervision and self.training)
+        return self._stack(outs), present

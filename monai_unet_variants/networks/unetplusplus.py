@@ -16,7 +16,7 @@ from .blocks import make_upsample
 from .blocks.heads import conv1x1
 from .blocks.layers import LayerArg
 
-__all__ = ["NestedNode", "UNetPlusPlus"]
+__all__ = ["NestedDecoder", "NestedNode", "TopRowHead", "UNetPlusPlus"]
 
 
 class NestedNode(nn.Module):
@@ -41,6 +41,103 @@ class NestedNode(nn.Module):
 
     def forward(self, coarse: torch.Tensor, same_row: list[torch.Tensor]) -> torch.Tensor:
         return self.block(torch.cat([self.up(coarse)] + same_row, dim=1))
+
+
+class NestedDecoder(nn.Module):
+    """UNet++'s decoder: the nested dense skip pathways, every node ``X^{i,j}`` (``j >= 1``) of the grid above the
+    encoder, stored in the order of the forward pass (by diagonal ``i + j``, then from the deepest row up).
+
+    ``forward(feats, use_checkpoint=False)``: the top row ``X^{0,0} .. X^{0,d}`` (``d = len(feats) - 1``: given the
+    first ``d + 1`` encoder levels, only the nodes with ``i + j <= d`` are computed; the paper's pruning); with
+    ``use_checkpoint`` each node keeps only its output for the backward pass.
+
+    Args:
+        spatial_dims: 2 or 3.
+        enc_channels: the encoder's widths, top first.
+        channels: each level's width, top first.
+        strides: the down-sampling factors between levels.
+        block: the node block, a key of ``BLOCKS``.
+        common: the blocks' shared arguments (``kernel_size``, ``act``, ``norm``, ``dropout``, ``bias``).
+        block_args: the block's own arguments.
+        upsample, up_kernel_size, interp_mode: of the up-sampling (``make_upsample``).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        enc_channels: Sequence[int],
+        channels: Sequence[int],
+        strides: Sequence[int],
+        block: str,
+        common: Mapping[str, Any],
+        block_args: Mapping[str, Any],
+        upsample: str,
+        up_kernel_size: Optional[int],
+        interp_mode: str,
+    ) -> None:
+        super().__init__()
+        act, norm, bias = common["act"], common["norm"], common["bias"]
+        widths = [[w] for w in enc_channels]
+        nodes = []
+        for diagonal in range(1, len(channels)):  # the order of the forward pass: after encoder level `diagonal`
+            for row in reversed(range(diagonal)):
+                up = make_upsample(
+                    spatial_dims, widths[row + 1][-1], channels[row], strides[row], upsample, up_kernel_size,
+                    interp_mode, act, norm, bias,
+                )
+                c_in = up.out_channels + sum(widths[row])
+                unit = make_block(block, spatial_dims, c_in, channels[row], 1, False, common, block_args)
+                nodes.append(NestedNode(up, unit, row, diagonal - row))
+                widths[row].append(unit.out_channels)
+        self.nodes = nn.ModuleList(nodes)
+        #: the widths of the top row X^{0,0} .. X^{0,D}
+        self.out_channels: list[int] = widths[0]
+
+    def forward(self, feats: list[torch.Tensor], use_checkpoint: bool = False) -> list[torch.Tensor]:
+        last = len(feats) - 1
+        rows: list[list[torch.Tensor]] = [[f] for f in feats]
+        for node in self.nodes:
+            if node.diagonal <= last:
+                coarse = rows[node.row + 1][-1]  # X^{i+1, j-1}: the last node computed on the row below
+                if use_checkpoint and not torch.jit.is_scripting():  # TorchScript drops this branch
+                    # a copy of the row: the recomputation must see the row as it is now, not as it grows
+                    h = checkpoint(node, coarse, list(rows[node.row]), use_reentrant=False)
+                else:
+                    h = node(coarse, rows[node.row])
+                rows[node.row].append(h)
+        return rows[0]
+
+
+class TopRowHead(nn.Module):
+    """UNet++'s heads: a 1x1 convolution on each of the top row's last ``1 + deep_supr_num`` nodes.
+
+    ``forward(top_row, deep)`` takes ``X^{0,0} .. X^{0,d}`` (``NestedDecoder``'s output) and returns the head of
+    ``X^{0,d}`` (the main output; ``d < D`` when pruned) or, with ``deep``, the heads of ``X^{0,D} .. X^{0,D-n}``,
+    the deepest column first, all at full resolution.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: the widths of the top row ``X^{0,0} .. X^{0,D}``.
+        out_channels: classes.
+        deep_supr_num: heads after the main one. Defaults to 0.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: Sequence[int], out_channels: int, deep_supr_num: int = 0) -> None:
+        super().__init__()
+        top = len(in_channels) - 1
+        self.depth = top
+        # heads[k] reads X^{0, D - k}: the main output first, then the deep-supervision heads
+        self.heads = nn.ModuleList([conv1x1(spatial_dims, in_channels[top - k], out_channels)
+                                    for k in range(1 + deep_supr_num)])
+
+    def forward(self, top_row: list[torch.Tensor], deep: bool) -> list[torch.Tensor]:
+        last = len(top_row) - 1
+        outs: list[torch.Tensor] = []
+        for k, head in enumerate(self.heads):
+            column = self.depth - k
+            if column == last or (deep and column <= last):
+                outs.append(head(top_row[column]))
+        return outs
 
 
 @register_network("unetplusplus")
@@ -122,9 +219,11 @@ class UNetPlusPlus(PresetMixin, UNetBase):
             "nested dense skip pathways: every skip node convolves the up-sampled node below it with all earlier "
             "nodes of its level (ten nodes for five levels), two conv-norm-ReLU layers per node, 2x2 transposed "
             "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
-            "bundle trains without deep supervision (its loss and metrics take one output); deep supervision and "
-            "the paper's pruning (`prune_depth`) are options of the network class for your own training loop."
+            "bundle trains with the paper's deep supervision (a head on each of the four top-row nodes, the DiceCE "
+            "loss of the four outputs averaged with equal weights; `--deep_supervision false` trains the last head "
+            "only); inference uses the last head, and the paper's pruning is `--network_def#prune_depth d`."
         ),
+        "settings": {"deep_supervision": True, "deep_supr_num": 3},
     }
     PRESETS = {
         "reference": dict(
@@ -173,23 +272,13 @@ class UNetPlusPlus(PresetMixin, UNetBase):
         self.prune_depth = top if prune_depth is None else int(prune_depth)
         common = dict(kernel_size=kernel_size, act=act, norm=norm, dropout=dropout, bias=bias)
         extra = dict(block_args or {})
-        widths = [[w] for w in self._build_encoder(
+        enc = self._build_encoder(
             spatial_dims, in_channels, out_channels, channels, strides, block, common, extra, downsample, checkpointing
-        )]
-        nodes = []
-        for diagonal in range(1, top + 1):  # the order of the forward pass: after encoder level `diagonal`
-            for row in reversed(range(diagonal)):
-                up = make_upsample(
-                    spatial_dims, widths[row + 1][-1], channels[row], strides[row], upsample, up_kernel_size,
-                    interp_mode, act, norm, bias,
-                )
-                c_in = up.out_channels + sum(widths[row])
-                unit = make_block(block, spatial_dims, c_in, channels[row], 1, False, common, extra)
-                nodes.append(NestedNode(up, unit, row, diagonal - row))
-                widths[row].append(unit.out_channels)
-        self.nodes = nn.ModuleList(nodes)
-        # heads[k] reads X^{0, D - k}: the main output first, then the deep-supervision heads
-        self.heads = nn.ModuleList([conv1x1(spatial_dims, widths[0][top - k], out_channels) for k in range(1 + n_deep)])
+        )
+        self.decoder = NestedDecoder(
+            spatial_dims, enc, channels, strides, block, common, extra, upsample, up_kernel_size, interp_mode
+        )
+        self.head = TopRowHead(spatial_dims, self.decoder.out_channels, out_channels, n_deep)
         # the authors' initialisation (Keras he_normal, zero biases): with PyTorch's default one the 3D network at
         # lr 3e-3 stayed at background where the U-Net learned (a 3-class sphere, 100 steps: Dice 0 vs 0.99)
         for module in self.modules():
@@ -198,33 +287,6 @@ class UNetPlusPlus(PresetMixin, UNetBase):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
-    def _top_row(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
-        """The nodes of the top row ``X^{0,0} .. X^{0,last}``, computing only what they need."""
-        rows: list[list[torch.Tensor]] = [[f] for f in self._encode(x, last + 1)]
-        use_ckpt = self._use_checkpointing()
-        for node in self.nodes:
-            if node.diagonal <= last:
-                coarse = rows[node.row + 1][-1]  # X^{i+1, j-1}: the last node computed on the row below
-                if use_ckpt and not torch.jit.is_scripting():  # TorchScript drops this branch
-                    # a copy of the row: the recomputation must see the row as it is now, not as it grows
-                    h = checkpoint(node, coarse, list(rows[node.row]), use_reentrant=False)
-                else:
-                    h = node(coarse, rows[node.row])
-                rows[node.row].append(h)
-        return rows[0]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, out_channels, *spatial)`` (of ``X^{0,prune_depth}`` in eval mode); with deep supervision in
-        training mode ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the deepest column first."""
-        self._check_input(x)
-        last = self.depth if self.training else self.prune_depth
-        deep = self.deep_supervision and self.training
-        top_row = self._top_row(x, last)
-        outs: list[torch.Tensor] = []
-        for k, head in enumerate(self.heads):
-            column = self.depth - k
-            if column == last or deep:
-                outs.append(head(top_row[column]))
-        if deep:
-            return torch.stack(outs, dim=1)
-        return outs[0]
+    def _levels(self) -> int:
+        """The encoder levels ``0..d`` of ``UNet++ L^d``: all in training, ``prune_depth + 1`` in eval mode."""
+        return self.depth + 1 if self.training else self.prune_depth + 1
