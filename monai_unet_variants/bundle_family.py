@@ -168,7 +168,8 @@ def doc_tail(name: str, data_reference: str) -> str:
     ``VARIANTS``, the network class, the measurements in the repository's ``docs/`` folder and ``data_reference``
     (the data set's citation in the template's metadata)."""
     net = _registry_name(name)
-    compare = [_load(f) for f in ("compare_results.json", "compare_results_nested_fullscale.json")]
+    compare = [_load(f) for f in ("compare_results_deep_supervision.json", "compare_results.json",
+                                  "compare_results_nested_fullscale.json")]
     cmp_run = next((c for c in compare if _row(c["rows"], bundle=name)), None)
     cmp = _row(cmp_run["rows"], bundle=name) if cmp_run else None
     cpu_rows = [r for f in ("benchmark_cpu.json", "benchmark_cpu_nested_fullscale.json") for r in _load(f)["results"]]

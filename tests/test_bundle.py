@@ -781,14 +781,26 @@ def test_main_output_goes_to_the_training_metrics():
         mb.MainOutputd()({"pred": torch.zeros(3, 2, 2), "label": torch.zeros(1, 2, 2, 2)})
 
 
-@pytest.mark.parametrize("name, heads", [("unetplusplus_pancreas", 4), ("unet3plus_pancreas", 5), ("unet_pancreas", 1)])
-def test_bundle_trains_every_deep_supervision_head_it_declares(name, heads):
+def _deep_supervision_bundles() -> list[str]:
+    """The bundles that train with deep supervision, and the template (without): read from the bundle family."""
+    from monai_unet_variants.bundle_family import TEMPLATE, settings
+
+    return [n for n in BUNDLE_NAMES if settings(n)["deep_supervision"]] + [TEMPLATE]
+
+
+@pytest.mark.parametrize("name", _deep_supervision_bundles())
+def test_bundle_trains_every_deep_supervision_head_it_declares(name):
     """The bundle's own configs wired together as the trainer uses them: its network (UNet++ and UNet 3+ with the
     papers' deep supervision) in training mode, its loss on the stacked output, its training postprocessing giving
     the metrics the main output; every head's weights get a gradient, and eval mode returns one output."""
     from monai.bundle import ConfigParser
     from monai.data import decollate_batch
 
+    from monai_unet_variants.bundle_family import settings
+
+    own = settings(name)
+    heads = 1 + own["deep_supr_num"] if own["deep_supervision"] else 1
+    assert heads > 1 or name not in ("unetplusplus_pancreas", "unet3plus_pancreas")  # as their papers train them
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / name / "configs" / "train.json"))
     parser["network_def#channels"] = [4, 8, 16, 32, 64]
@@ -822,7 +834,7 @@ def test_unetplusplus_bundle_trains_with_deep_supervision_as_typed(tmp_path, sam
                   if "train_loss:" in line]
         assert losses and all(0 < v < 10 for v in losses)
         state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
-        heads[flag] = sorted({k.split(".")[1] for k in state if k.startswith("heads.")})
+        heads[flag] = sorted({k.split(".")[2] for k in state if k.startswith("head.heads.")})
         run_bundle("run", "--config_file", str(root / "configs" / "inference.json"), "--dataset_dir", str(sample),
                    "--ckpt_path", str(models / "model.pt"), "--output_dir", str(tmp_path / f"seg_{flag}"),
                    "--deep_supervision", flag, *TINY[:4])
