@@ -246,7 +246,8 @@ def _doc(template_doc: str, name: str, data_reference: str) -> str:
         f"holds all that differs (the network and its settings), and `configs/train.json` and `configs/inference.json` are\n"
         f"`{TEMPLATE}`'s merged with it by MONAI's multi-file config loading; only that file, this section and the\n"
         "network definition differ, and a test fails if anything else drifts. The same merge at run time:\n"
-        f"`--config_file \"['bundles/{TEMPLATE}/configs/train.json','bundles/{name}/configs/network.json']\"`.\n\n"
+        f"`--config_file \"['bundles/{TEMPLATE}/configs/train.json','bundles/{name}/configs/network.json']\"\n"
+        f"--bundle_root bundles/{name}`.\n\n"
     )
     return head + shared + doc_tail(name, data_reference)
 
