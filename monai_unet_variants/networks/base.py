@@ -19,8 +19,9 @@ pathways inside the decoder), each a module of its own:
 ``UNetBase`` holds that forward once; a variant's constructor builds the three parts (``_build_encoder`` for the
 encoder) and sets ``deep_supervision``; it overrides ``_levels`` (how many encoder levels a forward needs: UNet++'s
 pruning) or ``_finish`` (what becomes of the head's outputs: ``ComposableUNet``'s global residual) only where it
-differs; UNet 3+'s classification guidance lives in its head. The parts decide nothing about checkpointing: the network passes ``use_checkpoint`` (its
-``checkpointing`` flag, in training, with gradients on) and each part checkpoints its levels or stages when told.
+differs; UNet 3+'s classification guidance lives in its head. The parts decide nothing about checkpointing: the
+network passes ``use_checkpoint`` (its ``checkpointing`` flag, in training, with gradients on) and each part
+checkpoints its levels or stages when told.
 """
 
 from __future__ import annotations
