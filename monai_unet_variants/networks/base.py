@@ -14,12 +14,14 @@ pathways inside the decoder), each a module of its own:
   ``decoder.forward_with_attention(feats, use_checkpoint) -> (outs, maps)``.
 - ``head``: any module with ``head(outs, deep) -> [main, *deep_supervision_outputs]``, each full size.
 - ``UNetBase.forward``: ``_check_input``, encoder, decoder, head; the outputs stacked along dimension 1 in training
-  mode with deep supervision (MONAI's form), the main output alone otherwise.
+  mode with deep supervision (MONAI's form), the main output alone otherwise. ``forward_with_attention`` is the same
+  pass (``UNetBase._run``) returning the attention maps too.
 
 ``UNetBase`` holds that forward once; a variant's constructor builds the three parts (``_build_encoder`` for the
 encoder) and sets ``deep_supervision``; it overrides ``_levels`` (how many encoder levels a forward needs: UNet++'s
-pruning) or ``_finish`` (what becomes of the head's outputs: ``ComposableUNet``'s global residual) only where it
-differs; UNet 3+'s classification guidance lives in its head. The parts decide nothing about checkpointing: the
+pruning), ``_decode`` (the decoder's outputs and attention maps: ``ComposableUNet``'s gates) or ``_finish`` (what
+becomes of the head's outputs: ``ComposableUNet``'s global residual) only where it differs; UNet 3+'s
+classification guidance lives in its head. The parts decide nothing about checkpointing: the
 network passes ``use_checkpoint`` (its ``checkpointing`` flag, in training, with gradients on) and each part
 checkpoints its levels or stages when told.
 """
@@ -265,9 +267,14 @@ class UNetBase(nn.Module):
         """How many encoder levels a forward pass needs: all (``-1``) unless a variant prunes (UNet++)."""
         return -1
 
-    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor], feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor]) -> list[torch.Tensor]:
         """What becomes of the head's outputs before they are returned: nothing here (a variant's hook)."""
         return outs
+
+    def _decode(self, feats: list[torch.Tensor], use_checkpoint: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The decoder's outputs and the attention maps of its gated skips: none here (``ComposableUNet``'s hook)."""
+        maps: list[torch.Tensor] = []
+        return self.decoder(feats, use_checkpoint), maps
 
     def _stack(self, outs: list[torch.Tensor]) -> torch.Tensor:
         if self.deep_supervision and self.training:
@@ -277,11 +284,16 @@ class UNetBase(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segmentation logits ``(B, out_channels, *spatial)``; with deep supervision in training mode
         ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the main output first."""
+        return self._run(x)[0]
+
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The one forward pass: check -> encoder -> decoder -> head -> hooks -> stack, with the attention maps."""
         self._check_input(x)
         use_ckpt = self._use_checkpointing()
         feats = self.encoder(x, self._levels(), use_ckpt)
-        outs = self.head(self.decoder(feats, use_ckpt), self.deep_supervision and self.training)
-        return self._stack(self._finish(x, outs, feats))
+        dec, maps = self._decode(feats, use_ckpt)
+        outs = self.head(dec, self.deep_supervision and self.training)
+        return self._stack(self._finish(x, outs)), maps
 
     def _legacy_keys(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Rename the keys of a checkpoint saved before the parts were modules (``encoder.0.`` -> ``encoder.blocks.0.``,
@@ -300,8 +312,7 @@ class UNetBase(nn.Module):
         """``forward`` and the attention coefficients of the network's gated skips, top level first: the family's
         common interface for pictures of where a network looks. Here an empty list (no gates); ``ComposableUNet``
         returns its gates' maps."""
-        maps: list[torch.Tensor] = []
-        return self.forward(x), maps
+        return self._run(x)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself

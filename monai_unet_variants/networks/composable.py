@@ -290,18 +290,10 @@ class ComposableUNet(UNetBase):
         head_cls = MultiScaleFusionHead if head == "multiscale" else OutputHead
         self.head: nn.Module = head_cls(spatial_dims, self.decoder.out_channels[:-1], out_channels, n_deep)
 
-    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor], feats: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _finish(self, x: torch.Tensor, outs: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.global_residual:
             outs[0] = outs[0] + x
         return outs
 
-    @torch.jit.export
-    def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Like ``forward``, plus the attention coefficients of every gated skip, top level first, each
-        ``(B, gates, *skip_spatial)`` (an empty list for networks without gates)."""
-        self._check_input(x)
-        use_ckpt = self._use_checkpointing()
-        feats = self.encoder(x, -1, use_ckpt)
-        dec, maps = self.decoder.forward_with_attention(feats, use_ckpt)
-        outs = self.head(dec, self.deep_supervision and self.training)
-        return self._stack(self._finish(x, outs, feats)), maps
+    def _decode(self, feats: list[torch.Tensor], use_checkpoint: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.decoder.forward_with_attention(feats, use_checkpoint)
