@@ -84,6 +84,33 @@ def test_dicom_seg_refuses_a_label_map_off_the_series_grid(tmp_path):
     assert not (tmp_path / "seg.dcm").exists()
 
 
+def test_a_case_whose_dicom_seg_cannot_be_written_is_reported_incomplete(tmp_path):
+    """The NIfTI output is written, the SEG is not (a label map off the series' grid): the case is reported as
+    incomplete, naming the written file and the SEG's cause, and the run fails at its end (at once without
+    ``keep_going``)."""
+    from monai.data import MetaTensor
+
+    from monai_unet_variants.bundle.outputs import OutputError, OutputsReport, SegmentationWriter
+
+    folder, label, affine = _series(tmp_path, "negative")
+    shifted = affine.copy()
+    shifted[:3, 3] += [0.4, 0.0, 0.0]
+    pred = MetaTensor(label[None].astype(np.float32), affine=shifted, meta={"filename_or_obj": str(folder)})
+    out = tmp_path / "out"
+    writer = SegmentationWriter("pred", str(out), [str(folder)], dicom_seg=True, print_log=False)
+    writer({"pred": pred})
+    nifti, seg = out / "series_negative_seg.nii.gz", out / "series_negative_seg.dcm"
+    assert nib.load(str(nifti)).shape == label.shape and not seg.exists()
+    assert writer.written == [] and len(writer.failed) == 1
+    assert writer.failed[0].startswith(f"{folder}: {nifti} was written, its DICOM SEG was not: [Errno 5] cannot write the "
+                                       f"DICOM SEG {seg}: DICOM series {folder}: slice")
+    with pytest.raises(OutputError, match="1 case\\(s\\) have no output or an incomplete one; the other 0 were written"):
+        OutputsReport(writer)(None)
+    strict = SegmentationWriter("pred", str(out), [str(folder)], dicom_seg=True, overwrite=True, keep_going=False)
+    with pytest.raises(OutputError, match="cannot write the DICOM SEG"):
+        strict({"pred": pred})
+
+
 @pytest.mark.slow
 def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample):
     """``--dicom_seg true`` through the bundle: a SEG beside the NIfTI output of the DICOM input (the same label map

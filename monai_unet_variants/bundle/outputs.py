@@ -283,18 +283,26 @@ class SegmentationWriter(SaveImaged):
             seg = self.seg_target(source)
             try:
                 self._write_one(array, affine, path)
-                if seg is not None:
-                    self._write_seg(array, affine, source, seg)
             except OutputError as err:
-                self.failed.append(f"{source}: {err}")
-                logger.error(f"no output for {source}: {err}")
-                if not self.keep_going:
-                    raise
+                self._failed(source, f"no output: {err}", err)
                 continue
+            if seg is not None:
+                try:
+                    self._write_seg(array, affine, source, seg)
+                except OutputError as err:
+                    self._failed(source, f"{path} was written, its DICOM SEG was not: {err}", err)
+                    continue
             self.written.append(path)
             if self.print_log:
                 logger.info(f"wrote {path}" + (f" and the DICOM SEG {seg}" if seg is not None else ""))
         return d
+
+    def _failed(self, source: str, what: str, err: OutputError) -> None:
+        """Record a case whose output is missing or incomplete; raise at once unless ``keep_going``."""
+        self.failed.append(f"{source}: {what}")
+        logger.error(f"{source}: {what}")
+        if not self.keep_going:
+            raise err
 
     def _write_seg(self, array: np.ndarray, affine: np.ndarray, source: str, path: Path) -> None:
         from .dicom_seg import write_dicom_seg
@@ -307,8 +315,8 @@ class SegmentationWriter(SaveImaged):
 
 class OutputsReport:
     """The outputs of an inference run: before the first case, every input's output name (unique) and the check
-    that none exists yet (unless overwriting); at the end, a failure if any case has no output, one line per case
-    with its path and reason.
+    that none exists yet (unless overwriting); at the end, a failure if any case has no output or an incomplete one (a
+    NIfTI file without its DICOM SEG), one line per case with its path and reason.
 
     Args:
         writer: the run's ``SegmentationWriter``.
@@ -333,6 +341,6 @@ class OutputsReport:
     def __call__(self, engine: Any) -> None:
         if self.writer.failed:
             lines = "\n  ".join(self.writer.failed)
-            raise OutputError(5, f"{len(self.writer.failed)} case(s) have no output; the other "
+            raise OutputError(5, f"{len(self.writer.failed)} case(s) have no output or an incomplete one; the other "
                                  f"{len(self.writer.written)} were written:\n  {lines}")
         engine.logger.info(f"wrote {len(self.writer.written)} segmentation(s) to {self.writer.out_dir}")
