@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import training_crops, training_dataset
+from conftest import FLAGSHIP, training_crops, training_dataset
 
 from monai_unet_variants.bundle.caching import CacheBudget, nbytes
 
@@ -74,6 +76,41 @@ def test_the_disk_cache_is_keyed_by_the_preprocessing_and_the_files(sample, tmp_
     os.utime(data / "labelsTr" / "pancreas_003.nii.gz", ns=(1, 1))  # a label file replaced
     training_dataset(data, "cpu", **on_disk)
     assert len(list(cache.iterdir())) == 13  # only that case again
+
+
+def test_the_preprocessing_signature_sees_a_changed_function():
+    """A ``Lambdad`` whose function changed (its code, a constant, a captured value) is another preprocessing, so
+    another disk-cache key."""
+    from monai.transforms import Lambdad
+
+    from monai_unet_variants.bundle.caching import transform_signature
+
+    def sig(func):
+        return transform_signature([Lambdad("image", func=func)])
+
+    def scaled(k):
+        return lambda x: x * k
+
+    assert sig(lambda x: x * 2) == sig(lambda x: x * 2)
+    assert len({sig(lambda x: x * 2), sig(lambda x: x * 3), sig(lambda x: x + 2), sig(scaled(2)), sig(scaled(3))}) == 5
+
+
+@pytest.mark.slow
+def test_the_preprocessing_signature_is_the_same_in_another_process(tmp_path):
+    """The same function, and the flagship's own preprocessing, give the same disk-cache key in another process
+    (another hash seed: a set literal's order differs), so a later run finds the cache."""
+    script = tmp_path / "sig.py"
+    script.write_text("from monai.transforms import Lambdad\n"
+                      "from monai_unet_variants.bundle.caching import transform_signature\n"
+                      "f = lambda x: x if x in {'liver', 'pancreas', 'tumour', 'spleen'} else 0\n"
+                      "print(transform_signature([Lambdad('image', func=f)]))\n"
+                      "from monai.bundle import ConfigParser\n"
+                      "parser = ConfigParser()\n"
+                      f"parser.read_config({str(FLAGSHIP / 'configs' / 'train.json')!r})\n"
+                      "print(transform_signature(parser.get_parsed_content('train#deterministic_transforms')))\n")
+    seen = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(seen) == 1 and [len(line) for line in seen.pop().split()] == [24, 24]
 
 
 def test_a_damaged_cache_file_is_preprocessed_again(sample, tmp_path, caplog):

@@ -6,18 +6,21 @@ cases' deterministic preprocessing is cached compactly (the bundles keep the win
 uint8, cropped to the body) and each cached case is placed by a shared ``CacheBudget``: in memory while the budget
 lasts, else in a persistent on-disk cache (``DiskCache``), read back in the loader's thread when the case is drawn.
 The disk cache is keyed by the case's files (path, size, modification time) and by the preprocessing itself (every
-deterministic transform's class and settings), so a changed file or a changed setting is preprocessed again, and a
-later run reads what an earlier one wrote instead of preprocessing again.
+deterministic transform's class and settings, and the code of any function a transform holds, as ``Lambdad``'s), so
+a changed file, setting or function is preprocessed again, and a later run reads what an earlier one wrote instead
+of preprocessing again. Not seen: a module-level name that such a function reads (its name is, its value is not).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import logging
 import os
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,11 +129,30 @@ def _describe(value: Any, depth: int = 0) -> Any:
         return {"array": list(arr.shape), "dtype": str(arr.dtype), "sha": hashlib.sha256(arr.tobytes()).hexdigest()[:16]}
     if isinstance(value, (torch.dtype, np.dtype, type)):
         return str(value)
+    if isinstance(value, functools.partial):
+        return {"partial": _describe(value.func, depth + 1), "args": _describe(value.args, depth + 1),
+                "keywords": _describe(value.keywords, depth + 1)}
+    if inspect.ismethod(value):
+        return {"method": _describe(value.__func__, depth + 1), "of": _describe(value.__self__, depth + 1)}
+    if inspect.isfunction(value):  # a Lambdad's function: its code, defaults and closure, not only its name
+        closure = [cell.cell_contents for cell in value.__closure__ or ()]
+        return {"function": f"{value.__module__}.{value.__qualname__}", "code": _code_digest(value.__code__),
+                "defaults": _describe(value.__defaults__, depth + 1), "closure": _describe(closure, depth + 1)}
     name = f"{type(value).__module__}.{type(value).__qualname__}"
     if depth < 4 and hasattr(value, "__dict__") and not inspect.isroutine(value):
         state = {k: v for k, v in vars(value).items() if not k.startswith("_") and k != "R"}  # R: a random state
         return {"class": name, **{k: _describe(v, depth + 1) for k, v in sorted(state.items())}}
     return {"class": name}
+
+
+def _code_digest(code: types.CodeType) -> str:
+    """A digest of a function's compiled code: instructions, names and constants (nested functions' code too)."""
+    parts = [code.co_code, repr((code.co_names, code.co_varnames)).encode()]
+    for const in code.co_consts:  # a frozenset's order follows the string hash seed: sorted, so runs agree
+        text = _code_digest(const) if isinstance(const, types.CodeType) else repr(
+            sorted(map(repr, const)) if isinstance(const, frozenset) else const)
+        parts.append(text.encode())
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
 def transform_signature(transforms: Sequence[Any]) -> str:
