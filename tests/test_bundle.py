@@ -840,3 +840,13 @@ def test_unetplusplus_bundle_trains_with_deep_supervision_as_typed(tmp_path, sam
                    "--deep_supervision", flag, *TINY[:4])
         assert len(list((tmp_path / f"seg_{flag}").glob("*_seg.nii.gz"))) == 1
     assert heads == {"true": ["0", "1", "2", "3"], "false": ["0"]}
+    # without the flag it was trained with, inference names the heads as the cause (not "another network")
+    proc = run_bundle("run", "--config_file", str(root / "configs" / "inference.json"), "--dataset_dir", str(sample),
+                      "--ckpt_path", str(tmp_path / "models_false" / "model.pt"), "--output_dir",
+                      str(tmp_path / "seg_default"), *TINY[:4], check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        f"checkpoint {tmp_path / 'models_false' / 'model.pt'} fits the network except its output heads (2 head tensors "
+        "saved, 8 in the network): it was trained with other deep-supervision settings. Pass the ones it was trained "
+        "with, e.g. --deep_supervision false, or its --deep_supr_num")
+    assert not list((tmp_path / "seg_default").glob("*_seg.nii.gz"))

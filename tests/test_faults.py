@@ -197,7 +197,7 @@ def test_loader_thread_hands_its_errors_over(tmp_path):
     assert len(list(DataLoader(Dataset(items[:3], _load_transform()), batch_size=2))) == 2
 
 
-def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch):
+def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch, tmp_path):
     from monai_unet_variants.bundle import errors
 
     monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
@@ -212,6 +212,20 @@ def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1] == "error: ValueError: image /data/ct.nii.gz is constant"
     assert any("Failed to instantiate component" in line for line in lines)  # Python's traceback stays
+
+    # where this package wraps a library's error, its message (file and fix) is the cause, not the library's
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a checkpoint")
+    try:
+        try:
+            mb.check_checkpoint(bad)
+        except ValueError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from e
+    except RuntimeError as err:
+        assert isinstance(err.__cause__.__cause__, Exception)  # torch's own error, innermost
+        sys.excepthook(type(err), err, err.__traceback__)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: ValueError: checkpoint {bad} cannot be read (") and "train again" in last
 
 
 # --------------------------------------------------------------------------------- the real command line
@@ -370,6 +384,27 @@ def test_loader_messages_and_schedule_extension(tmp_path):
     with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'other.pt'} does not fit the network .* "
                                          "--network_def#_target_"):
         mb.SafeCheckpointLoader(str(tmp_path / "other.pt"), {"network": net})(Engine(lambda e, b: b))
+
+    # a checkpoint of the same network trained with other deep-supervision settings: the heads are named, not
+    # "another network"; both ways round, and for the stacked and the top-row heads
+    from monai_unet_variants.networks import AttentionUNet, UNetPlusPlus
+
+    for cls, deep in ((UNetPlusPlus, 3), (AttentionUNet, 2)):
+        def build(ds: bool, channels=(4, 8, 16, 32, 64), cls=cls, deep=deep) -> torch.nn.Module:
+            return cls(spatial_dims=3, in_channels=1, out_channels=3, channels=channels, strides=(2, 2, 2, 2),
+                       deep_supervision=ds, deep_supr_num=deep if ds else 1)
+
+        for saved, here in ((False, True), (True, False)):
+            torch.save(build(saved).state_dict(), tmp_path / "heads.pt")
+            few, many = 2, 2 + 2 * deep  # a weight and a bias per head
+            counts = f"{few} head tensors saved, {many} in the network" if here else f"{many} head tensors saved, {few}"
+            with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'heads.pt'} fits the network except its "
+                                                 f"output heads \\({counts}.*--deep_supervision false"):
+                mb.SafeCheckpointLoader(str(tmp_path / "heads.pt"), {"network": build(here)})(Engine(lambda e, b: b))
+        # other widths as well: not the heads
+        torch.save(build(True, (4, 8, 16, 32, 128)).state_dict(), tmp_path / "wider.pt")
+        with pytest.raises(ValueError, match="does not fit the network .* --network_def#_target_"):
+            mb.SafeCheckpointLoader(str(tmp_path / "wider.pt"), {"network": build(False)})(Engine(lambda e, b: b))
 
     def schedule(epochs: int) -> tuple:
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)

@@ -333,6 +333,24 @@ class RandomStates:
             t.R.set_state(numpy_state(s))
 
 
+def _head_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
+    """When a checkpoint and a network of ``load_dict`` differ only in which tensors of the network's ``head`` they
+    hold (its deep-supervision heads), every other tensor of the same shape, the counts of head tensors in each
+    (``"2 head tensors saved, 8 in the network"``); else ``""``."""
+    for key, obj in load_dict.items():
+        state = content.get(key, content) if isinstance(content, Mapping) else None
+        if not isinstance(obj, torch.nn.Module) or not isinstance(state, Mapping):
+            continue
+        mine = obj.state_dict()
+        own, saved = set(mine), {str(k) for k in state}
+        body = [k for k in own & saved if not k.startswith("head.")]
+        same_body = all(getattr(state[k], "shape", None) == mine[k].shape for k in body)
+        if own != saved and same_body and all(k.startswith("head.") for k in own ^ saved):
+            count = sum(k.startswith("head.") for k in saved), sum(k.startswith("head.") for k in own)
+            return f"{count[0]} head tensors saved, {count[1]} in the network"
+    return ""
+
+
 class SafeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` (``weights_only=True``) whose errors name the file, the problem and the fix.
 
@@ -396,6 +414,11 @@ class SafeCheckpointLoader(CheckpointLoader):
             if "state_dict" not in str(err) and "size mismatch" not in str(err):
                 raise
             first = str(err).strip().splitlines()
+            heads = _head_mismatch(content, self.load_dict)
+            if heads:
+                raise ValueError(f"checkpoint {path} fits the network except its output heads ({heads}): it was "
+                                 "trained with other deep-supervision settings. Pass the ones it was trained with, "
+                                 "e.g. --deep_supervision false, or its --deep_supr_num") from err
             raise ValueError(
                 f"checkpoint {path} does not fit the network ({first[0]} ...): it was saved from another network or "
                 "other widths. Pass the network_def it was trained with, e.g. --network_def#_target_ "

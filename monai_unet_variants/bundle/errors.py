@@ -3,26 +3,43 @@
 ``python -m monai.bundle run`` wraps every failure of a config item in ``RuntimeError: Failed to instantiate
 component ...`` or ``Failed to evaluate ConfigExpression``; the message that names the file and the fix is dozens of
 lines further up. ``summarize_errors()`` (every bundle config calls it first in ``initialize``) keeps Python's
-traceback and adds one line at the end: ``error: <the innermost exception>``.
+traceback and adds one line at the end: ``error: <the cause>``, the innermost exception that this package raised
+(where it wraps a library's error, its message names the file and the fix), else the innermost of all.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import TracebackType
 
 __all__ = ["root_cause", "summarize_errors"]
 
+_PACKAGE = Path(__file__).resolve().parent.parent  # monai_unet_variants/
+
 
 def root_cause(err: BaseException) -> BaseException:
-    """The innermost exception of ``err``'s chain (``raise ... from ...`` and exceptions raised while handling)."""
-    seen = {id(err)}
+    """The exception of ``err``'s chain (``raise ... from ...`` and exceptions raised while handling) that says what
+    went wrong: the innermost one this package raised (its messages name the file and the fix, as a checkpoint that
+    does not fit over the loader's raw key list), else the innermost of all."""
+    chain = [err]
     while True:
-        inner = err.__cause__ or err.__context__
-        if inner is None or id(inner) in seen:
-            return err
-        seen.add(id(inner))
-        err = inner
+        inner = chain[-1].__cause__ or chain[-1].__context__
+        if inner is None or any(inner is e for e in chain):
+            break
+        chain.append(inner)
+    ours = [e for e in chain if _raised_here(e)]
+    return (ours or chain)[-1]
+
+
+def _raised_here(err: BaseException) -> bool:
+    """Whether ``err`` was raised by this package's code (the last frame of its traceback is in the package)."""
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
 def _hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

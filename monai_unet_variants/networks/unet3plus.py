@@ -272,7 +272,8 @@ class UNet3Plus(PresetMixin, UNetBase):
             "16-32-64-128-256, instance normalisation, a 3x3x3 head. The bundle trains with the paper's full-scale "
             "deep supervision (a head on every decoder stage and on the bottleneck, each up-sampled to full size, "
             "the DiceCE loss of the five outputs averaged with equal weights; `--deep_supervision false` trains the "
-            "main output only); the classification-guided module is an option of the network class."
+            "main output only, and its checkpoint needs the same flag at inference); the classification-guided "
+            "module is an option of the network class."
         ),
         "settings": {"deep_supervision": True, "deep_supr_num": 4},
     }

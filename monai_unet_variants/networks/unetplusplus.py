@@ -221,7 +221,8 @@ class UNetPlusPlus(PresetMixin, UNetBase):
             "convolutions, widths 16-32-64-128-256, instance normalisation, the head on the last top-row node. The "
             "bundle trains with the paper's deep supervision (a head on each of the four top-row nodes, the DiceCE "
             "loss of the four outputs averaged with equal weights; `--deep_supervision false` trains the last head "
-            "only); inference uses the last head, and the paper's pruning is `--network_def#prune_depth d`."
+            "only, and its checkpoint needs the same flag at inference); inference uses the last head, and the "
+            "paper's pruning is `--network_def#prune_depth d`."
         ),
         "settings": {"deep_supervision": True, "deep_supr_num": 3},
     }
