@@ -37,7 +37,7 @@ from .checks import (
 from .datalists import find_bundle_root, list_test_images, load_datalist, test_inputs
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
-from .handlers import FinalValidationHandler, quiet_other_ranks, select_class
+from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks, select_class
 from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
@@ -77,6 +77,7 @@ __all__ = [
     "find_bundle_root",
     "load_datalist",
     "output_names",
+    "end_distributed",
     "quiet_other_ranks",
     "select_class",
     "summarize_errors",

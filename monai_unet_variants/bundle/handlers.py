@@ -8,7 +8,7 @@ from typing import Any
 
 from monai.handlers import ValidationHandler
 
-__all__ = ["FinalValidationHandler", "quiet_other_ranks", "select_class"]
+__all__ = ["FinalValidationHandler", "end_distributed", "quiet_other_ranks", "select_class"]
 
 
 class FinalValidationHandler(ValidationHandler):
@@ -63,4 +63,17 @@ def quiet_other_ranks(rank: int) -> bool:
     for name in list(logging.root.manager.loggerDict):  # engine loggers created before this point
         if name.startswith(("ignite.", "monai.")):
             logging.getLogger(name).setLevel(logging.WARNING)
+    return True
+
+
+def end_distributed() -> bool:
+    """End a distributed run: every rank waits for the others (``barrier``), then the process group is destroyed, so
+    that no rank tears its connections down while another still has collective work in flight (a gloo rank that
+    did so was seen to abort at exit once). Returns whether there was a process group to end."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.barrier()
+    dist.destroy_process_group()
     return True
