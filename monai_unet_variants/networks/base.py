@@ -309,9 +309,9 @@ class UNetBase(nn.Module):
 
     @torch.jit.export
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``forward`` and the attention coefficients of the network's gated skips, top level first: the family's
-        common interface for pictures of where a network looks. Here an empty list (no gates); ``ComposableUNet``
-        returns its gates' maps."""
+        """``forward`` and the attention coefficients of the network's gated skips, top level first, each
+        ``(B, gates, *skip_spatial)``: the family's common interface for pictures of where a network looks. Here an
+        empty list (no gates); ``ComposableUNet`` returns its gates' maps."""
         return self._run(x)
 
     def _check_input(self, x: torch.Tensor) -> None:
