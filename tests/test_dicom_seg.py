@@ -102,9 +102,10 @@ def test_a_case_whose_dicom_seg_cannot_be_written_is_reported_incomplete(tmp_pat
     nifti, seg = out / "series_negative_seg.nii.gz", out / "series_negative_seg.dcm"
     assert nib.load(str(nifti)).shape == label.shape and not seg.exists()
     assert writer.written == [] and len(writer.failed) == 1
-    assert writer.failed[0].startswith(f"{folder}: {nifti} was written, its DICOM SEG was not: [Errno 5] cannot write the "
-                                       f"DICOM SEG {seg}: DICOM series {folder}: slice")
-    with pytest.raises(OutputError, match="1 case\\(s\\) have no output or an incomplete one; the other 0 were written"):
+    assert writer.failed[0].startswith(f"{folder}: {nifti} was written, its DICOM SEG was not: [Errno 5] cannot "
+                                       f"write the DICOM SEG {seg}: DICOM series {folder}: slice")
+    with pytest.raises(OutputError, match="1 case\\(s\\) have no output or an incomplete one; the other 0 were "
+                                          "written"):
         OutputsReport(writer)(None)
     strict = SegmentationWriter("pred", str(out), [str(folder)], dicom_seg=True, overwrite=True, keep_going=False)
     with pytest.raises(OutputError, match="cannot write the DICOM SEG"):

@@ -397,7 +397,7 @@ def test_loader_messages_and_schedule_extension(tmp_path):
         for saved, here in ((False, True), (True, False)):
             torch.save(build(saved).state_dict(), tmp_path / "heads.pt")
             few, many = 2, 2 + 2 * deep  # a weight and a bias per head
-            counts = f"{few} head tensors saved, {many} in the network" if here else f"{many} head tensors saved, {few}"
+            counts = f"{few} head tensors saved, {many}" if here else f"{many} head tensors saved, {few}"
             with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'heads.pt'} fits the network except its "
                                                  f"output heads \\({counts}.*--deep_supervision false"):
                 mb.SafeCheckpointLoader(str(tmp_path / "heads.pt"), {"network": build(here)})(Engine(lambda e, b: b))
@@ -558,7 +558,8 @@ def test_a_case_that_cannot_be_written_fails_the_run_after_the_others(tmp_path, 
     proc = _infer(tiny_model, sample, [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"], out, "--overwrite", "true")
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert "1 case(s) have no output or an incomplete one; the other 1 were written" in last and str(tmp_path / "a.nii.gz") in last
+    assert "1 case(s) have no output or an incomplete one; the other 1 were written" in last
+    assert str(tmp_path / "a.nii.gz") in last
     assert f"cannot write {out / 'a_seg.nii.gz'}" in last
     assert nib.load(str(out / "b_seg.nii.gz")).shape == nib.load(str(image)).shape  # the other case: complete
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".a_seg")]
