@@ -19,9 +19,9 @@ pathways inside the decoder), each a module of its own:
 
 ``UNetBase`` holds that forward once; a variant's constructor builds the three parts (``_build_encoder`` for the
 encoder) and sets ``deep_supervision``; it overrides ``_levels`` (how many encoder levels a forward needs: UNet++'s
-pruning), ``_decode`` (the decoder's outputs and attention maps: ``ComposableUNet``'s gates) or ``_finish`` (what
-becomes of the head's outputs: ``ComposableUNet``'s global residual) only where it differs; UNet 3+'s
-classification guidance lives in its head. The parts decide nothing about checkpointing: the
+pruning), ``_decode`` (the decoder's outputs and attention maps: ``ComposableUNet``'s gates), ``_head`` (the
+head's outputs and an extra one: UNet 3+'s classification probabilities) or ``_finish`` (what becomes of the head's
+outputs: ``ComposableUNet``'s global residual) only where it differs. The parts decide nothing about checkpointing: the
 network passes ``use_checkpoint`` (its ``checkpointing`` flag, in training, with gradients on) and each part
 checkpoints its levels or stages when told.
 """
@@ -276,6 +276,10 @@ class UNetBase(nn.Module):
         maps: list[torch.Tensor] = []
         return self.decoder(feats, use_checkpoint), maps
 
+    def _head(self, dec: list[torch.Tensor], deep: bool) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
+        """The head's outputs and what else it computes (UNet 3+'s classification probabilities): ``None`` here."""
+        return self.head(dec, deep), None
+
     def _stack(self, outs: list[torch.Tensor]) -> torch.Tensor:
         if self.deep_supervision and self.training:
             return torch.stack(outs, dim=1)
@@ -286,14 +290,15 @@ class UNetBase(nn.Module):
         ``(B, 1 + deep_supr_num, out_channels, *spatial)``, the main output first."""
         return self._run(x)[0]
 
-    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The one forward pass: check -> encoder -> decoder -> head -> hooks -> stack, with the attention maps."""
+    def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], Optional[torch.Tensor]]:
+        """The one forward pass: check -> encoder -> decoder -> head -> hooks -> stack, with the attention maps and
+        the head's extra output (``_head``)."""
         self._check_input(x)
         use_ckpt = self._use_checkpointing()
         feats = self.encoder(x, self._levels(), use_ckpt)
         dec, maps = self._decode(feats, use_ckpt)
-        outs = self.head(dec, self.deep_supervision and self.training)
-        return self._stack(self._finish(x, outs)), maps
+        outs, extra = self._head(dec, self.deep_supervision and self.training)
+        return self._stack(self._finish(x, outs)), maps, extra
 
     def _legacy_keys(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Rename the keys of a checkpoint saved before the parts were modules (``encoder.0.`` -> ``encoder.blocks.0.``,
@@ -312,7 +317,8 @@ class UNetBase(nn.Module):
         """``forward`` and the attention coefficients of the network's gated skips, top level first, each
         ``(B, gates, *skip_spatial)``: the family's common interface for pictures of where a network looks. Here an
         empty list (no gates); ``ComposableUNet`` returns its gates' maps."""
-        return self._run(x)
+        out, maps, _ = self._run(x)
+        return out, maps
 
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # shapes are constants in a trace; ONNX runtime checks its inputs itself

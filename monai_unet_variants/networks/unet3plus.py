@@ -331,12 +331,15 @@ class UNet3Plus(PresetMixin, UNetBase):
         self.head = FullScaleHead(spatial_dims, self.decoder.out_channels, out_channels, kernel_size, n_deep,
                                   self.classification_guided)
 
+    def _head(self, dec: list[torch.Tensor], deep: bool) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
+        outs, present = self.head.forward_with_classification(dec, deep)
+        return outs, present
+
     @torch.jit.export
     def forward_with_classification(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``'s output and the classification-guided module's ``(B, 2)`` probabilities (absent,
         present); all ones without the module."""
-        self._check_input(x)
-        use_ckpt = self._use_checkpointing()
-        dec = self.decoder(self.encoder(x, -1, use_ckpt), use_ckpt)
-        outs, present = self.head.forward_with_classification(dec, self.deep_supervision and self.training)
-        return self._stack(outs), present
+        out, _, present = self._run(x)
+        if present is None:  # never: this network's head always returns them (TorchScript's Optional refinement)
+            raise RuntimeError("UNet3Plus's head returned no classification probabilities")
+        return out, present
