@@ -404,6 +404,24 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     assert (proc.stdout + proc.stderr).count("per-case metrics (original grid of each case) written to") == 1
 
 
+def test_end_distributed_waits_then_destroys_the_process_group(tmp_path, monkeypatch):
+    """The multi-GPU configs' finalize: a barrier, then the group destroyed; nothing to do without a group."""
+    import torch.distributed as dist
+
+    assert mb.end_distributed() is False  # a single-process run: no group
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    calls = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), barrier(*a, **k))[1])
+    try:
+        assert mb.end_distributed() is True
+        assert calls == ["barrier"] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert mb.end_distributed() is False
+
+
 def test_best_metric_state_round_trip():
     from types import SimpleNamespace
 
