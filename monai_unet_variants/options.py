@@ -4,15 +4,27 @@
 through ``fire``, which turns ``False`` into a boolean but leaves ``false``, ``no`` or ``off`` as text), and a
 non-empty string is true in Python: without this module ``--resume false`` resumes. Every boolean option of the
 bundles is read through ``as_bool``.
+
+Numbers the same way: ``--epochs two`` reaches the config as the string ``"two"``, ``--val_fraction 1.5`` as a number
+that nothing downstream refuses (it trained on half the cases), ``--cache_rate 2`` as one that MONAI clips. Each
+config checks its numeric options, its patch size and its device once, first thing in ``initialize``
+(``check_options`` over ``OPTION_RULES``), so that a value outside its range stops the run with the option's name
+before any data is read.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any
 
 import torch
 
-__all__ = ["TRUE_WORDS", "FALSE_WORDS", "as_bool", "as_device"]
+__all__ = [
+    "TRUE_WORDS", "FALSE_WORDS", "OPTION_RULES", "as_bool", "as_device", "as_int", "as_number", "as_size",
+    "as_numbers", "check_options",
+]
 
 TRUE_WORDS = ("true", "1", "yes")
 FALSE_WORDS = ("false", "0", "no")
@@ -51,8 +63,8 @@ def as_bool(value: Any, name: str = "option") -> bool:
 
 
 def as_device(value: Any, name: str = "device") -> torch.device:
-    """``value`` (``torch.device``, ``"cuda"``, ``"cuda:1"``, ``"cpu"``) as a ``torch.device``, with a message that names
-    the option when it is not one, or when it names a CUDA device that this machine does not have.
+    """``value`` (``torch.device``, ``"cuda"``, ``"cuda:1"``, ``"cpu"``) as a ``torch.device``, with a message that
+    names the option when it is not one, or when it names a CUDA device that this machine does not have.
 
     Examples::
 
@@ -65,4 +77,176 @@ def as_device(value: Any, name: str = "device") -> torch.device:
         raise ValueError(f"--{name} must be a device such as cpu, cuda or cuda:0, got {value!r}") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--{name} {value!r}: this machine has no CUDA device; use --{name} cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"--{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return device
+
+
+def _in_interval(x: float, interval: str) -> bool:
+    """Whether ``x`` lies in ``interval``, written as in mathematics: ``"[0, 1)"``, ``"(0, inf)"``."""
+    low, high = (float(v) for v in interval[1:-1].split(","))
+    above = x >= low if interval[0] == "[" else x > low
+    below = x <= high if interval[-1] == "]" else x < high
+    return above and below
+
+
+def as_int(value: Any, name: str = "option", interval: str = "[0, inf)") -> int:
+    """``value`` as a whole number in ``interval`` (``"[1, inf)"``: at least 1).
+
+    Raises:
+        ValueError: for text (``"two"``), fractions (``2.5``), booleans or numbers outside ``interval``, naming the
+            option.
+
+    Examples::
+
+        >>> as_int(3, "epochs", "[1, inf)")
+        3
+        >>> as_int("two", "epochs", "[1, inf)")
+        Traceback (most recent call last):
+        ...
+        ValueError: --epochs must be a whole number in [1, inf), got 'two'
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not _in_interval(value, interval):
+        raise ValueError(f"--{name} must be a whole number in {interval}, got {value!r}")
+    return int(value)
+
+
+def as_number(value: Any, name: str = "option", interval: str = "(-inf, inf)") -> float:
+    """``value`` (an integer or a float, not text, a boolean or NaN) as a float in ``interval``.
+
+    Examples::
+
+        >>> as_number(0.25, "overlap", "[0, 1)")
+        0.25
+        >>> as_number(1.5, "val_fraction", "(0, 1)")
+        Traceback (most recent call last):
+        ...
+        ValueError: --val_fraction must be a number in (0, 1), got 1.5
+    """
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if not ok or not _in_interval(float(value), interval):
+        raise ValueError(f"--{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def as_numbers(
+    value: Any, name: str, count: int, interval: str = "(-inf, inf)", ascending: bool = False
+) -> list[float]:
+    """``value`` as a list of ``count`` numbers, each in ``interval`` and, with ``ascending``, each above the last
+    (an intensity window ``[low, high]``: a reversed one would invert the image without a word).
+
+    Examples::
+
+        >>> as_numbers([1, 1, 2.5], "pixdim", 3, "(0, inf)")
+        [1.0, 1.0, 2.5]
+        >>> as_numbers([199, -87], "hu_window", 2, ascending=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: --hu_window must be 2 numbers, each above the last, such as [-87, 199], got [199, -87]
+    """
+    order = ", each above the last" if ascending else ""
+    example = "[-87, 199]" if ascending else "[" + ", ".join(["1.0"] * count) + "]"
+    within = f" in {interval}" if interval != "(-inf, inf)" else ""
+    message = f"--{name} must be {count} numbers{within}{order}, such as {example}, got {value!r}"
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        raise ValueError(message)
+    try:
+        numbers = [as_number(v, name, interval) for v in value]
+    except ValueError:
+        raise ValueError(message) from None
+    if ascending and any(b <= a for a, b in pairwise(numbers)):
+        raise ValueError(message)
+    return numbers
+
+
+def as_size(value: Any, name: str = "roi_size", dims: int | None = None, divisor: int | None = None) -> list[int]:
+    """``value`` as a patch size: ``dims`` whole numbers of at least 1 (a list or tuple), each a multiple of
+    ``divisor`` where given (the network's down-sampling: the product of its strides).
+
+    Examples::
+
+        >>> as_size([96, 96, 64], "roi_size", 3, 16)
+        [96, 96, 64]
+        >>> as_size([60, 64, 64], "roi_size", 3, 16)
+        Traceback (most recent call last):
+        ...
+        ValueError: --roi_size [60, 64, 64]: every size must be a multiple of 16 (the network's down-sampling, \
+the product of its strides), e.g. [64, 64, 64]
+    """
+    sizes = list(value) if isinstance(value, (list, tuple)) else None
+    if sizes is None or not sizes or (dims is not None and len(sizes) != dims) or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes
+    ):
+        count = f"{dims} " if dims is not None else ""
+        raise ValueError(f"--{name} must be a list of {count}whole numbers of at least 1 such as "
+                         f"[{', '.join(['96'] * (dims or 3))}], got {value!r}")
+    if divisor and any(s % divisor for s in sizes):
+        fixed = [-(-s // divisor) * divisor for s in sizes]  # each rounded up
+        raise ValueError(f"--{name} {sizes}: every size must be a multiple of {divisor} (the network's down-sampling, "
+                         f"the product of its strides), e.g. {fixed}")
+    return sizes
+
+
+#: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
+#: ``("number", interval)``, ``("seed",)`` (a whole number, or ``None`` for no fixed seed), ``("size",)`` (the patch
+#: size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high) or ``("device",)``
+OPTION_RULES: dict[str, tuple[str, ...]] = {
+    "epochs": ("int", "[1, inf)"),
+    "val_interval": ("int", "[1, inf)"),
+    "batch_size": ("int", "[1, inf)"),
+    "num_samples": ("int", "[1, inf)"),
+    "sw_batch_size": ("int", "[1, inf)"),
+    "num_workers": ("int", "[0, inf)"),
+    "max_samples_per_class": ("int", "[1, inf)"),
+    "deep_supr_num": ("int", "[1, inf)"),
+    "seed": ("seed",),
+    "learning_rate": ("number", "(0, inf)"),
+    "val_fraction": ("number", "(0, 1)"),
+    "overlap": ("number", "[0, 1)"),
+    "val_overlap": ("number", "[0, 1)"),
+    "cache_rate": ("number", "[0, 1]"),
+    "roi_size": ("size",),
+    "pixdim": ("numbers", "3", "(0, inf)"),
+    "hu_window": ("window",),
+    "device": ("device",),
+    "data_device": ("device",),
+    "sw_device": ("device",),
+}
+
+
+def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, Any]:
+    """Check a bundle's options (``OPTION_RULES``) as the command line gave them; the configs call it first in
+    ``initialize``. ``network``: the bundle's network, whose ``spatial_dims`` and ``divisor`` the patch size must fit
+    (skipped for a network without them, e.g. one of MONAI's). Returns the values read (numbers, ``torch.device``).
+
+    Raises:
+        ValueError: for the first value outside its option's rule, naming the option.
+        KeyError: for an option that ``OPTION_RULES`` does not know (a config's mistake, not the user's).
+
+    Examples::
+
+        >>> check_options({"epochs": 10, "val_fraction": 0.2, "roi_size": [64, 64, 64]})
+        {'epochs': 10, 'val_fraction': 0.2, 'roi_size': [64, 64, 64]}
+    """
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        kind, *interval = OPTION_RULES[name]
+        if kind == "int":
+            checked[name] = as_int(value, name, *interval)
+        elif kind == "number":
+            checked[name] = as_number(value, name, *interval)
+        elif kind == "seed":
+            checked[name] = None if value is None else as_int(value, name, "(-inf, inf)")
+        elif kind == "numbers":
+            checked[name] = as_numbers(value, name, int(interval[0]), interval[1])
+        elif kind == "window":
+            checked[name] = as_numbers(value, name, 2, ascending=True)
+        elif kind == "size":
+            dims, divisor = getattr(network, "spatial_dims", None), getattr(network, "divisor", None)
+            checked[name] = as_size(value, name, dims, divisor)
+        else:
+            checked[name] = as_device(value, name)
+    return checked

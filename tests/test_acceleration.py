@@ -21,7 +21,7 @@ from monai.transforms import RandFlip, RandFlipd
 
 from monai_unet_variants import create_network
 from monai_unet_variants.acceleration import CompileMonitor, NoMetaCompose, PaddedSlidingWindowInferer, compiled_graphs
-from monai_unet_variants.options import as_bool, as_device
+from monai_unet_variants.options import OPTION_RULES, as_bool, as_device, check_options
 
 TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "3",
         "--num_workers", "0", "--batch_size", "2"]
@@ -55,6 +55,53 @@ def test_as_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             as_device("cuda")
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("epochs", "two", r"--epochs must be a whole number in \[1, inf\), got 'two'"),
+    ("epochs", 0, r"--epochs must be a whole number in \[1, inf\), got 0"),
+    ("epochs", 2.5, r"--epochs must be a whole number"),
+    ("batch_size", True, r"--batch_size must be a whole number"),
+    ("num_workers", -1, r"--num_workers must be a whole number in \[0, inf\)"),
+    ("val_fraction", 1.5, r"--val_fraction must be a number in \(0, 1\), got 1.5"),
+    ("val_fraction", 0, r"--val_fraction must be a number in \(0, 1\), got 0"),
+    ("cache_rate", 2, r"--cache_rate must be a number in \[0, 1\], got 2"),
+    ("overlap", 1.0, r"--overlap must be a number in \[0, 1\), got 1.0"),
+    ("learning_rate", float("nan"), r"--learning_rate must be a number in \(0, inf\)"),
+    ("learning_rate", "1e-3x", r"--learning_rate must be a number"),
+    ("seed", 1.5, r"--seed must be a whole number"),
+    ("roi_size", 64, r"--roi_size must be a list of 3 whole numbers"),
+    ("roi_size", [64, 64], r"--roi_size must be a list of 3 whole numbers of at least 1 such as \[96, 96, 96\], got"),
+    ("roi_size", [64, 64, 0], r"--roi_size must be a list of 3 whole numbers"),
+    ("roi_size", [62, 64, 201],
+     r"--roi_size \[62, 64, 201\]: every size must be a multiple of 4 .* e.g. \[64, 64, 204\]"),
+    ("device", "gpu0", r"--device must be a device such as cpu, cuda or cuda:0, got 'gpu0'"),
+    ("pixdim", [1, 1, 0], r"--pixdim must be 3 numbers in \(0, inf\), such as \[1.0, 1.0, 1.0\], got \[1, 1, 0\]"),
+    ("pixdim", [1, 1], r"--pixdim must be 3 numbers in \(0, inf\), such as \[1.0, 1.0, 1.0\], got \[1, 1\]"),
+    ("hu_window", [-87, "199"], r"--hu_window must be 2 numbers, each above the last"),
+    ("hu_window", [199, -87], r"--hu_window must be 2 numbers, each above the last, such as \[-87, 199\]"),
+    ("hu_window", [50, 50], r"--hu_window must be 2 numbers, each above the last"),
+])
+def test_check_options_names_the_option_and_what_it_accepts(name, value, message):
+    net = tiny_unet()  # 3D, two down-samplings: sizes must be multiples of 4
+    with pytest.raises(ValueError, match=message):
+        check_options({"epochs": 3, name: value}, net)
+
+
+def test_check_options_passes_good_values_through():
+    net = tiny_unet()
+    good = {"epochs": 1, "val_interval": 2, "batch_size": 2, "num_samples": 1, "sw_batch_size": 4, "num_workers": 0,
+            "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "learning_rate": 1, "val_fraction": 0.2,
+            "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4], "pixdim": [0.8, 0.8, 2],
+            "hu_window": (-100, 240.5), "device": "cpu",
+            "data_device": torch.device("cpu"), "sw_device": "cpu"}
+    assert set(good) == set(OPTION_RULES)
+    checked = check_options(good, net)
+    assert checked["learning_rate"] == 1.0 and checked["roi_size"] == [8, 12, 4] and checked["seed"] is None
+    assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5]
+    assert checked["device"] == torch.device("cpu") and check_options({"seed": -3}) == {"seed": -3}
+    with pytest.raises(KeyError):
+        check_options({"epoch": 3})
 
 
 # --------------------------------------------------------------------------------- padded sliding window
@@ -186,6 +233,18 @@ def test_crop_centres_are_capped(sample):
     dataset = training_dataset(sample, "cpu", max_samples_per_class=50)
     assert max(len(ix) for c in dataset._cache for ix in c["label_cls_indices"]) <= 50
     assert training_crops(dataset, 2)[0][0].shape == (1, 32, 32, 32)
+
+
+@pytest.mark.parametrize("roi", [[32, 16, 16], [16, 16, 32]])
+def test_every_training_patch_has_the_patch_size(sample, roi):
+    """A patch whose first two sizes differ keeps its shape (the in-plane quarter turns are off for it: a batch of
+    turned and unturned patches would not stack); an in-plane square patch is still turned."""
+    dataset = training_dataset(sample, "cpu", roi_size=roi)
+    crops = training_crops(dataset, 16, seed=1)
+    assert {tuple(img.shape) for img, _ in crops} == {(1, *roi)}
+    assert {tuple(lbl.shape) for _, lbl in crops} == {(1, *roi)}
+    turns = [t for t in dataset.transform.transforms[-1].transforms if type(t).__name__ == "RandRotate90d"]
+    assert len(turns) == 1 and turns[0].prob == (0.5 if roi[0] == roi[1] else 0.0)
 
 
 # --------------------------------------------------------------------------------- the real command line

@@ -305,6 +305,17 @@ def test_datalist_split_is_deterministic(sample):
     assert len(train) + len(val) == 5
     assert mb.list_test_images(sample) == [str(sample / "imagesTs" / "pancreas_005.nii.gz")]
     assert mb.datalists.test_inputs is mb.list_test_images  # the earlier name, for bundles exported before
+    assert len(mb.load_datalist(sample, "validation", val_fraction=0.4)) == 2  # round(0.4 * 5)
+
+
+@pytest.mark.parametrize("fraction, message", [
+    (1.5, r"--val_fraction must be a number in \(0, 1\), got 1.5"),
+    (0, r"--val_fraction must be a number in \(0, 1\), got 0"),
+    (0.95, r"dataset.json: --val_fraction 0.95 of its 5 labelled cases leaves none to train on"),
+])
+def test_a_split_that_cannot_train_is_refused(sample, fraction, message):
+    with pytest.raises(ValueError, match=message):
+        mb.load_datalist(sample, "training", val_fraction=fraction)
 
 
 def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
@@ -552,6 +563,33 @@ def test_each_bundle_is_the_template_merged_with_its_overlay_by_monai(name):
                                                  str(configs / "network.json")])
         assert merged == json.loads((configs / conf).read_text()), (name, conf)
         assert list(merged) == list(json.loads((REPO / "bundles" / TEMPLATE / "configs" / conf).read_text()))
+
+
+@pytest.mark.parametrize("confs", [["train.json"], ["inference.json"], ["train.json", "evaluate.json"],
+                                   ["train.json", "multi_gpu_train.json"],
+                                   ["train.json", "evaluate.json", "multi_gpu_evaluate.json"]])
+def test_every_numeric_option_is_checked_before_anything_runs(confs):
+    """Each config checks its options first in ``initialize`` (``options.check_options``), and every top-level option
+    that holds a number, or has a rule, is among those checked: a new numeric option without a rule fails here."""
+    import re
+
+    from monai.bundle import ConfigParser
+
+    from monai_unet_variants.options import OPTION_RULES
+
+    config = ConfigParser.load_config_files([str(BUNDLE / "configs" / c) for c in confs])
+    assert config["initialize"][:2] == ["$monai_unet_variants.bundle.summarize_errors()", "@checked_options"]
+    checked = re.findall(r"'(\w+)': @(\w+)", config["checked_options"])
+    assert all(key == ref for key, ref in checked)
+    checked_names = {key for key, _ in checked}
+
+    def numeric(v):
+        is_number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return is_number or (isinstance(v, list) and bool(v) and all(numeric(x) for x in v))
+
+    options = {k for k, v in config.items() if k in OPTION_RULES or numeric(v)}
+    assert options - checked_names == set(), "options that reach the run unchecked"
+    assert checked_names <= set(OPTION_RULES) and checked_names <= set(config)
 
 
 def test_a_new_network_class_with_a_bundle_spec_is_a_new_bundle(monkeypatch):

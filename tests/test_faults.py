@@ -633,6 +633,31 @@ def test_boolean_options_refuse_what_they_cannot_read(tmp_path, sample, tiny_mod
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config, option, value, message", [
+    ("train.json", "epochs", "two", "--epochs must be a whole number in [1, inf), got 'two'"),
+    ("train.json", "roi_size", "[40,32,32]", "--roi_size [40, 32, 32]: every size must be a multiple of 16 (the "
+     "network's down-sampling, the product of its strides), e.g. [48, 32, 32]"),
+    ("inference.json", "hu_window", "[199,-87]",
+     "--hu_window must be 2 numbers, each above the last, such as [-87, 199], got [199, -87]"),
+])
+def test_numeric_options_refuse_what_does_not_fit(tmp_path, sample, tiny_model, config, option, value, message):
+    """A number the run cannot use stops it with the option's name before anything is read or written (the
+    reversed HU window would have inverted every image without a word)."""
+    opts = {"--config_file": str(FLAGSHIP / "configs" / config), "--dataset_dir": str(sample),
+            "--output_dir": str(tmp_path / "out"), **dict(zip(TINY[::2], TINY[1::2]))}
+    if config == "train.json":
+        opts.update({"--epochs": "1", "--ckpt_dir": str(tmp_path / "models"), "--cache_dir": str(tmp_path / "cache")})
+    else:
+        opts["--ckpt_path"] = str(tiny_model)
+    opts[f"--{option}"] = value
+    proc = _run_bundle(*[a for pair in opts.items() for a in pair])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"error: ValueError: {message}"
+    assert not (tmp_path / "models").exists() and not (tmp_path / "cache").exists()
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+@pytest.mark.slow
 def test_resume_false_starts_afresh(tmp_path, sample):
     """``--resume false`` (the text "false", as the command line passes it) does not resume."""
     ckpt = tmp_path / "models"

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..options import as_number
+
 __all__ = ["find_bundle_root", "list_test_images", "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
@@ -85,7 +87,7 @@ def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
         raise ValueError(f"datalist {path} is not valid JSON: {err}") from err
     if not isinstance(content, dict):
         raise ValueError(f"datalist {path} must hold a JSON object with a 'training' list")
-    return content, path.parent
+    return content, path
 
 
 def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fraction: float = 0.2) -> list:
@@ -98,7 +100,8 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
     Split: if the file has a ``"validation"`` list it is used as is; otherwise the labelled cases are sorted
     by image path and the last ``max(1, round(val_fraction * n))`` form the validation set (never trained on).
     """
-    content, base = _read_datalist(datalist)
+    content, source = _read_datalist(datalist)
+    base = source.parent
     labelled = [_resolve(e, base) for e in content.get("training", [])]
     if section == "test":
         return [_resolve(e, base) for e in content.get("test", [])]
@@ -113,7 +116,11 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
         train, val = labelled, [_resolve(e, base) for e in content["validation"]]
     else:
         ordered = sorted(labelled, key=lambda e: e["image"])
-        n_val = max(1, round(val_fraction * len(ordered))) if len(ordered) > 1 else 0
+        fraction = as_number(val_fraction, "val_fraction", "(0, 1)")
+        n_val = max(1, round(fraction * len(ordered))) if len(ordered) > 1 else 0
+        if n_val >= len(ordered):
+            raise ValueError(f"datalist {source}: --val_fraction {val_fraction} of its {len(ordered)} "
+                             "labelled cases leaves none to train on; lower it or add a 'validation' list")
         train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
     if section == "training":
         return train
