@@ -308,6 +308,30 @@ def test_datalist_split_is_deterministic(sample):
     assert len(mb.load_datalist(sample, "validation", val_fraction=0.4)) == 2  # round(0.4 * 5)
 
 
+def test_inference_reads_a_path_as_the_inputs_it_names(sample, tmp_path):
+    """``--datalist`` given one path (as a person types it) is not a list of its characters: a NIfTI file is one
+    input, a folder of NIfTI files each of them, a DICOM folder one series, a JSON datalist its test images; through
+    inference.json's own ``data`` too."""
+    from monai.bundle import ConfigParser
+
+    nifti = str(sample / "imagesTs" / "pancreas_005.nii.gz")
+    series = str(sample / "dicomTs" / "pancreas_005")
+    assert mb.inference_inputs(nifti) == [nifti] and mb.inference_inputs(Path(series)) == [series]
+    assert mb.inference_inputs(sample / "imagesTr") == sorted(str(p) for p in (sample / "imagesTr").glob("*.nii.gz"))
+    assert mb.inference_inputs(str(sample / "dataset.json")) == mb.list_test_images(sample)
+    assert mb.inference_inputs((nifti, series)) == [nifti, series]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))
+    for nothing in ([], str(tmp_path / "dataset.json")):
+        with pytest.raises(ValueError, match="names no input"):
+            mb.inference_inputs(nothing)
+    with pytest.raises(ValueError, match="--datalist must be a path or a list of paths, got 3"):
+        mb.inference_inputs(3)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.update({"dataset_dir": str(sample), "datalist": nifti})
+    assert parser.get_parsed_content("data") == [{"image": nifti}]
+
+
 @pytest.mark.parametrize("fraction, message", [
     (1.5, r"--val_fraction must be a number in \(0, 1\), got 1.5"),
     (0, r"--val_fraction must be a number in \(0, 1\), got 0"),

@@ -34,7 +34,7 @@ from .checks import (
     SkippedCasesReport,
     check_inputs,
 )
-from .datalists import find_bundle_root, list_test_images, load_datalist, test_inputs
+from .datalists import find_bundle_root, inference_inputs, list_test_images, load_datalist, test_inputs
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks, select_class
@@ -75,6 +75,7 @@ __all__ = [
     "claim_training_folders",
     "eval_space",
     "find_bundle_root",
+    "inference_inputs",
     "load_datalist",
     "output_names",
     "end_distributed",

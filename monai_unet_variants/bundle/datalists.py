@@ -14,7 +14,7 @@ from typing import Any
 
 from ..options import as_number
 
-__all__ = ["find_bundle_root", "list_test_images", "load_datalist"]
+__all__ = ["NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images", "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -132,6 +132,44 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
 def list_test_images(datalist: str | os.PathLike) -> list[str]:
     """Image paths of the ``test`` section of a datalist / MSD ``dataset.json`` (the inference default)."""
     return [e["image"] if isinstance(e, dict) else e for e in load_datalist(datalist, "test")]
+
+
+#: the file names read as NIfTI volumes when ``inference_inputs`` is given a folder
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def inference_inputs(datalist: Any) -> list:
+    """What inference's ``--datalist`` names, as the list of its inputs: a list as it is; a datalist JSON: its
+    ``test`` images; a folder holding NIfTI files: each of them, sorted (any other folder is one DICOM series); any
+    other path: that one input (a NIfTI file). A path must not be read as a list of its characters.
+
+    Raises:
+        ValueError: for anything else, or when nothing is named (an empty list, a datalist without ``test``).
+
+    Examples::
+
+        >>> inference_inputs(["a.nii.gz", "series/"])
+        ['a.nii.gz', 'series/']
+        >>> inference_inputs("/data/ct_001.nii.gz")
+        ['/data/ct_001.nii.gz']
+    """
+    if isinstance(datalist, (list, tuple)):
+        inputs = list(datalist)
+    elif isinstance(datalist, (str, os.PathLike)):
+        path = Path(datalist).expanduser()
+        if path.suffix == ".json":
+            inputs = list_test_images(path)
+        else:
+            volumes = path.is_dir() and sorted(
+                str(p) for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
+            )
+            inputs = volumes or [str(path)]
+    else:
+        raise ValueError(f"--datalist must be a path or a list of paths, got {datalist!r}")
+    if not inputs:
+        raise ValueError(f"--datalist {datalist!r} names no input (an empty list, or a datalist without 'test' "
+                         "images): pass NIfTI files, DICOM series folders or a folder of NIfTI files")
+    return inputs
 
 
 #: the earlier name, kept for bundles exported before it changed
