@@ -381,9 +381,18 @@ def test_loader_messages_and_schedule_extension(tmp_path):
     with pytest.raises(FileNotFoundError, match="--resume true, but there is nothing to resume: .*point --ckpt_dir"):
         mb.SafeCheckpointLoader(str(tmp_path / "none.pt"), {"network": net}, purpose="resume")(Engine(lambda e, b: b))
     torch.save(torch.nn.Linear(8, 2).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'other.pt'} does not fit the network .* "
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path / 'other.pt'} does not fit the network \\(weight is "
+                                         r"\[2, 8\] in the checkpoint, \[2, 4\] in the network\): .*"
                                          "--network_def#_target_"):
         mb.SafeCheckpointLoader(str(tmp_path / "other.pt"), {"network": net})(Engine(lambda e, b: b))
+    torch.save({"weight": torch.zeros(2, 4), "scale": torch.ones(1)}, tmp_path / "renamed.pt")
+    with pytest.raises(ValueError, match=r"does not fit the network \(1 saved tensor\(s\) the network lacks \(e.g. "
+                                         r"scale\), 1 tensor\(s\) of the network not saved \(e.g. bias\)\)"):
+        mb.SafeCheckpointLoader(str(tmp_path / "renamed.pt"), {"network": net})(Engine(lambda e, b: b))
+    with pytest.raises(IsADirectoryError, match=f"checkpoint {tmp_path} is a folder, not a checkpoint file \\(it "
+                                                "holds other.pt, renamed.pt\\): pass the file, e.g. --ckpt_path "
+                                                f"{tmp_path / 'other.pt'}"):
+        mb.SafeCheckpointLoader(str(tmp_path), {"network": net})(Engine(lambda e, b: b))
 
     # a checkpoint of the same network trained with other deep-supervision settings: the heads are named, not
     # "another network"; both ways round, and for the stacked and the top-row heads

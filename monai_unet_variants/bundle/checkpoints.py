@@ -123,6 +123,12 @@ def sweep_temporaries(folder: str | os.PathLike, names: list[str]) -> list[Path]
 def check_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint with ``weights_only=True`` and say clearly what is wrong with it if anything is."""
     p = Path(path)
+    if p.is_dir():
+        found = sorted(f.name for f in p.glob("*.pt"))
+        hint = f"it holds {', '.join(found)}" if found else "it holds no .pt file"
+        pick = "model.pt" if "model.pt" in found or not found else found[0]
+        raise IsADirectoryError(f"checkpoint {p} is a folder, not a checkpoint file ({hint}): pass the file, e.g. "
+                                f"--ckpt_path {p / pick}")
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist: train first (train.json writes it) or pass --ckpt_path")
     if p.stat().st_size == 0:
@@ -351,6 +357,27 @@ def _head_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
     return ""
 
 
+def _state_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
+    """Where a checkpoint and the networks of ``load_dict`` first differ, in words: the first tensor of another
+    shape (``"encoder.blocks.0.0.conv.weight is [4, 1, 3, 3, 3] in the checkpoint, [16, 1, 3, 3, 3] in the
+    network"``), else the tensors that only one of them has; ``""`` when they fit."""
+    for key, obj in load_dict.items():
+        state = content.get(key, content) if isinstance(content, Mapping) else None
+        if not isinstance(obj, torch.nn.Module) or not isinstance(state, Mapping):
+            continue
+        mine = obj.state_dict()
+        for name, tensor in mine.items():
+            shape = getattr(state.get(name), "shape", None)
+            if shape is not None and shape != tensor.shape:
+                return f"{name} is {list(shape)} in the checkpoint, {list(tensor.shape)} in the network"
+        extra, lacking = [k for k in state if k not in mine], [k for k in mine if k not in state]
+        if extra or lacking:
+            parts = [f"{len(extra)} saved tensor(s) the network lacks (e.g. {extra[0]})" if extra else "",
+                     f"{len(lacking)} tensor(s) of the network not saved (e.g. {lacking[0]})" if lacking else ""]
+            return ", ".join(p for p in parts if p)
+    return ""
+
+
 class SafeCheckpointLoader(CheckpointLoader):
     """MONAI's ``CheckpointLoader`` (``weights_only=True``) whose errors name the file, the problem and the fix.
 
@@ -419,8 +446,9 @@ class SafeCheckpointLoader(CheckpointLoader):
                 raise ValueError(f"checkpoint {path} fits the network except its output heads ({heads}): it was "
                                  "trained with other deep-supervision settings. Pass the ones it was trained with, "
                                  "e.g. --deep_supervision false, or its --deep_supr_num") from err
+            where = _state_mismatch(content, self.load_dict) or first[0] + " ..."
             raise ValueError(
-                f"checkpoint {path} does not fit the network ({first[0]} ...): it was saved from another network or "
+                f"checkpoint {path} does not fit the network ({where}): it was saved from another network or "
                 "other widths. Pass the network_def it was trained with, e.g. --network_def#_target_ "
                 "monai_unet_variants.networks.ResUNet or --network_def#channels \"[16,32,64,128,256]\""
             ) from err
