@@ -575,7 +575,11 @@ def test_a_case_that_cannot_be_written_fails_the_run_after_the_others(tmp_path, 
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the output folder should be")
     proc = _infer(tiny_model, sample, [tmp_path / "b.nii.gz"], blocked)
-    assert proc.returncode == 1 and str(blocked) in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1  # an output folder that cannot be made stops the run before the first case
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: OutputError: [Errno 17] --output_dir {blocked} cannot be written (File exists): no case was run; "
+        "choose a folder this process can write to")
+    assert "Epoch[1] Complete" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

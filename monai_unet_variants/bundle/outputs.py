@@ -233,6 +233,7 @@ class SegmentationWriter(SaveImaged):
             if plain:
                 logger.info(f"--dicom_seg: {len(plain)} input(s) are not DICOM series (e.g. {plain[0]}): NIfTI output "
                             "only for them")
+        self._check_folder()
         paths = [self.out_dir / n for n in self.names.values()]
         paths += [p for p in map(self.seg_target, self.names) if p is not None]
         existing = [p for p in paths if p.exists()]
@@ -241,6 +242,20 @@ class SegmentationWriter(SaveImaged):
             raise FileExistsError(f"{len(existing)} output(s) exist already ({shown}): --overwrite true replaces "
                                   "them, or write to another --output_dir")
         return True
+
+    def _check_folder(self) -> None:
+        """Create the output folder and write (then remove) an empty file in it, so that a folder that cannot be
+        made or written (a file in its place, no permission, a read-only mount) stops the run before the first case
+        is computed, not after every case."""
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.out_dir / f".write-test-{os.getpid()}.tmp"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise OutputError(err.errno or 5, f"--output_dir {self.out_dir} cannot be written "
+                                              f"({err.strerror or err}): no case was run; choose a folder this "
+                                              "process can write to") from err
 
     def _write_one(self, array: np.ndarray, affine: np.ndarray, path: Path) -> None:
         import nibabel as nib
