@@ -227,6 +227,18 @@ def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch, tmp_pat
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"error: ValueError: checkpoint {bad} cannot be read (") and "train again" in last
 
+    # ``raise ... from None`` ends the chain as Python's traceback does: the message that replaced float()'s own
+    try:
+        try:
+            mb.CacheBudget("lots")
+        except ValueError as e:
+            raise RuntimeError("Failed to instantiate component") from e
+    except RuntimeError as err:
+        assert err.__cause__.__context__ is not None and err.__cause__.__suppress_context__
+        sys.excepthook(type(err), err, err.__traceback__)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: ValueError: --cache_gb 'lots': expected a number of GB, auto or none"
+
 
 # --------------------------------------------------------------------------------- the real command line
 def _hash(path: Path) -> str:

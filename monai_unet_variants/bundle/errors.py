@@ -21,10 +21,13 @@ _PACKAGE = Path(__file__).resolve().parent.parent  # monai_unet_variants/
 def root_cause(err: BaseException) -> BaseException:
     """The exception of ``err``'s chain (``raise ... from ...`` and exceptions raised while handling) that says what
     went wrong: the innermost one this package raised (its messages name the file and the fix, as a checkpoint that
-    does not fit over the loader's raw key list), else the innermost of all."""
+    does not fit over the loader's raw key list), else the innermost of all. The chain ends where Python's traceback
+    ends it: ``raise ... from None`` replaces what it was raised while handling (``float('lots')`` behind
+    ``--cache_gb 'lots': expected a number of GB``)."""
     chain = [err]
     while True:
-        inner = chain[-1].__cause__ or chain[-1].__context__
+        last = chain[-1]
+        inner = last.__cause__ if last.__cause__ is not None or last.__suppress_context__ else last.__context__
         if inner is None or any(inner is e for e in chain):
             break
         chain.append(inner)
