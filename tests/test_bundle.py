@@ -317,7 +317,11 @@ def test_inference_reads_a_path_as_the_inputs_it_names(sample, tmp_path):
     nifti = str(sample / "imagesTs" / "pancreas_005.nii.gz")
     series = str(sample / "dicomTs" / "pancreas_005")
     assert mb.inference_inputs(nifti) == [nifti] and mb.inference_inputs(Path(series)) == [series]
-    assert mb.inference_inputs(sample / "imagesTr") == sorted(str(p) for p in (sample / "imagesTr").glob("*.nii.gz"))
+    folder = tmp_path / "imagesTs"
+    shutil.copytree(sample / "imagesTr", folder)
+    (folder / "._pancreas_000.nii.gz").write_bytes(b"\0\5\26\7")  # macOS metadata, as in the Decathlon's tars
+    (folder / "notes.txt").write_text("not a volume")
+    assert mb.inference_inputs(folder) == sorted(str(p) for p in folder.glob("pancreas_*.nii.gz"))
     assert mb.inference_inputs(str(sample / "dataset.json")) == mb.list_test_images(sample)
     assert mb.inference_inputs((nifti, series)) == [nifti, series]
     (tmp_path / "dataset.json").write_text(json.dumps({"training": []}))

@@ -140,8 +140,8 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 def inference_inputs(datalist: Any) -> list:
     """What inference's ``--datalist`` names, as the list of its inputs: a list as it is; a datalist JSON: its
-    ``test`` images; a folder holding NIfTI files: each of them, sorted (any other folder is one DICOM series); any
-    other path: that one input (a NIfTI file). A path must not be read as a list of its characters.
+    ``test`` images; a folder holding NIfTI files: each of them, sorted, hidden files left out (any other folder is
+    one DICOM series); any other path: that one input (a NIfTI file). A path must not be read as a list of its characters.
 
     Raises:
         ValueError: for anything else, or when nothing is named (an empty list, a datalist without ``test``).
@@ -160,8 +160,9 @@ def inference_inputs(datalist: Any) -> list:
         if path.suffix == ".json":
             inputs = list_test_images(path)
         else:
-            volumes = path.is_dir() and sorted(
-                str(p) for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES)
+            volumes = path.is_dir() and sorted(  # not hidden files: the Decathlon's tars hold macOS "._x.nii.gz"
+                str(p) for p in path.iterdir()
+                if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith(".")
             )
             inputs = volumes or [str(path)]
     else:
