@@ -233,15 +233,15 @@ def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, A
     """
     checked: dict[str, Any] = {}
     for name, value in values.items():
-        kind, *interval = OPTION_RULES[name]
+        kind, *args = OPTION_RULES[name]
         if kind == "int":
-            checked[name] = as_int(value, name, *interval)
+            checked[name] = as_int(value, name, *args)
         elif kind == "number":
-            checked[name] = as_number(value, name, *interval)
+            checked[name] = as_number(value, name, *args)
         elif kind == "seed":
             checked[name] = None if value is None else as_int(value, name, "(-inf, inf)")
         elif kind == "numbers":
-            checked[name] = as_numbers(value, name, int(interval[0]), interval[1])
+            checked[name] = as_numbers(value, name, int(args[0]), args[1])
         elif kind == "window":
             checked[name] = as_numbers(value, name, 2, ascending=True)
         elif kind == "size":
