@@ -4,7 +4,9 @@
 
 The axial slice with the most labelled voxels (ground truth if given, else prediction) is shown in a
 soft-tissue window, with pancreas in orange and tumour in cyan; images are re-oriented to RAS first so
-that every input reads the same way. Needs matplotlib (``pip install monai-unet-variants[bundle]``).
+that every input reads the same way. The prediction and the label are checked against the CT as training checks a
+label (whole numbers 0, 1, 2, the CT's shape and voxel grid): a wrong file stops with its name instead of being drawn.
+Needs matplotlib (``pip install monai-unet-variants[bundle]``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,22 @@ __all__ = ["overlay_png"]
 COLOURS = {1: (1.0, 0.55, 0.0), 2: (0.0, 0.9, 1.0)}
 
 
-def _load_ras(path: str | Path) -> np.ndarray:
-    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+def _load_checked(image: str | Path, labels: Sequence[str | Path]) -> list[np.ndarray]:
+    """The CT and its label maps as RAS arrays, each label map checked against the CT first as training checks a
+    case (``CheckCased``: one channel, whole numbers 0, 1, 2, the CT's shape and voxel grid), so that the
+    prediction of another scan, or an image passed as a label map, stops with the file named instead of being
+    drawn over the wrong anatomy."""
+    from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
-    img = Compose([LoadImage(image_only=True), EnsureChannelFirst(), Orientation("RAS")])(str(path))
-    return np.asarray(img[0])
+    from .bundle.checks import CheckCased
+
+    load, ras = LoadImage(image_only=True), Orientation("RAS")
+    ct = EnsureChannelFirst()(load(str(image)))
+    maps = [EnsureChannelFirst()(load(str(path))) for path in labels]
+    check = CheckCased(keys=("image", "label"), allow_non_ct=True)
+    for lab in maps:
+        check({"image": ct, "label": lab})
+    return [np.asarray(ras(v)[0]) for v in (ct, *maps)]
 
 
 def _rgba(label_slice: np.ndarray, alpha: float) -> np.ndarray:
@@ -52,11 +65,9 @@ def overlay_png(
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("overlay pictures need matplotlib: pip install 'monai-unet-variants[bundle]'") from err
 
-    ct = _load_ras(image)
-    seg = np.rint(_load_ras(pred)).astype(np.int16)
-    gt = np.rint(_load_ras(label)).astype(np.int16) if label else None
-    if seg.shape != ct.shape or (gt is not None and gt.shape != ct.shape):
-        raise ValueError(f"shapes differ: image {ct.shape}, prediction {seg.shape}" + (f", label {gt.shape}" if gt is not None else ""))
+    ct, seg, *rest = _load_checked(image, [pred] + ([label] if label else []))
+    seg = seg.astype(np.int16)
+    gt = rest[0].astype(np.int16) if rest else None
     ref = gt if gt is not None else seg
     k = int(np.argmax((ref > 0).sum(axis=(0, 1)))) if ref.any() else ct.shape[2] // 2
     ct_slice = np.clip(ct[:, :, k], *window)

@@ -74,5 +74,14 @@ def test_overlay_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     bad = tmp_path / "bad.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.uint8), np.eye(4)), str(bad))
-    with pytest.raises(ValueError, match="shapes differ"):
+    with pytest.raises(ValueError, match=f"label {bad} has shape \\(10, 10, 10\\) but image {img} has"):
         overlay_png(img, bad, tmp_path / "x.png")
+    # what training refuses is not drawn either: a CT passed as the label map, a label map on another grid
+    with pytest.raises(ValueError, match=f"label {img} has values \\[-?\\d+, .*\\] \\.\\.\\. .* values\\) outside"):
+        overlay_png(img, img, tmp_path / "x.png")
+    moved = tmp_path / "moved.nii.gz"
+    source = nib.load(str(lbl))
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj), source.affine @ np.diag([1.0, 1.0, 2.0, 1.0])), str(moved))
+    with pytest.raises(ValueError, match=f"label {moved} is not on the voxel grid of image {img}"):
+        overlay_png(img, lbl, tmp_path / "x.png", label=moved)
+    assert not (tmp_path / "x.png").exists()

@@ -193,8 +193,9 @@ class CheckCased(MapTransform):
         found = {int(v) for v in torch.unique(values).tolist()}
         extra = sorted(found - self.labels)
         if extra:
+            shown = str(extra) if len(extra) <= 8 else f"{extra[:4]} ... {extra[-4:]} ({len(extra)} values)"
             raise ValueError(
-                f"label {lname} has values {extra} outside {sorted(self.labels)} "
+                f"label {lname} has values {shown} outside {sorted(self.labels)} "
                 "(0 background, 1 pancreas, 2 tumour): is it the right file, or another task's labels?"
             )
         affine, laffine = getattr(image, "affine", None), getattr(label, "affine", None)
