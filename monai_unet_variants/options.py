@@ -192,7 +192,9 @@ the product of its strides), e.g. [64, 64, 64]
 
 #: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
 #: ``("number", interval)``, ``("seed",)`` (a whole number, or ``None`` for no fixed seed), ``("size",)`` (the patch
-#: size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high) or ``("device",)``
+#: size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high), ``("device",)`` or
+#: ``("amp",)`` (a boolean that needs a CUDA ``device``: MONAI's engines autocast on CUDA only, and elsewhere would
+#: turn it off with a warning, running float32 while the command line says mixed precision)
 OPTION_RULES: dict[str, tuple[str, ...]] = {
     "epochs": ("int", "[1, inf)"),
     "val_interval": ("int", "[1, inf)"),
@@ -214,6 +216,7 @@ OPTION_RULES: dict[str, tuple[str, ...]] = {
     "device": ("device",),
     "data_device": ("device",),
     "sw_device": ("device",),
+    "amp": ("amp",),
 }
 
 
@@ -247,6 +250,12 @@ def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, A
         elif kind == "size":
             dims, divisor = getattr(network, "spatial_dims", None), getattr(network, "divisor", None)
             checked[name] = as_size(value, name, dims, divisor)
-        else:
+        elif kind == "device":
             checked[name] = as_device(value, name)
+        else:
+            checked[name] = as_bool(value, name)
+    device = checked.get("device")
+    if checked.get("amp") and (device is None or device.type != "cuda"):
+        raise ValueError(f"--amp true needs a CUDA --device (MONAI's engines autocast on CUDA only), got --device "
+                         f"{device}: it would run in float32; drop --amp or run on a GPU")
     return checked

@@ -88,17 +88,27 @@ def test_check_options_names_the_option_and_what_it_accepts(name, value, message
         check_options({"epochs": 3, name: value}, net)
 
 
+@pytest.mark.parametrize("amp, device", [("true", "cpu"), (True, None), ("yes", torch.device("cpu"))])
+def test_amp_needs_a_cuda_device(amp, device):
+    """MONAI's engines autocast on CUDA only: elsewhere ``--amp true`` would run float32 under a warning."""
+    values = {"amp": amp} if device is None else {"device": device, "amp": amp}
+    with pytest.raises(ValueError, match="--amp true needs a CUDA --device .* it would run in float32"):
+        check_options(values)
+    with pytest.raises(ValueError, match="--amp must be true or false"):
+        check_options({"device": "cpu", "amp": "maybe"})
+
+
 def test_check_options_passes_good_values_through():
     net = tiny_unet()
     good = {"epochs": 1, "val_interval": 2, "batch_size": 2, "num_samples": 1, "sw_batch_size": 4, "num_workers": 0,
             "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "learning_rate": 1, "val_fraction": 0.2,
             "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4], "pixdim": [0.8, 0.8, 2],
-            "hu_window": (-100, 240.5), "device": "cpu",
+            "hu_window": (-100, 240.5), "device": "cpu", "amp": "false",
             "data_device": torch.device("cpu"), "sw_device": "cpu"}
     assert set(good) == set(OPTION_RULES)
     checked = check_options(good, net)
     assert checked["learning_rate"] == 1.0 and checked["roi_size"] == [8, 12, 4] and checked["seed"] is None
-    assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5]
+    assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5] and checked["amp"] is False
     assert checked["device"] == torch.device("cpu") and check_options({"seed": -3}) == {"seed": -3}
     with pytest.raises(KeyError):
         check_options({"epoch": 3})
