@@ -606,7 +606,13 @@ def test_every_numeric_option_is_checked_before_anything_runs(confs):
     from monai_unet_variants.options import OPTION_RULES
 
     config = ConfigParser.load_config_files([str(BUNDLE / "configs" / c) for c in confs])
-    assert config["initialize"][:2] == ["$monai_unet_variants.bundle.summarize_errors()", "@checked_options"]
+    initialize = config["initialize"]
+    assert initialize[:2] == ["$monai_unet_variants.bundle.summarize_errors()", "@checked_options"]
+    # the patch size against the network comes after the seed: building the network draws its initial weights, which
+    # the seed must decide (a network built before set_determinism trains differently from run to run)
+    seeded = next(i for i, item in enumerate(initialize) if "set_determinism" in item)
+    assert initialize[seeded + 1] == "@checked_patch" and "network" not in config["checked_options"]
+    assert "@network_def" in config["checked_patch"]
     checked = re.findall(r"'(\w+)': @(\w+)", config["checked_options"])
     assert all(key == ref for key, ref in checked)
     checked_names = {key for key, _ in checked}
@@ -618,6 +624,29 @@ def test_every_numeric_option_is_checked_before_anything_runs(confs):
     options = {k for k, v in config.items() if k in OPTION_RULES or numeric(v)}
     assert options - checked_names == set(), "options that reach the run unchecked"
     assert checked_names <= set(OPTION_RULES) and checked_names <= set(config)
+
+
+def test_the_seed_decides_the_initial_weights(tmp_path, sample):
+    """``--seed`` fixes the network's initial weights whatever random state the process was in: every config builds
+    the network after ``set_determinism`` (the option checks run before it and build nothing)."""
+    from monai.bundle import ConfigWorkflow
+    from monai.utils import set_determinism
+
+    def weights(seed: int, run: int) -> dict:
+        torch.manual_seed(1000 + run)  # another random state in each run
+        workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                                  dataset_dir=str(sample), ckpt_dir=str(tmp_path / f"m{run}"), seed=seed,
+                                  output_dir=str(tmp_path / f"e{run}"), roi_size=[32, 32, 32], num_workers=0,
+                                  **{"network_def#channels": [4, 8, 16, 32, 64]})
+        workflow.initialize()
+        return {k: v.clone() for k, v in workflow.parser.get_parsed_content("network").state_dict().items()}
+
+    try:
+        first, again, other = weights(0, 0), weights(0, 1), weights(1, 2)
+    finally:
+        set_determinism(seed=None)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def test_a_new_network_class_with_a_bundle_spec_is_a_new_bundle(monkeypatch):
