@@ -471,6 +471,32 @@ def test_best_metric_state_round_trip():
     assert (fresh.state.best_metric, fresh.state.best_metric_epoch) == (0.61, 12)
 
 
+def test_a_diverged_network_is_not_saved(tmp_path):
+    """Weights that a NaN loss stepped into stop the run at the save, naming the epoch; the last sound
+    ``checkpoint_latest.pt`` stays, and no ``model.pt`` or ``best_metric.json`` is written for them."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(3, 2)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.output = 1, [{"loss": 0.7}]
+    latest = mb.AtomicCheckpointSaver(str(tmp_path), {"network": net})
+    latest.save_latest(engine)
+    sound = (tmp_path / mb.LATEST_CHECKPOINT).read_bytes()
+    with torch.no_grad():
+        net.bias[1] = float("inf")
+    engine.state.epoch, engine.state.output = 2, [{"loss": float("nan")}]
+    engine.state.best_metric, engine.state.best_metric_epoch = 0.5, 2
+    with pytest.raises(FloatingPointError, match=r"training diverged: 1 tensor\(s\) of the network are NaN or infinite at "
+                                                 r"epoch 2 \(e.g. bias\); the last loss was nan\. .*checkpoint_latest.pt "
+                                                 r"was not written .* lower --learning_rate"):
+        latest.save_latest(engine)
+    assert (tmp_path / mb.LATEST_CHECKPOINT).read_bytes() == sound
+    best = mb.AtomicCheckpointSaver(str(tmp_path), {"network": net}, save_interval=0, save_key_metric=True)
+    with pytest.raises(FloatingPointError, match="model.pt was not written"):
+        best.save_best(engine)
+    assert not (tmp_path / "model.pt").exists() and not (tmp_path / "best_metric.json").exists()
+
+
 def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint_latest.pt"
     mb.checkpoints._atomic_save({"a": torch.ones(3)}, target)

@@ -211,13 +211,34 @@ class AtomicCheckpointSaver:
         if self.save_key_metric:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.save_best)
 
+    def _check_finite(self, engine: Any, target: Path) -> None:
+        """Refuse to save a network whose weights are no longer finite (training diverged: a NaN or infinite loss
+        stepped into them), so that the checkpoint of the last sound epoch is kept and the run stops saying so."""
+        for name, obj in self.save_dict.items():
+            module = obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+            if not isinstance(module, torch.nn.Module):
+                continue
+            bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                output = getattr(engine.state, "output", None)  # MONAI's: one dict per sample, each with the loss
+                first = output[0] if isinstance(output, (list, tuple)) and output else output
+                loss = first.get("loss") if isinstance(first, Mapping) else None
+                last = f"; the last loss was {float(loss):g}" if isinstance(loss, (torch.Tensor, float)) else ""
+                raise FloatingPointError(
+                    f"training diverged: {len(bad)} tensor(s) of the {name} are NaN or infinite at epoch "
+                    f"{engine.state.epoch} (e.g. {bad[0]}){last}. {target} was not written (it keeps the last sound "
+                    "save, if any); lower --learning_rate and train again"
+                )
+
     def save_latest(self, engine: Any) -> None:
         if self._rank0():
+            self._check_finite(engine, self.save_dir / self.latest_filename)
             _atomic_save(self._state(), self.save_dir / self.latest_filename)
 
     def save_best(self, engine: Any) -> None:
         state = engine.state
         if getattr(state, "best_metric_epoch", -1) == state.epoch and self._rank0():
+            self._check_finite(engine, self.save_dir / self.key_metric_filename)
             record = {"metric": float(state.best_metric), "epoch": int(state.epoch), "file": self.key_metric_filename}
             atomic_write(self.save_dir / BEST_METRIC_RECORD, lambda f: f.write((json.dumps(record, indent=4) + "\n").encode()))
             _atomic_save(self._state(), self.save_dir / self.key_metric_filename)
