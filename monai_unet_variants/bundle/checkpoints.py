@@ -183,13 +183,14 @@ class AtomicCheckpointSaver:
         self.key_metric_filename = key_metric_filename
         self.only_rank0 = only_rank0
 
+    def _objects(self) -> Iterator[tuple[str, Any]]:
+        """``save_dict``'s objects, a ``DistributedDataParallel`` wrapper replaced by the network it wraps."""
+        for k, obj in self.save_dict.items():
+            yield k, obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+
     def _state(self) -> dict:
         """``{key: state_dict}``; a single object is saved as its bare state dict (the model-zoo ``model.pt``)."""
-        out = {}
-        for k, obj in self.save_dict.items():
-            if isinstance(obj, torch.nn.parallel.DistributedDataParallel):
-                obj = obj.module
-            out[k] = obj.state_dict()
+        out = {k: obj.state_dict() for k, obj in self._objects()}
         return next(iter(out.values())) if len(out) == 1 else out
 
     def _rank0(self) -> bool:
@@ -214,8 +215,7 @@ class AtomicCheckpointSaver:
     def _check_finite(self, engine: Any, target: Path) -> None:
         """Refuse to save a network whose weights are no longer finite (training diverged: a NaN or infinite loss
         stepped into them), so that the checkpoint of the last sound epoch is kept and the run stops saying so."""
-        for name, obj in self.save_dict.items():
-            module = obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
+        for name, module in self._objects():
             if not isinstance(module, torch.nn.Module):
                 continue
             bad = [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -360,15 +360,20 @@ class RandomStates:
             t.R.set_state(numpy_state(s))
 
 
+def _network_states(content: Any, load_dict: Mapping[str, Any]) -> Iterator[tuple[dict, Mapping]]:
+    """For each network of ``load_dict`` that the checkpoint ``content`` holds a state for: (the network's state
+    dict, the saved one); a bare state dict (``model.pt``) stands for every key."""
+    for key, obj in load_dict.items():
+        state = content.get(key, content) if isinstance(content, Mapping) else None
+        if isinstance(obj, torch.nn.Module) and isinstance(state, Mapping):
+            yield obj.state_dict(), state
+
+
 def _head_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
     """When a checkpoint and a network of ``load_dict`` differ only in which tensors of the network's ``head`` they
     hold (its deep-supervision heads), every other tensor of the same shape, the counts of head tensors in each
     (``"2 head tensors saved, 8 in the network"``); else ``""``."""
-    for key, obj in load_dict.items():
-        state = content.get(key, content) if isinstance(content, Mapping) else None
-        if not isinstance(obj, torch.nn.Module) or not isinstance(state, Mapping):
-            continue
-        mine = obj.state_dict()
+    for mine, state in _network_states(content, load_dict):
         own, saved = set(mine), {str(k) for k in state}
         body = [k for k in own & saved if not k.startswith("head.")]
         same_body = all(getattr(state[k], "shape", None) == mine[k].shape for k in body)
@@ -382,11 +387,7 @@ def _state_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
     """Where a checkpoint and the networks of ``load_dict`` first differ, in words: the first tensor of another
     shape (``"encoder.blocks.0.0.conv.weight is [4, 1, 3, 3, 3] in the checkpoint, [16, 1, 3, 3, 3] in the
     network"``), else the tensors that only one of them has; ``""`` when they fit."""
-    for key, obj in load_dict.items():
-        state = content.get(key, content) if isinstance(content, Mapping) else None
-        if not isinstance(obj, torch.nn.Module) or not isinstance(state, Mapping):
-            continue
-        mine = obj.state_dict()
+    for mine, state in _network_states(content, load_dict):
         for name, tensor in mine.items():
             shape = getattr(state.get(name), "shape", None)
             if shape is not None and shape != tensor.shape:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..options import as_number
+from ..options import check_options
 
 __all__ = ["NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images", "load_datalist"]
 
@@ -116,7 +116,7 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
         train, val = labelled, [_resolve(e, base) for e in content["validation"]]
     else:
         ordered = sorted(labelled, key=lambda e: e["image"])
-        fraction = as_number(val_fraction, "val_fraction", "(0, 1)")
+        fraction = check_options({"val_fraction": val_fraction})["val_fraction"]  # the bundles' rule, (0, 1)
         n_val = max(1, round(fraction * len(ordered))) if len(ordered) > 1 else 0
         if n_val >= len(ordered):
             raise ValueError(f"datalist {source}: --val_fraction {val_fraction} of its {len(ordered)} "
