@@ -191,8 +191,8 @@ the product of its strides), e.g. [64, 64, 64]
 
 
 #: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
-#: ``("number", interval)``, ``("seed",)`` (a whole number, or ``None`` for no fixed seed), ``("size",)`` (the patch
-#: size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high), ``("device",)`` or
+#: ``("number", interval)`` (a kind ending in ``?`` also takes ``None``: no fixed seed, the datalist's own split),
+#: ``("size",)`` (the patch size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high), ``("device",)`` or
 #: ``("amp",)`` (a boolean that needs a CUDA ``device``: MONAI's engines autocast on CUDA only, and elsewhere would
 #: turn it off with a warning, running float32 while the command line says mixed precision)
 OPTION_RULES: dict[str, tuple[str, ...]] = {
@@ -204,9 +204,9 @@ OPTION_RULES: dict[str, tuple[str, ...]] = {
     "num_workers": ("int", "[0, inf)"),
     "max_samples_per_class": ("int", "[1, inf)"),
     "deep_supr_num": ("int", "[1, inf)"),
-    "seed": ("seed",),
+    "seed": ("int?", "(-inf, inf)"),
     "learning_rate": ("number", "(0, inf)"),
-    "val_fraction": ("number", "(0, 1)"),
+    "val_fraction": ("number?", "(0, 1)"),
     "overlap": ("number", "[0, 1)"),
     "val_overlap": ("number", "[0, 1)"),
     "cache_rate": ("number", "[0, 1]"),
@@ -237,12 +237,14 @@ def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, A
     checked: dict[str, Any] = {}
     for name, value in values.items():
         kind, *args = OPTION_RULES[name]
+        if kind.endswith("?") and value is None:
+            checked[name] = None
+            continue
+        kind = kind.rstrip("?")
         if kind == "int":
             checked[name] = as_int(value, name, *args)
         elif kind == "number":
             checked[name] = as_number(value, name, *args)
-        elif kind == "seed":
-            checked[name] = None if value is None else as_int(value, name, "(-inf, inf)")
         elif kind == "numbers":
             checked[name] = as_numbers(value, name, int(args[0]), args[1])
         elif kind == "window":

@@ -110,6 +110,9 @@ def test_check_options_passes_good_values_through():
     assert checked["learning_rate"] == 1.0 and checked["roi_size"] == [8, 12, 4] and checked["seed"] is None
     assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5] and checked["amp"] is False
     assert checked["device"] == torch.device("cpu") and check_options({"seed": -3}) == {"seed": -3}
+    assert check_options({"val_fraction": None}) == {"val_fraction": None}  # the datalist's own split, or 0.2
+    with pytest.raises(ValueError, match="--epochs must be a whole number"):
+        check_options({"epochs": None})  # only options marked optional take None
     with pytest.raises(KeyError):
         check_options({"epoch": 3})
 

@@ -346,6 +346,34 @@ def test_a_split_that_cannot_train_is_refused(sample, fraction, message):
         mb.load_datalist(sample, "training", val_fraction=fraction)
 
 
+def test_an_own_validation_list_is_kept_apart_from_training(sample, tmp_path, caplog):
+    """A datalist's own ``validation`` list: a case also under ``training`` (validation would score what was trained
+    on) stops the split naming it; ``--val_fraction`` beside the list (it would not be used) stops it; a case listed
+    twice is a warning; a validation case without a label is refused."""
+    cases = [{"image": f"imagesTr/pancreas_00{i}.nii.gz", "label": f"labelsTr/pancreas_00{i}.nii.gz"} for i in range(5)]
+    path = sample / "split.json"
+
+    def split(content: dict, **kw):
+        path.write_text(json.dumps(content))
+        return mb.load_datalist(path, "validation", **kw)
+
+    try:
+        assert [Path(e["image"]).name for e in split({"training": cases[:4], "validation": cases[4:]})] == [
+            "pancreas_004.nii.gz"]
+        with pytest.raises(ValueError, match=r"1 'validation' case\(s\) are also in 'training' \(.*pancreas_003"):
+            split({"training": cases[:4], "validation": cases[3:]})
+        with pytest.raises(ValueError, match=r"split.json has its own 'validation' list \(1 cases\): --val_fraction "
+                                             r"0.3 would not be used"):
+            split({"training": cases[:4], "validation": cases[4:]}, val_fraction=0.3)
+        with pytest.raises(ValueError, match="every 'validation' entry needs 'image' and 'label'"):
+            split({"training": cases[:4], "validation": [{"image": cases[4]["image"]}]})
+        with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+            split({"training": cases[:4] + cases[:1], "validation": cases[4:]})
+        assert "lists 1 'training' case(s) more than once" in caplog.text and "pancreas_000" in caplog.text
+    finally:
+        path.unlink()
+
+
 def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
     dl = {"training": [{"image": str(sample / "imagesTr" / "pancreas_000.nii.gz"),
                         "label": str(sample / "labelsTr" / "pancreas_000.nii.gz")}],

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..options import check_options
 
-__all__ = ["NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images", "load_datalist"]
+__all__ = ["DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images", "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -90,36 +90,82 @@ def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
     return content, path
 
 
-def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fraction: float = 0.2) -> list:
+#: the validation share of a datalist without a ``validation`` list, when ``--val_fraction`` is not given
+DEFAULT_VAL_FRACTION = 0.2
+
+
+def _labelled(entries: Any, base: Path, source: Path, section: str) -> list[dict]:
+    """A datalist section's cases, with absolute paths; each needs an ``image`` and a ``label``."""
+    if not isinstance(entries, list):
+        raise ValueError(f"datalist {source}: '{section}' must be a list of cases, got {type(entries).__name__}")
+    cases = [_resolve(e, base) for e in entries]
+    for e in cases:
+        if not isinstance(e, dict) or "image" not in e or "label" not in e:
+            raise ValueError(f"datalist {source}: every '{section}' entry needs 'image' and 'label', got {e!r}")
+    return cases
+
+
+def _check_disjoint(train: list[dict], val: list[dict], source: Path) -> None:
+    """Refuse validation cases that are also trained on (the score would measure memory, not segmentation); warn of
+    a case listed twice in one section (it counts twice)."""
+    def key(e: dict) -> str:
+        return os.path.realpath(e["image"])
+
+    shared = sorted({key(e) for e in train} & {key(e) for e in val})
+    if shared:
+        shown = ", ".join(shared[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+        raise ValueError(
+            f"datalist {source}: {len(shared)} 'validation' case(s) are also in 'training' ({shown}): validation "
+            "would score cases the network was trained on; list each case in one of the two"
+        )
+    for section, cases in (("training", train), ("validation", val)):
+        keys = [key(e) for e in cases]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            logger.warning("datalist %s lists %d '%s' case(s) more than once, each counting as often: %s", source,
+                           len(twice), section, ", ".join(twice[:3]))
+
+
+def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fraction: float | None = None) -> list:
     """Cases of an MSD ``dataset.json`` or a datalist JSON of the same form, with absolute paths.
 
-    ``section``: ``"training"`` or ``"validation"`` (the deterministic split below), ``"all"`` (every labelled
-    case) or ``"test"`` (unlabelled inputs). Paths are relative to the JSON file's folder; an ``image`` may be a
-    NIfTI file or a DICOM series folder.
+    ``section``: ``"training"`` or ``"validation"`` (the split below), ``"all"`` (every labelled case) or ``"test"``
+    (unlabelled inputs). Paths are relative to the JSON file's folder; an ``image`` may be a NIfTI file or a DICOM
+    series folder.
 
-    Split: if the file has a ``"validation"`` list it is used as is; otherwise the labelled cases are sorted
-    by image path and the last ``max(1, round(val_fraction * n))`` form the validation set (never trained on).
+    Split: if the file has a ``"validation"`` list it is used as is (its cases must not also be in ``"training"``,
+    and ``val_fraction`` must not be given: it would not be used); otherwise the labelled cases are sorted by image
+    path and the last ``max(1, round(val_fraction * n))`` form the validation set (never trained on),
+    ``val_fraction`` defaulting to ``DEFAULT_VAL_FRACTION``.
+
+    Raises:
+        ValueError: naming the datalist, for a case without image or label, a validation case that is also a
+            training case, a ``val_fraction`` beside a ``validation`` list, or a split that leaves nothing to train.
     """
     content, source = _read_datalist(datalist)
     base = source.parent
-    labelled = [_resolve(e, base) for e in content.get("training", [])]
     if section == "test":
         return [_resolve(e, base) for e in content.get("test", [])]
+    labelled = _labelled(content.get("training", []), base, source, "training")
     if not labelled:
         raise ValueError(f"datalist {base} has no 'training' cases")
-    for e in labelled:
-        if not isinstance(e, dict) or "image" not in e or "label" not in e:
-            raise ValueError(f"datalist {base}: every 'training' entry needs 'image' and 'label', got {e!r}")
     if section == "all":
         return labelled
     if "validation" in content:
-        train, val = labelled, [_resolve(e, base) for e in content["validation"]]
+        train, val = labelled, _labelled(content["validation"], base, source, "validation")
+        if val_fraction is not None:
+            raise ValueError(
+                f"datalist {source} has its own 'validation' list ({len(val)} cases): --val_fraction {val_fraction} "
+                "would not be used; drop --val_fraction, or remove the list to split 'training' by the fraction"
+            )
+        _check_disjoint(train, val, source)
     else:
         ordered = sorted(labelled, key=lambda e: e["image"])
-        fraction = check_options({"val_fraction": val_fraction})["val_fraction"]  # the bundles' rule, (0, 1)
+        fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+        fraction = check_options({"val_fraction": fraction})["val_fraction"]  # the bundles' rule, (0, 1)
         n_val = max(1, round(fraction * len(ordered))) if len(ordered) > 1 else 0
         if n_val >= len(ordered):
-            raise ValueError(f"datalist {source}: --val_fraction {val_fraction} of its {len(ordered)} "
+            raise ValueError(f"datalist {source}: --val_fraction {fraction:g} of its {len(ordered)} "
                              "labelled cases leaves none to train on; lower it or add a 'validation' list")
         train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
     if section == "training":
