@@ -750,6 +750,36 @@ def test_a_missing_slice_is_found(series):
         mb.check_inputs([str(series)])
 
 
+@pytest.mark.parametrize("tilt", [0.0, 15.0], ids=["oblique", "tilted"])
+def test_a_series_sheared_by_a_gantry_tilt_is_refused(tmp_path, tilt):
+    """A series acquired with a gantry tilt (slices stacked at an angle to their normal) is what ITK reads as an
+    untilted stack, displaced and stretched: refused naming the angle and the drift. An oblique series stacked along
+    its normal (rotated about the patient's axis, header positions rounded as scanners write them) is read."""
+    import pydicom
+
+    from monai_unet_variants.data import generate_case, write_dicom_series
+
+    image, _, affine = generate_case(7, (40, 32, 12))
+    turn = np.radians(20)  # an oblique in-plane orientation: rotated about z
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0], [np.sin(turn), np.cos(turn), 0], [0, 0, 1]])
+    affine[:3, :3] = rotation @ affine[:3, :3]
+    affine[:3, 2] += rotation @ np.array([0.0, np.tan(np.radians(tilt)) * affine[2, 2], 0.0])  # sideways per slice
+    folder = tmp_path / "series"
+    write_dicom_series(image, affine, folder, seed=7)
+    for path in folder.iterdir():  # positions to 0.01 mm, directions to 6 decimals, as scanners write them
+        ds = pydicom.dcmread(str(path))
+        ds.ImagePositionPatient = [round(float(v), 2) for v in ds.ImagePositionPatient]
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in ds.ImageOrientationPatient]
+        ds.save_as(str(path))
+    if not tilt:
+        assert mb.check_inputs([str(folder)]) == [str(folder)]
+        return
+    with pytest.raises(mb.DicomSeriesError, match=f"series [0-9.]+ in {folder} is sheared, as a gantry tilt of 15.0 "
+                                                  r"degrees leaves it: its slices drift 7.4 mm sideways from "
+                                                  r"IM0012.dcm to IM0001.dcm over 27.5 mm .*dcm2niix"):
+        mb.check_inputs([str(folder)])
+
+
 def test_a_missing_instance_number_is_found(series):
     import pydicom
 

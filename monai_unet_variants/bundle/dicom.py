@@ -4,7 +4,8 @@ ITK reads whatever DICOM files a folder holds: a folder with a missing slice giv
 (and the wrong spacing, with only a warning on stderr), a folder holding two series gives one of them without a word,
 and a series one folder down gives "an empty folder". ``check_dicom_folder`` reads every file's header (pydicom,
 pixels untouched), groups the files by ``SeriesInstanceUID``, and checks the chosen series: the same orientation on
-every slice, no two slices at one position, slice positions evenly spaced along the slice normal, instance numbers
+every slice, no two slices at one position, slice positions evenly spaced along the slice normal and stacked along
+it (not sheared by a gantry tilt, which ITK reads as an untilted stack: displaced and stretched), instance numbers
 without gaps. It goes one folder down when the folder holds no DICOM file itself and exactly one subfolder does.
 
 pydicom rather than SimpleITK's GDCM series tools: it is already a dependency of the bundles (SimpleITK would add
@@ -31,6 +32,9 @@ SPACING_TOLERANCE = 0.01
 #: fewest slices a series needs to be segmented as a CT volume (fewer: a localizer, a key-image series, a partial
 #: export)
 MIN_SLICES = 8
+#: largest sideways drift (mm) of the slices' in-plane origin from the first slice to the last before a series is
+#: refused as sheared (a gantry tilt): far above the rounding of header positions, below any voxel
+SHEAR_TOLERANCE_MM = 0.1
 
 
 class DicomSeriesError(ValueError):
@@ -128,6 +132,7 @@ def _check_geometry(folder: Path, uid: str, items: list) -> None:
         k = int(np.argmin(gaps))
         raise DicomSeriesError(f"series {uid} in {folder}: {files[k]} and {files[k + 1]} lie at the same position "
                                "(a duplicated slice, or two acquisitions in one series)")
+    _check_stacking(folder, uid, positions[order], normal, files)
     median = float(np.median(gaps))
     worst = int(np.argmax(np.abs(gaps - median)))
     if abs(gaps[worst] - median) > max(SPACING_TOLERANCE * median, 0.01):
@@ -147,6 +152,24 @@ def _check_geometry(folder: Path, uid: str, items: list) -> None:
                 f"series {uid} in {folder} has {len(items)} slices numbered {min(numbers)}..{max(numbers)}: instance "
                 f"number(s) {absent[:5]}{' ...' if len(absent) > 5 else ''} missing. Complete the series"
             )
+
+
+def _check_stacking(folder: Path, uid: str, positions: np.ndarray, normal: np.ndarray, files: list[str]) -> None:
+    """Refuse a series whose slices are not stacked along their normal (sorted ``positions``): a CT acquired with a
+    gantry tilt. ITK (MONAI's DICOM reader) builds its grid from the slices' orientation and the distance between
+    slices, so such a series would be read untilted: each slice displaced sideways, the volume stretched."""
+    span = positions[-1] - positions[0]
+    along = float(span @ normal)
+    sideways = span - along * normal
+    drift = float(np.linalg.norm(sideways))
+    if drift > SHEAR_TOLERANCE_MM:
+        angle = float(np.degrees(np.arctan2(drift, abs(along))))
+        raise DicomSeriesError(
+            f"series {uid} in {folder} is sheared, as a gantry tilt of {angle:.1f} degrees leaves it: its slices "
+            f"drift {drift:.1f} mm sideways from {files[0]} to {files[-1]} over {abs(along):.1f} mm along their "
+            "normal. Read as a stack (as ITK reads series) every slice would be displaced by up to that much and the "
+            "volume stretched; resample it to an untilted grid first (dcm2niix corrects gantry tilt) and give that"
+        )
 
 
 def _series_folder(folder: Path, uid: str, items: list) -> Path:
@@ -190,7 +213,8 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
 
     Raises:
         DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
-            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations, a Modality other
+            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations, slices sheared by
+            a gantry tilt, a Modality other
             than CT or too few slices (unless ``allow_non_ct``).
     """
     folder = Path(folder)
