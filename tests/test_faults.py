@@ -780,6 +780,26 @@ def test_a_series_sheared_by_a_gantry_tilt_is_refused(tmp_path, tilt):
         mb.check_inputs([str(folder)])
 
 
+@pytest.mark.parametrize("field", ["PixelSpacing", "Rows"])
+def test_a_slice_of_another_pixel_grid_is_refused(series, field):
+    """A slice of another pixel spacing (ITK would read it at the first slice's scale) or size (ITK would split it
+    off as a series of its own and read a volume of one slice) stops the check, naming a slice and the fields."""
+    import pydicom
+
+    path = series / "IM0006.dcm"
+    ds = pydicom.dcmread(str(path))
+    if field == "PixelSpacing":
+        ds.PixelSpacing = [0.7, 0.7]
+        expected = r"PixelSpacing \[0.7, 0.7\] \(others \[0.8, 0.8\]\)"
+    else:
+        expected = f"Rows 30 \\(others {ds.Rows}\\)"
+        ds.PixelData, ds.Rows = ds.pixel_array[:30].tobytes(), 30
+    ds.save_as(str(path))
+    with pytest.raises(mb.DicomSeriesError, match=f"series [0-9.]+ in {series}: 1 of its 24 slices have another "
+                                                  f"pixel grid, e.g. IM0006.dcm: {expected}"):
+        mb.check_inputs([str(series)])
+
+
 def test_a_missing_instance_number_is_found(series):
     import pydicom
 

@@ -3,10 +3,11 @@
 ITK reads whatever DICOM files a folder holds: a folder with a missing slice gives a volume with one slice fewer
 (and the wrong spacing, with only a warning on stderr), a folder holding two series gives one of them without a word,
 and a series one folder down gives "an empty folder". ``check_dicom_folder`` reads every file's header (pydicom,
-pixels untouched), groups the files by ``SeriesInstanceUID``, and checks the chosen series: the same orientation on
-every slice, no two slices at one position, slice positions evenly spaced along the slice normal and stacked along
-it (not sheared by a gantry tilt, which ITK reads as an untilted stack: displaced and stretched), instance numbers
-without gaps. It goes one folder down when the folder holds no DICOM file itself and exactly one subfolder does.
+pixels untouched), groups the files by ``SeriesInstanceUID``, and checks the chosen series: one pixel grid (rows,
+columns, pixel spacing) and the same orientation on every slice, no two slices at one position, slice positions
+evenly spaced along the slice normal and stacked along it (not sheared by a gantry tilt, which ITK reads as an
+untilted stack: displaced and stretched), instance numbers without gaps. It goes one folder down when the folder
+holds no DICOM file itself and exactly one subfolder does.
 
 pydicom rather than SimpleITK's GDCM series tools: it is already a dependency of the bundles (SimpleITK would add
 ~50 MB), and the checks need the raw header values (instance numbers, positions, orientation) that pydicom exposes
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +113,37 @@ def _choose(folder: Path, series: dict[str, list], choice: str | None) -> tuple[
     return uid, series[uid]
 
 
+#: the header fields that give a slice's pixel grid: every slice of a volume needs the same
+GRID_FIELDS = ("Rows", "Columns", "PixelSpacing")
+
+
+def _check_grids(folder: Path, uid: str, items: list) -> None:
+    """Refuse slices whose pixel grid (``GRID_FIELDS``) differs from the most common one: ITK takes the first
+    slice's spacing for all (a slice of another spacing is read at the wrong scale), and splits slices of another size
+    into a series of their own, of which it reads one (a volume of one slice), both without an error."""
+    def grid(ds: Any) -> tuple:
+        spacing = tuple(round(float(v), 4) for v in getattr(ds, "PixelSpacing", None) or ())
+        return getattr(ds, "Rows", None), getattr(ds, "Columns", None), spacing
+
+    grids = [grid(ds) for _, ds in items]
+    common = Counter(grids).most_common(1)[0][0]  # ties: the first slice's grid
+    odd = [(path.name, g) for (path, _), g in zip(items, grids, strict=True) if g != common]
+    if odd:
+        name, g = odd[0]
+        shown = [list(v) if isinstance(v, tuple) else v for v in (*g, *common)]
+        fields = ", ".join(f"{field} {shown[i]} (others {shown[i + len(g)]})"
+                           for i, field in enumerate(GRID_FIELDS) if g[i] != common[i])
+        raise DicomSeriesError(
+            f"series {uid} in {folder}: {len(odd)} of its {len(items)} slices have another pixel grid, e.g. {name}: "
+            f"{fields}. A volume needs one grid for every slice (read as it is, ITK would scale or drop slices "
+            "without an error): a reformat or a scout mixed in? Remove those slices"
+        )
+
+
 def _check_geometry(folder: Path, uid: str, items: list) -> None:
     if len(items) < 2:
         return
+    _check_grids(folder, uid, items)
     try:
         orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for _, ds in items])
         positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
@@ -213,8 +243,8 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
 
     Raises:
         DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
-            that cannot be read, missing or duplicated slices, uneven spacing, mixed orientations, slices sheared by
-            a gantry tilt, a Modality other
+            that cannot be read, slices of different sizes or pixel spacings, missing or duplicated slices, uneven
+            spacing, mixed orientations, slices sheared by a gantry tilt, a Modality other
             than CT or too few slices (unless ``allow_non_ct``).
     """
     folder = Path(folder)
