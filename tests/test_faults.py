@@ -427,8 +427,8 @@ def test_loader_messages_and_schedule_extension(tmp_path):
         with pytest.raises(ValueError, match="does not fit the network .* --network_def#_target_"):
             mb.SafeCheckpointLoader(str(tmp_path / "wider.pt"), {"network": build(False)})(Engine(lambda e, b: b))
 
-    def schedule(epochs: int) -> tuple:
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    def schedule(epochs: int, lr: float = 1e-3) -> tuple:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
         return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-6)
 
     opt, sched = schedule(2)
@@ -454,6 +454,42 @@ def test_loader_messages_and_schedule_extension(tmp_path):
         ref_opt.step()
         ref.step()
     assert lrs == pytest.approx(ref_lrs) and lrs[0] < 1e-3 * 0.51 and lrs[1] < lrs[0]
+
+
+@pytest.mark.parametrize("typed", [1e-3, 1e-4])
+def test_a_resumed_run_follows_the_learning_rate_typed(tmp_path, caplog, typed):
+    """``--resume true --learning_rate 1e-4`` over a checkpoint trained from 1e-3: the optimizer's and the schedule's
+    restored state would silently bring back 1e-3; the schedule runs from the rate typed, at the epoch reached, and
+    says so. Resumed with the rate it was trained with, the restored state is kept exactly, without a word."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(4, 2)
+
+    def schedule(lr: float) -> tuple:
+        opt = torch.optim.AdamW(net.parameters(), lr=lr)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4, eta_min=1e-6)
+
+    opt, sched = schedule(1e-3)
+    opt.step()
+    sched.step()  # one epoch of four done
+    torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict()}, tmp_path / "latest.pt")
+    resumed_opt, resumed = schedule(typed)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        mb.SafeCheckpointLoader(str(tmp_path / "latest.pt"), {"optimizer": resumed_opt, "lr_scheduler": resumed},
+                                purpose="resume", extend_schedule_to=4)(Engine(lambda e, b: b))
+    ref_opt, ref = schedule(typed)
+    ref_opt.step()
+    ref.step()
+    for _ in range(3):  # epochs 2 to 4 on the schedule of the rate typed
+        assert resumed_opt.param_groups[0]["lr"] == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-9)
+        for o, s in ((resumed_opt, resumed), (ref_opt, ref)):
+            o.step()
+            s.step()
+    if typed == 1e-3:
+        assert "resuming" not in caplog.text
+    else:
+        assert "resuming at epoch 1 with --learning_rate 0.0001: " in caplog.text
+        assert "latest.pt was trained from 0.001; the cosine schedule now runs from 0.0001" in caplog.text
 
 
 def test_bundle_root_with_a_comma_in_its_name(tmp_path):

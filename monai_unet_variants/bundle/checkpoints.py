@@ -415,6 +415,8 @@ class SafeCheckpointLoader(CheckpointLoader):
         extend_schedule_to: the run's epochs: when the restored cosine schedule was made for another number (a
             finished 2-epoch run resumed with ``--epochs 4``), it is stretched to this many epochs from where it is,
             and the learning rate set to the longer schedule's value at the current epoch (it never climbs back).
+            Likewise a run resumed with another ``--learning_rate`` follows it: the schedule's starting rate is the
+            one this run was started with (the checkpoint's would silently override what was typed). Both logged.
             Defaults to ``None``.
         optional_keys: entries of ``load_dict`` that a checkpoint may lack (it is then resumed without them, with a
             warning). Defaults to ``("rng",)``.
@@ -457,6 +459,8 @@ class SafeCheckpointLoader(CheckpointLoader):
         for key in missing:  # e.g. the random states, which checkpoints of older versions do not hold
             logger.warning(f"{path} holds no {key!r} (saved by an older version): resuming without it")
         kept = {k: self.load_dict.pop(k) for k in missing}
+        scheduler = self.load_dict.get("lr_scheduler")
+        typed_lrs = list(scheduler.base_lrs) if hasattr(scheduler, "base_lrs") else None  # this run's, before loading
         try:
             super().__call__(engine)
         except RuntimeError as err:
@@ -476,20 +480,33 @@ class SafeCheckpointLoader(CheckpointLoader):
             ) from err
         finally:
             self.load_dict.update(kept)
-        self._extend_schedule()
+        self._follow_command_line(typed_lrs)
 
-    def _extend_schedule(self) -> None:
+    def _follow_command_line(self, typed_lrs: list[float] | None) -> None:
+        """After resuming, the cosine schedule runs as this run's command line says, from where it is: over
+        ``extend_schedule_to`` epochs, from the learning rate(s) the run was started with (``typed_lrs``, the
+        schedule's ``base_lrs`` before the checkpoint replaced them), each change logged. The learning rate becomes
+        the new schedule's value at the current epoch (a longer schedule never climbs back above where it was)."""
         scheduler = self.load_dict.get("lr_scheduler")
-        target = self.extend_schedule_to
-        if target is None or scheduler is None or not hasattr(scheduler, "T_max") or scheduler.T_max == target:
+        if scheduler is None or not hasattr(scheduler, "T_max"):
             return
-        done, old = scheduler.last_epoch, scheduler.T_max
-        scheduler.T_max = int(target)
+        done, old_epochs, old_lrs = scheduler.last_epoch, scheduler.T_max, list(scheduler.base_lrs)
+        target = old_epochs if self.extend_schedule_to is None else int(self.extend_schedule_to)
+        bases = old_lrs if typed_lrs is None else list(typed_lrs)
+        new_rate = any(not math.isclose(a, b, rel_tol=1e-9) for a, b in zip(bases, old_lrs, strict=True))
+        if target == old_epochs and not new_rate:
+            return
+        scheduler.T_max, scheduler.base_lrs = target, bases
         lrs = [scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * done / target)) / 2
-               for base in scheduler.base_lrs]
-        for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
+               for base in bases]
+        for group, base, lr in zip(scheduler.optimizer.param_groups, bases, lrs, strict=True):
+            group["initial_lr"], group["lr"] = base, lr
         scheduler._last_lr = lrs
-        logger.warning(f"resuming at epoch {done} with --epochs {target}: the cosine schedule of {self.load_path} was "
-                       f"made for {old} epochs and now runs over {target}; learning rate {lrs[0]:.3g} (the value of "
-                       f"a {target}-epoch schedule at epoch {done})")
+        if target != old_epochs:
+            logger.warning(f"resuming at epoch {done} with --epochs {target}: the cosine schedule of {self.load_path} "
+                           f"was made for {old_epochs} epochs and now runs over {target}")
+        if new_rate:
+            logger.warning(f"resuming at epoch {done} with --learning_rate {bases[0]:g}: {self.load_path} was trained "
+                           f"from {old_lrs[0]:g}; the cosine schedule now runs from {bases[0]:g}")
+        logger.warning(f"learning rate {lrs[0]:.3g} at epoch {done} (the value of a {target}-epoch schedule from "
+                       f"{bases[0]:g})")
