@@ -456,6 +456,29 @@ def test_loader_messages_and_schedule_extension(tmp_path):
     assert lrs == pytest.approx(ref_lrs) and lrs[0] < 1e-3 * 0.51 and lrs[1] < lrs[0]
 
 
+@pytest.mark.parametrize("steps", [3, 6])
+def test_a_resumed_run_takes_its_own_steps_per_epoch(tmp_path, caplog, steps):
+    """Resumed with twice the steps per epoch (``--batch_size`` halved): ignite would restore the checkpoint's epoch
+    length and run 3 of this run's 6 batches per epoch; the resumed epochs take all 6, with a warning. The same
+    length is resumed as it is, without a word."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(4, 2)
+    torch.save({"network": net.state_dict(), "trainer": {"epoch_length": 3, "iteration": 6, "max_epochs": 4}},
+               tmp_path / "latest.pt")
+    seen = []
+    trainer = Engine(lambda engine, batch: seen.append(batch))
+    trainer.data_loader = list(range(steps))  # as MONAI's workflows hold their loader
+    mb.SafeCheckpointLoader(str(tmp_path / "latest.pt"), {"network": net}, engine_key="trainer",
+                            purpose="resume").attach(trainer)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        trainer.run(trainer.data_loader, max_epochs=4)
+    assert seen == list(range(steps)) * 2  # epochs 3 and 4, each over every batch
+    assert (trainer.state.epoch, trainer.state.iteration) == (4, 4 * steps)
+    warned = "resuming at epoch 2 with 6 steps per epoch: " in caplog.text
+    assert warned == (steps == 6) and (steps == 3 or "was trained with 3" in caplog.text)
+
+
 @pytest.mark.parametrize("typed", [1e-3, 1e-4])
 def test_a_resumed_run_follows_the_learning_rate_typed(tmp_path, caplog, typed):
     """``--resume true --learning_rate 1e-4`` over a checkpoint trained from 1e-3: the optimizer's and the schedule's

@@ -481,6 +481,25 @@ class SafeCheckpointLoader(CheckpointLoader):
         finally:
             self.load_dict.update(kept)
         self._follow_command_line(typed_lrs)
+        self._follow_epoch_length(engine)
+
+    def _follow_epoch_length(self, engine: Any) -> None:
+        """A run resumed with other steps per epoch (another ``--batch_size`` or ``--num_samples``, or other training
+        cases) takes its own: ignite restores the checkpoint's epoch length, and every later epoch would run that many
+        steps over this run's data (half of it, with the batch halved)."""
+        if self.purpose != "resume" or not self.engine_key or engine.state.epoch_length is None:
+            return
+        try:
+            steps = len(engine.data_loader)
+        except (AttributeError, TypeError):  # no loader, or one without a length: nothing to compare
+            return
+        saved = engine.state.epoch_length
+        if steps == saved:
+            return
+        engine.state.epoch_length, engine.state.iteration = steps, engine.state.epoch * steps
+        logger.warning(f"resuming at epoch {engine.state.epoch} with {steps} steps per epoch: {self.load_path} was "
+                       f"trained with {saved} (another --batch_size, --num_samples or other training cases); epochs "
+                       f"from here take {steps} steps")
 
     def _follow_command_line(self, typed_lrs: list[float] | None) -> None:
         """After resuming, the cosine schedule runs as this run's command line says, from where it is: over
