@@ -479,6 +479,28 @@ def test_a_resumed_run_takes_its_own_steps_per_epoch(tmp_path, caplog, steps):
     assert warned == (steps == 6) and (steps == 3 or "was trained with 3" in caplog.text)
 
 
+def test_a_resumed_run_needs_epochs_left(tmp_path, caplog):
+    """``--resume true --epochs 1`` over a 2-epoch checkpoint stops naming the file and the option before anything
+    loads; ``--epochs 2`` says that nothing is left to train."""
+    from ignite.engine import Engine
+
+    net = torch.nn.Linear(4, 2)
+    torch.save({"network": net.state_dict(), "trainer": {"epoch_length": 3, "iteration": 6, "max_epochs": 2}},
+               tmp_path / "latest.pt")
+    def resume(epochs: int) -> None:
+        trainer = Engine(lambda engine, batch: None)
+        mb.SafeCheckpointLoader(str(tmp_path / "latest.pt"), {"network": net}, engine_key="trainer",
+                                purpose="resume").attach(trainer)
+        trainer.run([0, 1, 2], max_epochs=epochs)
+
+    with pytest.raises(ValueError, match=f"--resume true: {tmp_path / 'latest.pt'} has trained 2 epochs, more than "
+                                         "--epochs 1: pass --epochs above 2"):
+        resume(1)
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        resume(2)
+    assert "has trained all 2 epochs; nothing is left to train: pass --epochs above 2" in caplog.text
+
+
 @pytest.mark.parametrize("typed", [1e-3, 1e-4])
 def test_a_resumed_run_follows_the_learning_rate_typed(tmp_path, caplog, typed):
     """``--resume true --learning_rate 1e-4`` over a checkpoint trained from 1e-3: the optimizer's and the schedule's

@@ -454,6 +454,7 @@ class SafeCheckpointLoader(CheckpointLoader):
                 f"point --ckpt_dir at the models folder of the run to continue"
             )
         content = check_checkpoint(path)
+        self._check_epochs_left(content, engine)
         missing = [k for k in self.optional_keys if k in self.load_dict and isinstance(content, Mapping)
                    and k not in content and len(self.load_dict) > 1]
         for key in missing:  # e.g. the random states, which checkpoints of older versions do not hold
@@ -482,6 +483,21 @@ class SafeCheckpointLoader(CheckpointLoader):
             self.load_dict.update(kept)
         self._follow_command_line(typed_lrs)
         self._follow_epoch_length(engine)
+
+    def _check_epochs_left(self, content: Any, engine: Any) -> None:
+        """A resumed run needs epochs left to train: ``--epochs`` below the checkpoint's epoch is refused naming both,
+        and the same number is said to train nothing (MONAI's own error names neither the file nor the option)."""
+        state = content.get(self.engine_key) if self.purpose == "resume" and isinstance(content, Mapping) else None
+        epochs = engine.state.max_epochs
+        if not isinstance(state, Mapping) or not state.get("epoch_length") or epochs is None:
+            return
+        done = int(state.get("iteration", 0)) // int(state["epoch_length"])
+        if done > epochs:
+            raise ValueError(f"--resume true: {self.load_path} has trained {done} epochs, more than --epochs {epochs}: "
+                             f"pass --epochs above {done} to train further, or --overwrite true to start afresh")
+        if done == epochs:
+            logger.warning(f"--resume true: {self.load_path} has trained all {epochs} epochs; nothing is left to "
+                           f"train: pass --epochs above {done} to train further")
 
     def _follow_epoch_length(self, engine: Any) -> None:
         """A run resumed with other steps per epoch (another ``--batch_size`` or ``--num_samples``, or other training
