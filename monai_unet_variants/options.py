@@ -192,9 +192,9 @@ the product of its strides), e.g. [64, 64, 64]
 
 #: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
 #: ``("number", interval)`` (a kind ending in ``?`` also takes ``None``: no fixed seed, the datalist's own split),
-#: ``("size",)`` (the patch size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high), ``("device",)`` or
-#: ``("amp",)`` (a boolean that needs a CUDA ``device``: MONAI's engines autocast on CUDA only, and elsewhere would
-#: turn it off with a warning, running float32 while the command line says mixed precision)
+#: ``("size",)`` (the patch size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high),
+#: ``("device",)`` or ``("amp",)`` (a boolean that needs a CUDA ``device``: MONAI's engines autocast on CUDA only,
+#: and elsewhere would turn it off with a warning, running float32 while the command line says mixed precision)
 OPTION_RULES: dict[str, tuple[str, ...]] = {
     "epochs": ("int", "[1, inf)"),
     "val_interval": ("int", "[1, inf)"),

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..options import check_options
 
-__all__ = ["DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images", "load_datalist"]
+__all__ = ["DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images",
+           "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -97,11 +98,11 @@ DEFAULT_VAL_FRACTION = 0.2
 def _labelled(entries: Any, base: Path, source: Path, section: str) -> list[dict]:
     """A datalist section's cases, with absolute paths; each needs an ``image`` and a ``label``."""
     if not isinstance(entries, list):
-        raise ValueError(f"datalist {source}: '{section}' must be a list of cases, got {type(entries).__name__}")
+        raise ValueError(f"datalist {source}: {section!r} must be a list of cases, got {type(entries).__name__}")
     cases = [_resolve(e, base) for e in entries]
     for e in cases:
         if not isinstance(e, dict) or "image" not in e or "label" not in e:
-            raise ValueError(f"datalist {source}: every '{section}' entry needs 'image' and 'label', got {e!r}")
+            raise ValueError(f"datalist {source}: every {section!r} entry needs 'image' and 'label', got {e!r}")
     return cases
 
 
