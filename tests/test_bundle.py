@@ -176,6 +176,41 @@ def test_original_grid_gives_back_each_cases_own_label(sample, tmp_path):
         mb.OriginalGridd(preprocessing)(item)
 
 
+def test_a_label_stored_in_another_orientation_is_the_same_label(sample, tmp_path):
+    """A label stored in another orientation than its image (RAS or axes swapped beside the sample's LPS CT, as other
+    tools write them) holds the same voxels: the case check accepts it, the preprocessed label equals the one of the
+    label stored as the image is, and evaluation reads it back in the image's order. Moved by 5 mm as well, it is
+    still refused."""
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch, list_data_collate
+    from monai.networks.utils import one_hot
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    image, label = sample / "imagesTr" / "pancreas_000.nii.gz", sample / "labelsTr" / "pancreas_000.nii.gz"
+    stored = nib.load(str(label))
+    ras = nib.as_closest_canonical(stored)
+    swapped = nib.Nifti1Image(np.asarray(ras.dataobj).transpose(2, 0, 1), ras.affine[:, [2, 0, 1, 3]])
+    moved = nib.Nifti1Image(np.asarray(ras.dataobj), ras.affine + np.array([[0, 0, 0, 5.0]] + [[0] * 4] * 3))
+    assert nib.aff2axcodes(stored.affine) == ("L", "P", "S") and nib.aff2axcodes(swapped.affine) == ("S", "R", "A")
+    reference = preprocessing({"image": str(image), "label": str(label)})["label"]
+    for name, img in (("ras", ras), ("swapped", swapped)):
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(img, str(path))
+        item = preprocessing({"image": str(image), "label": str(path)})
+        assert torch.equal(item["label"], reference), name
+        item = decollate_batch(list_data_collate([item]))[0]
+        item["pred"] = one_hot(item["label"][None].long(), 3)[0].float()
+        back = mb.OriginalGridd(preprocessing, space="original")(item)
+        assert torch.equal(back["label"][0].to(torch.uint8), torch.as_tensor(np.asarray(stored.dataobj))), name
+    nib.save(moved, str(tmp_path / "moved.nii.gz"))
+    with pytest.raises(RuntimeError) as err:  # MONAI's Compose names the transform, the cause says why
+        preprocessing({"image": str(image), "label": str(tmp_path / "moved.nii.gz")})
+    assert f"label {tmp_path / 'moved.nii.gz'} is not on the voxel grid of image {image}: " in str(err.value.__cause__)
+    assert "up to 5.00 mm" in str(err.value.__cause__)
+
+
 @pytest.mark.slow  # ~15 s; every network's TorchScript and ONNX export is also tested in test_export.py
 def test_exports(trained, tmp_path):
     cfg = ["--meta_file", str(trained / "configs" / "metadata.json"), "--config_file",

@@ -11,6 +11,7 @@ from queue import Empty, Full, Queue
 from threading import Thread
 from typing import Any
 
+import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import CacheDataset, ThreadDataLoader
@@ -21,7 +22,7 @@ from .dicom import check_dicom_folder, series_choice
 from .errors import root_cause
 
 __all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDataLoader", "SkippedCasesReport",
-           "check_inputs"]
+           "check_inputs", "in_axis_order"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -110,6 +111,22 @@ def _grid_distance_mm(a: torch.Tensor, b: torch.Tensor, spatial_shape: Sequence[
     return float((pa[:, :3] - pb[:, :3]).norm(dim=1).max())
 
 
+def in_axis_order(label: Any, image: Any) -> Any:
+    """``label`` with its voxel axes in ``image``'s order (flipped and transposed as their affines say; nothing
+    resampled). A label stored in another orientation (LPS beside an RAS image, axes swapped) holds the same voxels,
+    which the pipeline's ``Orientationd`` aligns; a label of another grid still differs from the image afterwards."""
+    from monai.transforms import Orientation
+    from nibabel.orientations import aff2axcodes
+
+    affine, laffine = getattr(image, "affine", None), getattr(label, "affine", None)
+    if affine is None or laffine is None:
+        return label
+    codes = aff2axcodes(np.asarray(affine))
+    if codes == aff2axcodes(np.asarray(laffine)) or None in codes:
+        return label
+    return Orientation(axcodes="".join(codes))(label)
+
+
 class CheckCased(MapTransform):
     """Check a loaded case before anything is learnt from it; every error names the file(s) and the problem.
 
@@ -117,7 +134,8 @@ class CheckCased(MapTransform):
     of its voxels below ``AIR_HU``, as air is; refused otherwise unless ``allow_non_ct``). Label: one channel,
     finite, whole numbers within ``labels``, the image's shape, and on the image's voxel grid (the world positions
     of the grid's corners under the two affines within ``affine_tolerance_mm``: a label shifted, rescaled or rotated
-    against its image is refused even when the shapes agree). A label without any foreground is accepted with a
+    against its image is refused even when the shapes agree), compared in the image's axis order (a label stored in
+    another orientation, e.g. LPS beside RAS, is the same grid: ``in_axis_order``). A label without any foreground is accepted with a
     warning. Place it right after ``EnsureChannelFirstd``, before any resampling (a fractional value is only
     detectable before nearest-neighbour resampling hides it).
 
@@ -172,6 +190,7 @@ class CheckCased(MapTransform):
 
     def _check_label(self, label: Any, image: Any) -> None:
         name, lname = _name(image), _name(label)
+        label = in_axis_order(label, image)
         if tuple(label.shape[1:]) != tuple(image.shape[1:]):
             raise ValueError(
                 f"label {lname} has shape {tuple(label.shape[1:])} but image {name} has {tuple(image.shape[1:])}: "

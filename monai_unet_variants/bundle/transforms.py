@@ -9,7 +9,7 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd, SpatialPadd
 
 from ..acceleration import say_padding
-from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm
+from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm, in_axis_order
 
 __all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "PatchPadd", "eval_space"]
 
@@ -123,7 +123,7 @@ class OriginalGridd(MapTransform):
         d = dict(self.invert(data))
         pred = d[pred_key]
         source = str(d[label_key].meta["filename_or_obj"])
-        label = self.read(source)
+        label = in_axis_order(self.read(source), pred)  # a label stored in another orientation: same voxels
         if tuple(label.shape[1:]) != tuple(pred.shape[1:]):
             raise ValueError(f"label {source}: the prediction taken back to the image's grid has shape "
                              f"{tuple(pred.shape[1:])}, the label {tuple(label.shape[1:])}")
