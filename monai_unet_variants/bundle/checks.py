@@ -135,9 +135,9 @@ class CheckCased(MapTransform):
     finite, whole numbers within ``labels``, the image's shape, and on the image's voxel grid (the world positions
     of the grid's corners under the two affines within ``affine_tolerance_mm``: a label shifted, rescaled or rotated
     against its image is refused even when the shapes agree), compared in the image's axis order (a label stored in
-    another orientation, e.g. LPS beside RAS, is the same grid: ``in_axis_order``). A label without any foreground is accepted with a
-    warning. Place it right after ``EnsureChannelFirstd``, before any resampling (a fractional value is only
-    detectable before nearest-neighbour resampling hides it).
+    another orientation, e.g. LPS beside RAS, is the same grid: ``in_axis_order``). A label without any foreground
+    is accepted with a warning. Place it right after ``EnsureChannelFirstd``, before any resampling (a fractional
+    value is only detectable before nearest-neighbour resampling hides it).
 
     Args:
         keys: the image key, then the label key (the label is optional). Defaults to ``("image", "label")``.
