@@ -4,6 +4,7 @@ command line on a copy of the bundle and a small synthetic data set."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -82,6 +83,11 @@ def test_training_writes_into_the_bundle_copy(trained):
     assert latest["best_metric"]["best_metric_epoch"] in (1, 2)
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
     assert not (REPO / "models").exists()
+    history = list(csv.DictReader((trained / "eval" / "training_history.csv").open()))
+    assert [row["epoch"] for row in history] == ["1", "2"] and all(float(row["val_mean_dice"]) >= 0 for row in history)
+    best = max(history, key=lambda row: float(row["val_mean_dice"]))
+    assert float(best["val_mean_dice"]) == pytest.approx(latest["best_metric"]["best_metric"], abs=1e-5)
+    assert (trained / "eval" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _check_geometry(out: Path, reference) -> None:
@@ -472,6 +478,8 @@ def test_multi_process_training_with_torchrun(tmp_path, sample):
     assert latest["trainer"]["epoch_length"] == 1
     assert not any(k.startswith("module.") for k in latest["network"]), "DDP wrapper leaked into the checkpoint"
     assert (root / "models" / "model.pt").is_file()
+    history = list(csv.DictReader((root / "eval" / "training_history.csv").open()))  # rank 0's epochs, reduced
+    assert [row["epoch"] for row in history] == ["1", "2"] and all(row["val_mean_dice"] for row in history)
     log = proc.stdout + proc.stderr
     assert log.count("Epoch[2] Metrics -- val_mean_dice") == 1  # reduced metrics, printed by rank 0 only
     # rank 1 trains and validates in silence: no INFO lines, no "best metric", no TensorBoard files of its own
@@ -935,7 +943,7 @@ def test_compare_finds_bundles_or_says_where_to_look(tmp_path):
 
 def test_multi_gpu_config_silences_the_right_handlers():
     """``multi_gpu_train.json`` switches handlers off on ranks above 0 by their place in ``train.json``: the places
-    must still hold the writing handlers (checkpoints, logs, TensorBoard, progress, compile log), and the
+    must still hold the writing handlers (checkpoints, logs, TensorBoard, progress, compile log, history), and the
     checkpoint loader and the validation trigger stay on every rank."""
     import re
 
@@ -948,7 +956,7 @@ def test_multi_gpu_config_silences_the_right_handlers():
             assert value == "$@rank > 0", key
             off.setdefault(m[1], []).append(train[m[1]]["handlers"][int(m[2])]["_target_"].rsplit(".", 1)[-1])
     assert sorted(off["train"]) == sorted(["AtomicCheckpointSaver", "StatsHandler", "TensorBoardStatsHandler",
-                                           "ProgressBar", "CompileMonitor"])
+                                           "ProgressBar", "CompileMonitor", "TrainingHistory"])
     assert sorted(off["validate"]) == sorted(t["_target_"].rsplit(".", 1)[-1] for t in train["validate"]["handlers"])
     kept = [h["_target_"].rsplit(".", 1)[-1] for i, h in enumerate(train["train"]["handlers"])
             if f"train#handlers#{i}#_disabled_" not in multi]

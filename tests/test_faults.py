@@ -501,6 +501,55 @@ def test_a_resumed_run_needs_epochs_left(tmp_path, caplog):
     assert "has trained all 2 epochs; nothing is left to train: pass --epochs above 2" in caplog.text
 
 
+def _history_run(folder: Path, epochs: int, resume_at: int = 0, **kw) -> list[dict]:
+    """``TrainingHistory`` on real ignite engines: losses 1, 2, ... per step (2 steps an epoch), a learning rate
+    halved each epoch, validation every second epoch with Dice 0.1 * epoch; ``resume_at`` restores the trainer's
+    state before the history starts, as the bundles' checkpoint loader does. Returns the table's rows."""
+    import csv
+
+    from ignite.engine import Engine, Events
+
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=1.0)
+    losses = iter(range(1, 100))
+    trainer = Engine(lambda engine, batch: {"loss": torch.tensor(float(next(losses)))})
+    validator = Engine(lambda engine, batch: None)
+    validator.add_event_handler(Events.COMPLETED, lambda e: e.state.metrics.update(
+        {"val_mean_dice": 0.1 * trainer.state.epoch, "val_tumour_dice": 0.05}))
+    if resume_at:
+        trainer.add_event_handler(Events.STARTED, lambda e: e.load_state_dict(
+            {"epoch_length": 2, "iteration": 2 * resume_at, "max_epochs": epochs}))
+    mb.TrainingHistory(str(folder), validator=validator, optimizer=opt, **kw).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED(every=2), lambda e: validator.run([0]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: [g.update(lr=g["lr"] / 2) for g in opt.param_groups])
+    trainer.run([0, 1], max_epochs=epochs)
+    return list(csv.DictReader((folder / "training_history.csv").open()))
+
+
+def test_training_history_is_a_table_and_a_picture_that_resumes(tmp_path, monkeypatch, caplog):
+    """Each epoch's mean loss and starting learning rate, each validation's metrics on its epoch's row; the picture
+    beside it; a resumed run keeps the rows up to its checkpoint's epoch, a fresh one starts anew; without
+    matplotlib the table alone, said once; a folder that cannot be written stops the run naming the file."""
+    rows = _history_run(tmp_path, 3)
+    assert [(r["epoch"], r["loss"], r["learning_rate"], r["val_mean_dice"]) for r in rows] == [
+        ("1", "1.5", "1", ""), ("2", "3.5", "0.5", "0.2"), ("3", "5.5", "0.25", "")]
+    picture = (tmp_path / "training_curves.png").read_bytes()
+    assert picture[:8] == b"\x89PNG\r\n\x1a\n" and len(picture) > 10_000
+    table = tmp_path / "training_history.csv"
+    table.write_text(table.read_text().replace("1,1.5,", "1,7,"))  # marks the row the checkpoint holds
+    rows = _history_run(tmp_path, 2, resume_at=1)  # epochs 2 and 3 of the first run are not in its checkpoint
+    assert [(r["epoch"], r["loss"], r["val_mean_dice"]) for r in rows] == [("1", "7", ""), ("2", "1.5", "0.2")]
+    assert [r["epoch"] for r in _history_run(tmp_path, 1)] == ["1"]  # a fresh run: a new table
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # not installed
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        assert len(_history_run(tmp_path / "plain", 3)) == 3
+    assert caplog.text.count("no training_curves.png: matplotlib is not installed") == 1
+    assert not (tmp_path / "plain" / "training_curves.png").exists()
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(mb.OutputError, match=f"cannot write {tmp_path / 'file' / 'training_history.csv'}"):
+        _history_run(tmp_path / "file", 1)
+
+
 @pytest.mark.parametrize("typed", [1e-3, 1e-4])
 def test_a_resumed_run_follows_the_learning_rate_typed(tmp_path, caplog, typed):
     """``--resume true --learning_rate 1e-4`` over a checkpoint trained from 1e-3: the optimizer's and the schedule's

@@ -38,6 +38,7 @@ from .datalists import find_bundle_root, inference_inputs, list_test_images, loa
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
 from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks, select_class
+from .history import TrainingHistory
 from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
@@ -67,6 +68,7 @@ __all__ = [
     "SegmentationWriter",
     "SkippedCasesReport",
     "StackedDeepSupervisionLoss",
+    "TrainingHistory",
     "Uncached",
     "atomic_write",
     "check_checkpoint",
