@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .bundle.training_options import TRAINING_OPTIONS
+
 __all__ = ["FILE_CAP_MB", "ZOO_FLAKE8", "export_bundle", "needed_modules", "zoo_json", "zoo_problems"]
 
 PACKAGE = "monai_unet_variants"
@@ -221,6 +223,10 @@ def export_bundle(bundle_dir: str | Path, dest: str | Path, zoo_name: str, weigh
         (root / "large_files.yml").write_text(yaml.safe_dump({"large_files": [entry]}, sort_keys=False))
     elif weights.is_file():
         shutil.copy2(weights, root / "models" / "model.pt")
+    options = weights.parent / TRAINING_OPTIONS  # what the weights were trained with: inference's defaults
+    if options.is_file() and (weights_url or weights.is_file()):
+        (root / "models").mkdir(exist_ok=True)
+        (root / "models" / TRAINING_OPTIONS).write_text(zoo_json(json.loads(options.read_text())))
     return root
 
 

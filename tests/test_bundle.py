@@ -88,6 +88,8 @@ def test_training_writes_into_the_bundle_copy(trained):
     best = max(history, key=lambda row: float(row["val_mean_dice"]))
     assert float(best["val_mean_dice"]) == pytest.approx(latest["best_metric"]["best_metric"], abs=1e-5)
     assert (trained / "eval" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((trained / "models" / mb.TRAINING_OPTIONS).read_text()) == {
+        "pixdim": [1.0, 1.0, 1.0], "hu_window": [-87.0, 199.0]}
 
 
 def _check_geometry(out: Path, reference) -> None:
@@ -180,6 +182,42 @@ def test_original_grid_gives_back_each_cases_own_label(sample, tmp_path):
     item["label"].meta["filename_or_obj"] = str(moved)
     with pytest.raises(ValueError, match=f"label {moved}: the prediction taken back to the image's grid has shape"):
         mb.OriginalGridd(preprocessing)(item)
+
+
+def test_inference_and_evaluation_preprocess_as_the_model_was_trained(tmp_path, caplog):
+    """A model trained with ``--pixdim [1.5,1.5,2]`` and another window: inference and evaluation take both from the
+    ``training_options.json`` beside ``--ckpt_path`` (a network fed 1 mm voxels would segment worse without a word);
+    typed values win, with a warning naming both; without the file the defaults are train.json's; a file that
+    cannot be read is named."""
+    from monai.bundle import ConfigParser
+
+    def parsed(files: list[str], **updates) -> tuple:
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / f) for f in files])
+        parser.update(updates)
+        return parser.get_parsed_content("pixdim"), parser.get_parsed_content("hu_window")
+
+    train = parsed(["train.json"])
+    models = tmp_path / "models"
+    for files in (["inference.json"], ["train.json", "evaluate.json"]):
+        assert parsed(files, ckpt_path=str(models / "model.pt")) == train  # nothing recorded: the defaults
+    assert mb.record_training_options(models, pixdim=[1.5, 1.5, 2], hu_window=[-100, 240]) is True
+    assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == {"pixdim": [1.5, 1.5, 2.0],
+                                                                      "hu_window": [-100.0, 240.0]}
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        assert parsed(["inference.json"], ckpt_path=str(models / "model.pt")) == ([1.5, 1.5, 2.0], [-100.0, 240.0])
+        assert parsed(["train.json", "evaluate.json"], ckpt_dir=str(models)) == ([1.5, 1.5, 2.0], [-100.0, 240.0])
+    assert f"--pixdim [1.5, 1.5, 2.0]: as model.pt was trained ({models / mb.TRAINING_OPTIONS})" in caplog.text
+    assert parsed(["inference.json"], ckpt_path=str(models / "model.pt"), pixdim=[1, 1, 1])[0] == [1, 1, 1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        mb.check_trained_options(models / "model.pt", pixdim=[1, 1, 1], hu_window=(-100, 240))
+    assert caplog.text.count("differs from") == 1
+    assert "--pixdim [1.0, 1.0, 1.0] differs from the [1.5, 1.5, 2.0] that model.pt was trained with" in caplog.text
+    (models / mb.TRAINING_OPTIONS).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{models / mb.TRAINING_OPTIONS} \\(what model.pt was trained with\\) "
+                                         "cannot be read"):
+        mb.trained_option(models / "model.pt", "pixdim", [1.0, 1.0, 1.0])
 
 
 def test_a_label_stored_in_another_orientation_is_the_same_label(sample, tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from monai_unet_variants.bundle_export import FILE_CAP_MB, _without_provenance, export_bundle, needed_modules, zoo_problems
 from monai_unet_variants.bundle_family import VARIANTS, export, main, zoo_name
@@ -130,6 +131,22 @@ def test_export_refuses_weights_over_the_cap_without_a_url(tmp_path):
         export(BUNDLES, tmp_path / "zoo", ["nonet"])
 
 
+def test_export_carries_what_the_weights_were_trained_with(tmp_path):
+    """A bundle with trained weights: ``models/training_options.json`` (inference's defaults) goes along, in the
+    zoo's JSON format, beside the weights or their ``large_files.yml`` entry; without weights it stays behind."""
+    bundle = tmp_path / "attunet_pancreas"
+    shutil.copytree(BUNDLES / "attunet_pancreas", bundle, ignore=shutil.ignore_patterns("models", "eval"))
+    (bundle / "models").mkdir()
+    (bundle / "models" / "training_options.json").write_text('{"pixdim": [1.5, 1.5, 2.0], "hu_window": [-87, 199]}')
+    bare = export_bundle(bundle, tmp_path / "bare", "x")
+    assert not (bare / "models" / "training_options.json").exists()
+    torch.save({"w": torch.zeros(2)}, bundle / "models" / "model.pt")
+    for name, url in (("copied", None), ("linked", URL)):
+        root = export_bundle(bundle, tmp_path / name, "x", weights_url=url)
+        text = (root / "models" / "training_options.json").read_text()
+        assert json.loads(text) == {"pixdim": [1.5, 1.5, 2.0], "hu_window": [-87, 199]} and text.count("\n") > 3
+
+
 @pytest.mark.slow
 def test_exported_bundle_trains_infers_and_exports_without_the_package(tmp_path, sample):
     """Copied outside the repository, with ``import monai_unet_variants`` failing: one tiny epoch of training,
@@ -139,7 +156,7 @@ def test_exported_bundle_trains_infers_and_exports_without_the_package(tmp_path,
                                                  "download it"]
     run_without_package("run", "--config_file", "configs/train.json", "--dataset_dir", str(sample), "--epochs", "1",
                         "--val_interval", "1", *TINY, cwd=root)
-    assert (root / "models" / "model.pt").is_file()
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "training_options.json").is_file()
     assert zoo_problems(root, schema=SCHEMA) == []  # with its trained weights, as a zoo submission would hold them
     run_without_package("run", "--config_file", "configs/inference.json", "--dataset_dir", str(sample),
                         *TINY[:6], cwd=root)

@@ -41,6 +41,7 @@ from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks
 from .history import TrainingHistory
 from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
+from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
 from .transforms import EVAL_SPACES, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
 
@@ -68,18 +69,22 @@ __all__ = [
     "SegmentationWriter",
     "SkippedCasesReport",
     "StackedDeepSupervisionLoss",
+    "TRAINING_OPTIONS",
     "TrainingHistory",
     "Uncached",
     "atomic_write",
     "check_checkpoint",
     "check_dicom_folder",
     "check_inputs",
+    "check_trained_options",
     "claim_training_folders",
     "eval_space",
     "find_bundle_root",
     "inference_inputs",
     "load_datalist",
     "output_names",
+    "record_training_options",
+    "trained_option",
     "end_distributed",
     "quiet_other_ranks",
     "select_class",

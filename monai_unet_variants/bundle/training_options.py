@@ -1,0 +1,86 @@
+"""What a model was trained with, kept beside its weights, so that inference and evaluation preprocess as training did.
+
+A network trained on 1.5 mm voxels or another intensity window segments poorly, without any error, when inference
+feeds it 1 mm voxels in the default window. Training records its preprocessing options in ``training_options.json``
+beside its checkpoints; inference and evaluation take them as their defaults from the folder of ``--ckpt_path``, and
+warn when the command line gives other values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ..options import check_options
+from .checkpoints import atomic_write
+
+__all__ = ["TRAINING_OPTIONS", "check_trained_options", "record_training_options", "trained_option"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+#: the file beside ``model.pt`` that holds what the model was trained with
+TRAINING_OPTIONS = "training_options.json"
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool:
+    """Write ``options`` (checked by ``check_options``: e.g. ``pixdim``, ``hu_window``) into ``ckpt_dir``'s
+    ``training_options.json`` (rank 0 only under ``torch.distributed``). Returns ``True`` (for a config's
+    ``initialize``)."""
+    if _rank() > 0:
+        return True
+    values = check_options(options)
+    path = Path(ckpt_dir) / TRAINING_OPTIONS
+    atomic_write(path, lambda f: f.write((json.dumps(values, indent=4) + "\n").encode()))
+    return True
+
+
+def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
+    path = Path(ckpt_path).expanduser().parent / TRAINING_OPTIONS
+    if not path.is_file():
+        return {}, path
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} (what {Path(ckpt_path).name} was trained with) cannot be read: {err}. Restore it, "
+                         "or remove it and give the training's --pixdim and --hu_window yourself") from err
+    if not isinstance(content, dict):
+        raise ValueError(f"{path} (what {Path(ckpt_path).name} was trained with) must hold a JSON object")
+    return content, path
+
+
+def trained_option(ckpt_path: str | os.PathLike, name: str, default: Any) -> Any:
+    """The value of option ``name`` that the model at ``ckpt_path`` was trained with (its folder's
+    ``training_options.json``), else ``default``; the configs' default for ``pixdim`` and ``hu_window``.
+
+    Examples::
+
+        >>> trained_option("/nowhere/model.pt", "pixdim", [1.0, 1.0, 1.0])
+        [1.0, 1.0, 1.0]
+    """
+    content, path = _recorded(ckpt_path)
+    if name not in content:
+        return default
+    logger.info(f"--{name} {content[name]}: as {Path(ckpt_path).name} was trained ({path}); --{name} chooses another")
+    return content[name]
+
+
+def check_trained_options(ckpt_path: str | os.PathLike, **options: Any) -> bool:
+    """Warn, naming the option and both values, for each of ``options`` that differs from what the model at
+    ``ckpt_path`` was trained with (a value typed on the command line: the defaults follow the training). Returns
+    ``True`` (for a config's ``initialize``)."""
+    content, path = _recorded(ckpt_path)
+    for name, value in check_options(options).items():
+        if name in content and check_options({name: content[name]})[name] != value:
+            logger.warning(f"--{name} {value} differs from the {content[name]} that {Path(ckpt_path).name} was "
+                           f"trained with ({path}): the network sees the images otherwise than in training, and may "
+                           "segment them worse")
+    return True
