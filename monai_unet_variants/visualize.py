@@ -65,6 +65,8 @@ def overlay_png(
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("overlay pictures need matplotlib: pip install 'monai-unet-variants[bundle]'") from err
 
+    from .bundle.checkpoints import atomic_write
+
     ct, seg, *rest = _load_checked(image, [pred] + ([label] if label else []))
     seg = seg.astype(np.int16)
     gt = rest[0].astype(np.int16) if rest else None
@@ -88,10 +90,11 @@ def overlay_png(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    kind = out.suffix.lstrip(".").lower() or "png"  # as matplotlib reads the name: .png, .pdf, .svg, .jpg
+    try:  # complete or absent: a picture cut short by a full disk is not left behind
+        return atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=90), suffix=out.suffix or ".png")
+    finally:
+        plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -680,6 +680,47 @@ def _infer(model: Path, sample: Path, inputs: list, out: Path, *extra: str) -> s
                        "--ckpt_path", str(model), "--datalist", listing, "--output_dir", str(out), *TINY[:4], *extra)
 
 
+def test_overlay_pictures_beside_the_outputs(tmp_path, sample, monkeypatch):
+    """``overlays``: a picture of each written label map over its input (a NIfTI file and a DICOM series), named
+    after the output; it counts as an output (an existing one stops the run before the first case); a picture that
+    cannot be written leaves the case incomplete, named; without matplotlib the run does not start."""
+    from monai.data import MetaTensor
+
+    from monai_unet_variants.bundle.outputs import SegmentationWriter
+
+    inputs = [str(sample / "imagesTs" / "pancreas_005.nii.gz"), str(sample / "dicomTs" / "pancreas_005")]
+    label = nib.load(str(sample / "labelsTs" / "pancreas_005.nii.gz"))
+    pred = {"pred": MetaTensor(np.asarray(label.dataobj)[None].astype(np.float32), affine=label.affine)}
+    out = tmp_path / "out"
+    writer = SegmentationWriter("pred", str(out), inputs, overlays=True, print_log=False)
+    assert writer.check_outputs()
+    for source in inputs:
+        pred["pred"].meta["filename_or_obj"] = source
+        writer(pred)
+    pictures = [out / "pancreas_005_seg_overlay.png", out / "pancreas_005_dicom_seg_overlay.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures) and not writer.failed
+    with pytest.raises(FileExistsError, match="_overlay.png"):
+        SegmentationWriter("pred", str(out), inputs, overlays=True).check_outputs()
+    for p in (*pictures, *out.glob("*.nii.gz")):
+        p.unlink()
+    pictures[0].mkdir()  # a folder in the picture's place
+    pred["pred"].meta["filename_or_obj"] = inputs[0]
+    writer(pred)
+    assert writer.failed == [f"{inputs[0]}: {out / 'pancreas_005_seg.nii.gz'} was written, its overlay picture was "
+                             f"not: [Errno 17] cannot write {pictures[0]}: it exists already (--overwrite true "
+                             "replaces it)"]
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(FLAGSHIP / "configs" / "inference.json"))
+    for typed, meant in (("Yes", True), ("false", False)):  # as the command line hands it over
+        parser.update({"overlays": typed, "dataset_dir": str(sample)})
+        assert parser.get_parsed_content("writer", lazy=False).overlays is meant
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match="--overlays true draws pictures with matplotlib, which is not installed"):
+        SegmentationWriter("pred", str(tmp_path / "other"), inputs, overlays=True).check_outputs()
+
+
 @pytest.mark.slow
 def test_inference_outputs_are_unique_checked_and_never_clobbered(tmp_path, sample, tiny_model):
     image = sample / "imagesTs" / "pancreas_005.nii.gz"

@@ -183,13 +183,16 @@ class SegmentationWriter(SaveImaged):
             (``<stem>_seg.dcm`` beside the NIfTI file; ``dicom_seg.write_dicom_seg``, needs highdicom); a NIfTI input
             keeps NIfTI output. Defaults to ``False``.
         algorithm: the algorithm's name in a DICOM SEG (the bundle's). Defaults to ``"monai-unet-variants"``.
+        overlays: also draw ``<stem>_overlay.png`` beside each output: the written label map over its input's axial
+            slice with the most foreground (``visualize.overlay_png``, needs matplotlib), to look through a run's
+            results without a viewer. Defaults to ``False``.
         kwargs: ``SaveImaged``'s other arguments (``output_dtype``, ``print_log``, ...); ``output_ext`` is
             ``.nii.gz``.
     """
 
     def __init__(self, keys: Any, output_dir: str, inputs: Sequence[Any] = (), output_postfix: str = "seg",
                  overwrite: bool = False, keep_going: bool = True, dicom_seg: bool = False,
-                 algorithm: str = "monai-unet-variants", **kwargs: Any) -> None:
+                 algorithm: str = "monai-unet-variants", overlays: bool = False, **kwargs: Any) -> None:
         kwargs.pop("output_ext", None)
         kwargs.pop("separate_folder", None)
         super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_ext=".nii.gz",
@@ -201,6 +204,7 @@ class SegmentationWriter(SaveImaged):
         self.keep_going = bool(keep_going)
         self.dicom_seg = bool(dicom_seg)
         self.algorithm = algorithm
+        self.overlays = bool(overlays)
         self.dtype = np.dtype(kwargs.get("output_dtype", np.uint8))
         self.print_log = kwargs.get("print_log", True)
         self.written: list[Path] = []
@@ -220,9 +224,22 @@ class SegmentationWriter(SaveImaged):
         nifti = self.target(source)
         return nifti.with_name(nifti.name.removesuffix(".nii.gz") + ".dcm")
 
+    def overlay_target(self, source: str) -> Path | None:
+        """The overlay picture of input ``source``: ``None`` unless ``overlays``."""
+        if not self.overlays:
+            return None
+        nifti = self.target(source)
+        return nifti.with_name(nifti.name.removesuffix(".nii.gz") + "_overlay.png")
+
     def check_outputs(self) -> bool:
-        """Refuse to start when an output of this run exists already (unless ``overwrite``), or when a DICOM SEG is
-        asked for without highdicom installed."""
+        """Refuse to start when an output of this run exists already (unless ``overwrite``), or when a DICOM SEG or
+        overlay pictures are asked for without highdicom or matplotlib installed."""
+        if self.overlays:
+            try:
+                import matplotlib  # noqa: F401
+            except ImportError as err:
+                raise ImportError("--overlays true draws pictures with matplotlib, which is not installed: pip install "
+                                  "matplotlib (part of monai-unet-variants[bundle])") from err
         if self.dicom_seg:
             try:
                 import highdicom  # noqa: F401
@@ -235,7 +252,7 @@ class SegmentationWriter(SaveImaged):
                             "only for them")
         self._check_folder()
         paths = [self.out_dir / n for n in self.names.values()]
-        paths += [p for p in map(self.seg_target, self.names) if p is not None]
+        paths += [p for p in (*map(self.seg_target, self.names), *map(self.overlay_target, self.names)) if p]
         existing = [p for p in paths if p.exists()]
         if existing and not self.overwrite:
             shown = ", ".join(str(p) for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
@@ -307,9 +324,17 @@ class SegmentationWriter(SaveImaged):
                 except OutputError as err:
                     self._failed(source, f"{path} was written, its DICOM SEG was not: {err}", err)
                     continue
+            picture = self.overlay_target(source)
+            if picture is not None:
+                try:
+                    self._draw(source, path, picture)
+                except OutputError as err:
+                    self._failed(source, f"{path} was written, its overlay picture was not: {err}", err)
+                    continue
             self.written.append(path)
             if self.print_log:
-                logger.info(f"wrote {path}" + (f" and the DICOM SEG {seg}" if seg is not None else ""))
+                also = [f"the DICOM SEG {seg}"] * (seg is not None) + [f"the overlay {picture}"] * (picture is not None)
+                logger.info(f"wrote {path}" + "".join(f" and {a}" for a in also))
         return d
 
     def _failed(self, source: str, what: str, err: OutputError) -> None:
@@ -318,6 +343,13 @@ class SegmentationWriter(SaveImaged):
         logger.error(f"{source}: {what}")
         if not self.keep_going:
             raise err
+
+    def _draw(self, source: str, path: Path, picture: Path) -> None:
+        from ..visualize import overlay_png
+
+        if picture.exists() and not self.overwrite:
+            raise OutputError(17, f"cannot write {picture}: it exists already (--overwrite true replaces it)")
+        overlay_png(source, path, picture, title=f"{Path(source.rstrip('/')).name}: {self.algorithm}")
 
     def _write_seg(self, array: np.ndarray, affine: np.ndarray, source: str, path: Path) -> None:
         from .dicom_seg import write_dicom_seg
