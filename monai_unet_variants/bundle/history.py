@@ -143,7 +143,7 @@ class TrainingHistory:
                               label=f"best: {best[1]:.3f} at epoch {best[0]}")
         right.set(title="validation", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
         if metrics:
-            right.legend(loc="lower right", fontsize=8)
+            right.legend(loc="upper left", fontsize=8)  # Dice rises: the early epochs leave that corner free
         for ax in (left, right):
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
