@@ -951,6 +951,26 @@ def test_a_series_sheared_by_a_gantry_tilt_is_refused(tmp_path, tilt):
         mb.check_inputs([str(folder)])
 
 
+def test_a_multi_frame_file_is_named_not_taken_for_a_scout(tmp_path, series):
+    """A whole volume in one file (an Enhanced CT: 24 frames) is refused as what it is, with the conversion to use,
+    not as "1 slice, fewer than 8" (the checks read one position per file); not even with --allow_non_ct."""
+    import pydicom
+    from pydicom.uid import EnhancedCTImageStorage
+
+    slices = [pydicom.dcmread(str(p)) for p in sorted(series.iterdir())]
+    volume = slices[0]
+    volume.NumberOfFrames = len(slices)
+    volume.SOPClassUID = volume.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    volume.PixelData = b"".join(ds.PixelData for ds in slices)
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    volume.save_as(str(folder / "volume.dcm"))
+    for allow in (False, True):
+        with pytest.raises(mb.DicomSeriesError, match=f"{folder / 'volume.dcm'} in {folder} is a multi-frame DICOM "
+                                                      "file \\(24 frames, Enhanced CT Image Storage\\): .*dcm2niix"):
+            mb.check_inputs([str(folder)], allow_non_ct=allow)
+
+
 @pytest.mark.parametrize("field", ["PixelSpacing", "Rows"])
 def test_a_slice_of_another_pixel_grid_is_refused(series, field):
     """A slice of another pixel spacing (ITK would read it at the first slice's scale) or size (ITK would split it

@@ -215,6 +215,19 @@ def _series_folder(folder: Path, uid: str, items: list) -> Path:
     return out
 
 
+def _check_single_frames(folder: Path, items: list) -> None:
+    """Refuse multi-frame files (an Enhanced CT: the whole volume in one file, its slice positions in per-frame
+    sequences): the checks here read one position per file, and such a file would pass as a series of one slice."""
+    for path, ds in items:
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if frames > 1:
+            raise DicomSeriesError(
+                f"{path} in {folder} is a multi-frame DICOM file ({frames} frames, {ds.SOPClassUID.name}): the "
+                "bundles read series of one slice per file. Convert it first, e.g. to NIfTI with dcm2niix (which "
+                "reads the per-frame positions), or to single-frame files with dcm4che's emf2sf"
+            )
+
+
 def _check_content(folder: Path, uid: str, items: list) -> None:
     """Refuse a series that is not a CT volume: another Modality, or too few slices to be one."""
     modality = str(getattr(items[0][1], "Modality", "") or "").strip().upper()
@@ -243,8 +256,8 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
 
     Raises:
         DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
-            that cannot be read, slices of different sizes or pixel spacings, missing or duplicated slices, uneven
-            spacing, mixed orientations, slices sheared by a gantry tilt, a Modality other
+            that cannot be read, a multi-frame file, slices of different sizes or pixel spacings, missing or
+            duplicated slices, uneven spacing, mixed orientations, slices sheared by a gantry tilt, a Modality other
             than CT or too few slices (unless ``allow_non_ct``).
     """
     folder = Path(folder)
@@ -265,6 +278,7 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
     for path, ds in found:
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     uid, items = _choose(folder, groups, series)
+    _check_single_frames(folder, items)
     try:
         _check_content(folder, uid, items)
     except DicomSeriesError as err:
