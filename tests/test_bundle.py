@@ -425,6 +425,17 @@ def test_a_split_that_cannot_train_is_refused(sample, fraction, message):
         mb.load_datalist(sample, "training", val_fraction=fraction)
 
 
+def test_a_training_datalist_that_is_not_one_is_named(sample):
+    """An image or a list where training's datalist belongs says what was given and what is read (it was a
+    TypeError, or "not valid JSON: 'utf-8' codec can't decode byte 0x8b")."""
+    image = sample / "imagesTr" / "pancreas_000.nii.gz"
+    with pytest.raises(ValueError, match=f"--datalist {image} is an image, not a datalist: training and evaluation "
+                                         "need labelled cases, from a datalist JSON file"):
+        mb.load_datalist(image)
+    with pytest.raises(ValueError, match="training and evaluation read a datalist JSON file .*, not a list"):
+        mb.load_datalist([{"image": str(image), "label": str(image)}])
+
+
 def test_an_own_validation_list_is_kept_apart_from_training(sample, tmp_path, caplog):
     """A datalist's own ``validation`` list: a case also under ``training`` (validation would score what was trained
     on) stops the split naming it; ``--val_fraction`` beside the list (it would not be used) stops it; a case listed

@@ -19,6 +19,9 @@ __all__ = ["DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "infere
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
+#: the file names read as NIfTI volumes (a folder given to inference; an image given where a datalist belongs)
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
 
 def _first_config(value: str) -> str:
     """The first file of a ``--config_file`` value: a list literal (``"['a/train.json','a/evaluate.json']"``, whose
@@ -73,8 +76,18 @@ def _resolve(entry: Any, base: Path) -> Any:
     raise ValueError(f"datalist entries must be paths or {{'image': ..., 'label': ...}} dicts, got {entry!r}")
 
 
+#: what a training or evaluation ``--datalist`` may be, for the messages that refuse anything else
+DATALIST_FORMS = ("a datalist JSON file with 'training' (and optionally 'validation', 'test') cases of 'image' and "
+                  "'label', or an MSD task folder holding dataset.json")
+
+
 def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
+    if not isinstance(datalist, (str, os.PathLike)):
+        raise ValueError(f"--datalist {datalist!r}: training and evaluation read {DATALIST_FORMS}, not a list")
     path = Path(datalist).expanduser()
+    if path.name.endswith(NIFTI_SUFFIXES) or path.suffix == ".dcm":
+        raise ValueError(f"--datalist {path} is an image, not a datalist: training and evaluation need labelled "
+                         f"cases, from {DATALIST_FORMS}")
     if path.is_dir():
         path = path / "dataset.json"
     if not path.is_file():
@@ -179,10 +192,6 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
 def list_test_images(datalist: str | os.PathLike) -> list[str]:
     """Image paths of the ``test`` section of a datalist / MSD ``dataset.json`` (the inference default)."""
     return [e["image"] if isinstance(e, dict) else e for e in load_datalist(datalist, "test")]
-
-
-#: the file names read as NIfTI volumes when ``inference_inputs`` is given a folder
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def inference_inputs(datalist: Any) -> list:
