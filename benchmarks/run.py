@@ -428,7 +428,8 @@ def sliding_window_volume(shape: Sequence[int], seed: int = 7) -> Any:
 
     parser = ConfigParser()
     parser.read_config(str(FLAGSHIP / "configs" / "inference.json"))
-    lo, hi = parser["hu_window"]
+    parser.update({"bundle_root": str(FLAGSHIP)})  # the window its model was trained with, else the default
+    lo, hi = parser.get_parsed_content("hu_window")
     image, _, _ = generate_case(seed, shape, (1.0, 1.0, 1.0))
     return np.clip((image.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)[None, None]
 
@@ -1236,7 +1237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         volume_file = work / "volume.npy"
 
         def make_volume() -> None:
-            np.save(volume_file, sliding_window_volume(cases[sw_cases[0]]["volume"]))
+            try:
+                np.save(volume_file, sliding_window_volume(cases[sw_cases[0]]["volume"]))
+            except Exception as err:  # the cases then fail on the missing file: say why it is missing
+                print(f"benchmark: the sliding-window volume could not be made ({type(err).__name__}: {err})",
+                      file=sys.stderr, flush=True)
+                raise
 
         maker = threading.Thread(target=make_volume, daemon=True)
         maker.start()

@@ -90,6 +90,15 @@ def test_benchmark_trials_and_waves():
     assert run.heavy(sw) and not run.heavy({**sw, "overrides": {"compile": False}})
 
 
+def test_sliding_window_volume_is_windowed_as_the_flagship_infers():
+    """The sliding-window section's CT-like volume, windowed with the flagship inference config's (parsed) window:
+    air at 0, dense tissue near 1, soft tissue between (it read the raw config value, an expression since the window
+    follows the trained model, and the section failed on a missing file)."""
+    volume = _bench().sliding_window_volume((40, 32, 16))
+    assert volume.shape == (1, 1, 40, 32, 16) and volume.min() == 0.0 and 0.5 < volume.max() <= 1.0
+    assert 0.01 < float(((volume > 0) & (volume < 1)).mean()) < 0.99
+
+
 @pytest.mark.slow
 def test_benchmark_children_trials_and_report(tmp_path):
     """Cases in their own processes, two prepared at a time: compiled rows (Dynamo's eager backend), sliding-window
