@@ -127,9 +127,44 @@ def test_evaluate_writes_metrics_table(trained, sample):
                       f"['{trained}/configs/train.json','{trained}/configs/evaluate.json']",
                       "--dataset_dir", str(sample), *TINY)
     rows = (trained / "eval" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "case,space,dice_pancreas,hd95_pancreas,dice_tumour,hd95_tumour"
+    assert rows[0] == ("case,space,dice_pancreas,hd95_pancreas,pred_ml_pancreas,label_ml_pancreas,dice_tumour,"
+                       "hd95_tumour,pred_ml_tumour,label_ml_tumour")
     assert rows[-1].startswith("mean,") and len(rows) == 3
     assert "dice_pancreas" in proc.stdout
+
+
+def test_per_case_metrics_show_what_an_undefined_dice_leaves_out(tmp_path, caplog):
+    """A case whose label has no tumour but whose prediction has some: its tumour Dice is undefined (left out of the
+    mean, as the Decathlon scores), so the table gives each class's predicted and labelled volume in ml (at the
+    label's spacing) and a warning names the case with the volume predicted."""
+    from ignite.engine import Engine
+    from monai.data import MetaTensor
+    from monai.networks.utils import one_hot
+
+    def case(name: str, tumour_in_label: bool) -> dict:
+        label = torch.zeros(1, 10, 10, 10)
+        label[0, 2:6, 2:6, 2:6] = 1
+        pred = label.clone()
+        pred[0, 7:9, 7:9, 7:9] = 2  # 8 voxels of tumour predicted
+        if tumour_in_label:
+            label[0, 7:9, 7:9, 7:9] = 2
+        meta = {"filename_or_obj": f"/data/{name}.nii.gz", "pixdim": [0.0, 0.5, 0.5, 2.0]}
+        onehot = [MetaTensor(one_hot(x[None], 3)[0], affine=torch.diag(torch.tensor([0.5, 0.5, 2.0, 1.0])),
+                             meta=meta) for x in (pred, label)]
+        return {"pred": onehot[0], "label": onehot[1]}
+
+    writer = mb.PerCaseMetricsWriter(str(tmp_path))
+    engine = Engine(lambda e, batch: batch)
+    writer.attach(engine)
+    with caplog.at_level(logging.WARNING):
+        engine.run([[case("healthy", False)], [case("tumour", True)]])
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    healthy, tumour, mean = rows
+    assert healthy["dice_tumour"] == "nan" and float(tumour["dice_tumour"]) == 1.0 and float(mean["dice_tumour"]) == 1.0
+    assert float(healthy["pred_ml_tumour"]) == pytest.approx(8 * 0.5 * 0.5 * 2.0 / 1000) and healthy["label_ml_tumour"] == "0.0000"
+    assert float(healthy["label_ml_pancreas"]) == pytest.approx(64 * 0.5 / 1000)
+    assert "1 case(s) without tumour in their label have tumour predicted (healthy.nii.gz 0.004 ml)" in caplog.text
+    assert "pancreas in their label" not in caplog.text
 
 
 def test_validation_overlap_is_lighter_on_a_cpu_and_evaluation_keeps_the_full_one():

@@ -19,7 +19,9 @@ __all__ = ["PerCaseMetricsWriter"]
 
 
 class PerCaseMetricsWriter:
-    """Dice and 95th-percentile Hausdorff distance (mm) per case and class, written as a CSV and printed as a table.
+    """Dice, 95th-percentile Hausdorff distance (mm) and the predicted and labelled volumes (ml) per case and class,
+    written as a CSV and printed as a table. A class predicted in a case whose label has none (Dice undefined, left
+    out of the mean, as the Decathlon scores) is named in a warning with its predicted volume.
 
     Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing; the
     ``space`` column says on which grid they were scored (``evaluate.json``: each case's ``original`` grid by default,
@@ -55,6 +57,7 @@ class PerCaseMetricsWriter:
                 spacing = [float(s) for s in label.pixdim]
             row: dict[str, Any] = {"case": os.path.basename(name.rstrip("/")), "space": self.space}
             self.sources.append(name)
+            voxel_ml = float(np.prod(spacing)) / 1000.0 if spacing else 0.001
             for c, cname in self.class_names.items():
                 p, g = pred[None, c : c + 1].float(), label[None, c : c + 1].float()
                 dice = compute_dice(p, g, include_background=True, ignore_empty=True)
@@ -64,6 +67,8 @@ class PerCaseMetricsWriter:
                     row[f"hd95_{cname}"] = float(hd.item())
                 else:
                     row[f"hd95_{cname}"] = float("nan")
+                row[f"pred_ml_{cname}"] = float(p.sum()) * voxel_ml  # a class predicted where the label has none:
+                row[f"label_ml_{cname}"] = float(g.sum()) * voxel_ml  # its Dice is undefined, its volume is not
             self.rows.append(row)
 
     def _gathered(self) -> list[dict] | None:
@@ -105,3 +110,11 @@ class PerCaseMetricsWriter:
             lines.append("".join([f"{r['case']:<{width}}"] + [f"{r[c]:>16.4f}" for c in scores]))
         print("\n".join(lines), flush=True)
         engine.logger.info(f"per-case metrics ({self.space} grid of each case) written to {path}")
+        for cname in self.class_names.values():  # left out of the mean Dice: say so, with what was predicted
+            unlabelled = [r for r in rows if r[f"label_ml_{cname}"] == 0 and r[f"pred_ml_{cname}"] > 0]
+            if unlabelled:
+                shown = ", ".join(f"{r['case']} {r[f'pred_ml_{cname}']:.3g} ml" for r in unlabelled[:5])
+                engine.logger.warning(
+                    f"{len(unlabelled)} case(s) without {cname} in their label have {cname} predicted ({shown}"
+                    f"{' ...' if len(unlabelled) > 5 else ''}): Dice is undefined there and left out of the mean; "
+                    f"see pred_ml_{cname} in {path}")
