@@ -48,7 +48,8 @@ class TrainingHistory:
         self.key_metric, self.enabled = key_metric, bool(enabled)
         self.table, self.picture = self.folder / table, self.folder / picture
         self.rows: dict[int, dict[str, float]] = {}
-        self._loss_sum, self._loss_count = 0.0, 0
+        self._loss_sum: Any = 0.0
+        self._loss_count = 0
         self._lr: float | None = None
         self._plots = True
 
@@ -84,14 +85,15 @@ class TrainingHistory:
     def _add_loss(self, trainer: Any) -> None:
         output = trainer.state.output  # a dict, or one per item when decollated (each holding the batch's loss)
         loss = (output[0] if isinstance(output, list) else output)["loss"]
-        value = float(loss.item() if hasattr(loss, "item") else loss)
-        if math.isfinite(value):
-            self._loss_sum, self._loss_count = self._loss_sum + value, self._loss_count + 1
+        # summed where it lives (no host sync per step on a GPU), read once at the epoch's end
+        self._loss_sum = self._loss_sum + (loss.detach() if hasattr(loss, "detach") else loss)
+        self._loss_count += 1
 
     def _end_epoch(self, trainer: Any) -> None:
         row = self.rows.setdefault(trainer.state.epoch, {})
-        if self._loss_count:
-            row["loss"] = self._loss_sum / self._loss_count
+        mean = float(self._loss_sum) / self._loss_count if self._loss_count else math.nan
+        if math.isfinite(mean):  # a diverged epoch's loss stays out of the table (the checkpoint saver stops it)
+            row["loss"] = mean
         if self._lr is not None:
             row["learning_rate"] = self._lr
         self._write()
