@@ -32,6 +32,12 @@ class OutputError(OSError):
     """An output that could not be written: the message names the file and the operating system's reason."""
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """Raise ``OutputError`` (EEXIST) for an output ``path`` that exists, unless ``overwrite``."""
+    if path.exists() and not overwrite:
+        raise OutputError(17, f"cannot write {path}: it exists already (--overwrite true replaces it)")
+
+
 def _umask() -> int:
     try:
         with open("/proc/self/status") as f:

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,7 @@ def _check_disjoint(train: list[dict], val: list[dict], source: Path) -> None:
             "would score cases the network was trained on; list each case in one of the two"
         )
     for section, cases in (("training", train), ("validation", val)):
-        keys = [key(e) for e in cases]
-        twice = sorted({k for k in keys if keys.count(k) > 1})
+        twice = sorted(k for k, n in Counter(key(e) for e in cases).items() if n > 1)
         if twice:
             logger.warning("datalist %s lists %d '%s' case(s) more than once, each counting as often: %s", source,
                            len(twice), section, ", ".join(twice[:3]))

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from .checkpoints import OutputError, atomic_write
+from .checkpoints import atomic_write, refuse_existing
 
 __all__ = ["SEGMENTS", "label_frames", "write_dicom_seg"]
 
@@ -186,7 +186,6 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | 
         if count != int(seg.NumberOfFrames):
             raise OSError(5, f"the written DICOM SEG has {count} frames, not {seg.NumberOfFrames}")
 
-    if path.exists() and not overwrite:
-        raise OutputError(17, f"cannot write {path}: it exists already (--overwrite true replaces it)")
+    refuse_existing(path, overwrite)
     atomic_write(path, write, verify, suffix=".dcm")
     return path

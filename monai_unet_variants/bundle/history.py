@@ -51,6 +51,7 @@ class TrainingHistory:
         self._loss_sum: Any = 0.0
         self._loss_count = 0
         self._lr: float | None = None
+        self._written = 0  # the last epoch whose end wrote the files
         self._plots = True
 
     def attach(self, trainer: Any) -> None:
@@ -68,7 +69,7 @@ class TrainingHistory:
     def _start(self, trainer: Any) -> None:
         """A resumed run (its checkpoint restored before this handler, at the same event) reads back its rows."""
         self.rows.clear()
-        done = trainer.state.epoch
+        done = self._written = trainer.state.epoch  # a resumed run's table on disk holds its epochs
         if done and self.table.is_file():
             with open(self.table, newline="") as f:
                 for row in csv.DictReader(f):
@@ -97,11 +98,13 @@ class TrainingHistory:
         if self._lr is not None:
             row["learning_rate"] = self._lr
         self._write()
+        self._written = trainer.state.epoch
 
     def _add_metrics(self, trainer: Any) -> None:
         row = self.rows.setdefault(trainer.state.epoch, {})
         row.update({k: float(v) for k, v in self.validator.state.metrics.items() if isinstance(v, (int, float))})
-        self._write()
+        if self._written == trainer.state.epoch:  # a validation after the epoch's end (the last one): write again
+            self._write()  # (one during the epoch's end is written with its row, once)
 
     def _columns(self) -> list[str]:
         names = [k for row in self.rows.values() for k in row]

@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 from monai.transforms import SaveImaged
 
-from .checkpoints import LATEST_CHECKPOINT, OutputError, atomic_write
+from .checkpoints import LATEST_CHECKPOINT, OutputError, atomic_write, refuse_existing
 
 __all__ = ["OutputsReport", "SegmentationWriter", "claim_training_folders", "output_names"]
 
@@ -298,8 +298,7 @@ class SegmentationWriter(SaveImaged):
             if tuple(shape) != tuple(array.shape):
                 raise OSError(5, f"the written file has shape {shape}, not {array.shape}")
 
-        if path.exists() and not self.overwrite:
-            raise OutputError(17, f"cannot write {path}: it exists already (--overwrite true replaces it)")
+        refuse_existing(path, self.overwrite)
         atomic_write(path, write, verify, suffix=".nii.gz")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
@@ -347,8 +346,7 @@ class SegmentationWriter(SaveImaged):
     def _draw(self, source: str, path: Path, picture: Path) -> None:
         from ..visualize import overlay_png
 
-        if picture.exists() and not self.overwrite:
-            raise OutputError(17, f"cannot write {picture}: it exists already (--overwrite true replaces it)")
+        refuse_existing(picture, self.overwrite)
         overlay_png(source, path, picture, title=f"{Path(source.rstrip('/')).name}: {self.algorithm}")
 
     def _write_seg(self, array: np.ndarray, affine: np.ndarray, source: str, path: Path) -> None:
