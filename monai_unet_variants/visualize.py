@@ -29,9 +29,9 @@ def _load_checked(image: str | Path, labels: Sequence[str | Path]) -> list[np.nd
     drawn over the wrong anatomy."""
     from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
 
-    from .bundle.checks import CheckCased
+    from .bundle.checks import CheckCased, nifti_reader
 
-    load, ras = LoadImage(image_only=True), Orientation("RAS")
+    load, ras = LoadImage(image_only=True, reader=nifti_reader()), Orientation("RAS")
     ct = EnsureChannelFirst()(load(str(image)))
     maps = [EnsureChannelFirst()(load(str(path))) for path in labels]
     check = CheckCased(keys=("image", "label"), allow_non_ct=True)

@@ -290,6 +290,44 @@ def test_a_label_stored_in_another_orientation_is_the_same_label(sample, tmp_pat
     assert "up to 5.00 mm" in str(err.value.__cause__)
 
 
+def test_a_volume_with_trailing_singleton_dimensions_is_the_same_volume(sample, tmp_path):
+    """A CT and label stored as ``(x, y, z, 1)`` (a 4D file of one time point) or ``(x, y, z, 1, 1)`` (ITK's vector
+    image) are the 3D volumes they hold: training's and inference's preprocessing give what the plain files give, and
+    evaluation reads such a label back (MONAI's default reader made the 5D one a 4D image that failed in
+    ``Orientationd`` naming no file)."""
+    from monai.bundle import ConfigParser
+    from monai.data import decollate_batch, list_data_collate
+    from monai.networks.utils import one_hot
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "evaluate.json")])
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    inference = ConfigParser()
+    inference.read_config(str(BUNDLE / "configs" / "inference.json"))
+    inference.update({"ckpt_path": str(tmp_path / "none.pt")})
+    infer_pre = inference.get_parsed_content("preprocessing")
+    image, label = sample / "imagesTr" / "pancreas_000.nii.gz", sample / "labelsTr" / "pancreas_000.nii.gz"
+    reference = preprocessing({"image": str(image), "label": str(label)})
+    infer_reference = infer_pre({"image": str(image)})["image"]
+    for extra in ((1,), (1, 1)):
+        paths = {}
+        for key, path in (("image", image), ("label", label)):
+            stored = nib.load(str(path))
+            paths[key] = tmp_path / f"{key}{len(extra)}.nii.gz"
+            nib.save(nib.Nifti1Image(np.asarray(stored.dataobj).reshape(stored.shape + extra), stored.affine),
+                     str(paths[key]))
+        assert nib.load(str(paths["image"])).shape[3:] == extra
+        mb.check_inputs([{k: str(v) for k, v in paths.items()}])
+        item = preprocessing({k: str(v) for k, v in paths.items()})
+        for key in ("image", "label"):
+            assert torch.equal(item[key], reference[key]), (extra, key)
+        assert torch.equal(infer_pre({"image": str(paths["image"])})["image"], infer_reference), extra
+        item = decollate_batch(list_data_collate([item]))[0]
+        item["pred"] = one_hot(item["label"][None].long(), 3)[0].float()
+        back = mb.OriginalGridd(preprocessing, space="original")(item)
+        assert tuple(back["label"].shape) == (1, *nib.load(str(label)).shape), extra
+
+
 @pytest.mark.slow  # ~15 s; every network's TorchScript and ONNX export is also tested in test_export.py
 def test_exports(trained, tmp_path):
     cfg = ["--meta_file", str(trained / "configs" / "metadata.json"), "--config_file",

@@ -33,6 +33,7 @@ from .checks import (
     CheckedThreadDataLoader,
     SkippedCasesReport,
     check_inputs,
+    nifti_reader,
 )
 from .datalists import find_bundle_root, inference_inputs, list_test_images, load_datalist, test_inputs
 from .dicom import DicomSeriesError, check_dicom_folder
@@ -82,6 +83,7 @@ __all__ = [
     "find_bundle_root",
     "inference_inputs",
     "load_datalist",
+    "nifti_reader",
     "output_names",
     "record_training_options",
     "trained_option",

@@ -22,7 +22,7 @@ from .dicom import check_dicom_folder, series_choice
 from .errors import root_cause
 
 __all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDataLoader", "SkippedCasesReport",
-           "check_inputs", "in_axis_order"]
+           "check_inputs", "in_axis_order", "nifti_reader"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -33,6 +33,18 @@ MIN_AIR_FRACTION = 0.001
 #: how far (mm) a label's voxel grid may lie from its image's before the pair is refused: far above the rounding of
 #: header fields (1e-4 mm), far below a voxel
 AFFINE_TOLERANCE_MM = 0.1
+
+
+def nifti_reader() -> Any:
+    """The NIfTI reader of every load (the bundles' ``LoadImaged`` and this package's own reads): a volume stored with
+    trailing singleton dimensions (``(x, y, z, 1)``: a 4D file of one time point; ``(x, y, z, 1, 1)``: ITK's way of
+    writing a 3D image as a vector image) reads as the 3D volume it is, as ``_check_file`` accepts it (MONAI's default
+    reader made ``(x, y, z, 1, 1)`` a 4D image that failed in ``Orientationd`` naming no file). Given to ``LoadImage``
+    as its ``reader``, it goes before MONAI's default readers, which still read DICOM folders, NRRD and MHA files.
+    """
+    from monai.data import NibabelReader
+
+    return NibabelReader(squeeze_non_spatial_dims=True)
 
 
 def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non_ct: bool = False) -> str:
@@ -252,7 +264,7 @@ def _guilty_file(item: Any) -> str:
         path = entries.get(key)
         if isinstance(path, (str, os.PathLike)):
             try:
-                LoadImage(image_only=True)(path)
+                LoadImage(image_only=True, reader=nifti_reader())(path)
             except Exception:  # the one that does not load is the one to name
                 return f"{key} {path}"
     return f"image {entries.get('image', item)}"

@@ -9,7 +9,7 @@ from monai.config import KeysCollection
 from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd, SpatialPadd
 
 from ..acceleration import say_padding
-from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm, in_axis_order
+from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm, in_axis_order, nifti_reader
 
 __all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "PatchPadd", "eval_space"]
 
@@ -114,7 +114,7 @@ class OriginalGridd(MapTransform):
         super().__init__(keys)
         self.space = eval_space(space)
         self.invert = Invertd(keys=self.keys[0], transform=transform, orig_keys=image_key, nearest_interp=False)
-        self.read = Compose([LoadImage(image_only=True), EnsureChannelFirst()])
+        self.read = Compose([LoadImage(image_only=True, reader=nifti_reader()), EnsureChannelFirst()])
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         if self.space == "resampled":
