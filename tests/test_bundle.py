@@ -537,6 +537,36 @@ def test_an_own_validation_list_is_kept_apart_from_training(sample, tmp_path, ca
         path.unlink()
 
 
+def test_what_a_dataset_json_declares_is_checked(sample, tmp_path, caplog):
+    """An MSD dataset.json of another task: label values beyond 0, 1, 2 (BTCV's 13 organs) or several input channels
+    (Task01's MR sequences) stop the split naming the file; classes named otherwise (Task03's "liver") or another
+    modality are a warning, once for training and validation; Task07's own names ("cancer") pass quietly."""
+    content = json.loads((sample / "dataset.json").read_text())
+    content["training"] = [{k: str(sample / v) for k, v in e.items()} for e in content["training"]]
+
+    def split(name: str, section: str = "training", **declared):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**content, **declared}))
+        return mb.load_datalist(path, section)
+
+    with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
+        assert len(split("task07")) == 4 and content["labels"]["2"] == "cancer"
+        assert caplog.text == ""
+        organs = {str(i): f"organ {i}" for i in range(14)}
+        with pytest.raises(ValueError, match=r"btcv.json declares labels .*: values \[3, 4, .*, 13\] are not classes "
+                                             r"of this bundle \(0 background, 1 pancreas, 2 tumour\)"):
+            split("btcv", labels=organs)
+        with pytest.raises(ValueError, match=r"brain.json declares 2 input channels \(modality"):
+            split("brain", modality={"0": "FLAIR", "1": "T1w"})
+        with pytest.raises(ValueError, match=r"'labels' keys must be label values \(0, 1, 2\), got \['pancreas'\]"):
+            split("names", labels={"pancreas": 1})
+        liver = {"0": "background", "1": "liver", "2": "cancer"}
+        assert len(split("liver", labels=liver)) == 4 and len(split("liver", "validation", labels=liver)) == 1
+        assert caplog.text.count("names labels {1: 'liver'} where the bundles segment") == 1
+        split("mr", modality={"0": "MRI"})
+        assert "mr.json declares modality {'0': 'MRI'}: the bundles are for CT" in caplog.text
+
+
 def test_user_datalist_mixes_nifti_and_dicom(tmp_path, sample):
     dl = {"training": [{"image": str(sample / "imagesTr" / "pancreas_000.nii.gz"),
                         "label": str(sample / "labelsTr" / "pancreas_000.nii.gz")}],

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..options import check_options
 
-__all__ = ["DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images",
+__all__ = ["BUNDLE_CLASSES", "DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images",
            "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
@@ -108,6 +108,52 @@ def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
 #: the validation share of a datalist without a ``validation`` list, when ``--val_fraction`` is not given
 DEFAULT_VAL_FRACTION = 0.2
 
+#: the label values every bundle segments, each with its name and the words by which a dataset.json's ``labels`` may
+#: name it (Task07 says "cancer"; other exports "tumor", "lesion", "mass")
+BUNDLE_CLASSES = {0: ("background",), 1: ("pancreas",), 2: ("tumour", "tumor", "cancer", "neoplasm", "lesion", "mass")}
+_declared_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(source: Path, message: str) -> None:
+    """One warning per datalist and message (training and validation read the same file)."""
+    if (str(source), message) not in _declared_warned:
+        _declared_warned.add((str(source), message))
+        logger.warning("datalist %s %s", source, message)
+
+
+def _check_declared(content: dict, source: Path) -> None:
+    """Check what an MSD ``dataset.json`` declares against what the bundles do: one CT channel (``modality``) and
+    the label values of ``BUNDLE_CLASSES`` (``labels``). More channels or other label values stop the run here,
+    before any case is read; another modality, or classes named otherwise (another Decathlon task pointed at by
+    mistake: Task03 Liver's 1 is "liver"), are warned about, naming both (the case checks refuse non-CT volumes)."""
+    modality = content.get("modality")
+    if isinstance(modality, Mapping) and len(modality) > 1:
+        raise ValueError(f"datalist {source} declares {len(modality)} input channels (modality {dict(modality)}): the "
+                         "bundles read one CT volume per case")
+    if isinstance(modality, Mapping) and modality and str(next(iter(modality.values()))).strip().upper() != "CT":
+        _warn_once(source, f"declares modality {dict(modality)}: the bundles are for CT in Hounsfield units")
+    labels = content.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        return
+    try:
+        declared = {int(str(k).strip()): str(v) for k, v in labels.items()}
+    except ValueError:
+        raise ValueError(f"datalist {source}: its 'labels' keys must be label values (0, 1, 2), got "
+                         f"{sorted(map(str, labels))}") from None
+    ours = ", ".join(f"{v} {names[0]}" for v, names in BUNDLE_CLASSES.items())
+    extra = sorted(set(declared) - set(BUNDLE_CLASSES))
+    if extra:
+        raise ValueError(
+            f"datalist {source} declares labels {declared}: values {extra} are not classes of this bundle ({ours}). "
+            "Is --dataset_dir another task's folder? Merge or drop those labels first"
+        )
+    other = {v: name for v, name in declared.items()
+             if not any(word in name.strip().lower() for word in BUNDLE_CLASSES[v])}
+    if other:
+        _warn_once(source, f"names labels {other} where the bundles segment {ours}: is it another task's data? The "
+                           "network learns what the label maps mark, but metrics, DICOM SEG and metadata say pancreas "
+                           "and tumour")
+
 
 def _labelled(entries: Any, base: Path, source: Path, section: str) -> list[dict]:
     """A datalist section's cases, with absolute paths; each needs an ``image`` and a ``label``."""
@@ -152,12 +198,17 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
     path and the last ``max(1, round(val_fraction * n))`` form the validation set (never trained on),
     ``val_fraction`` defaulting to ``DEFAULT_VAL_FRACTION``.
 
+    What an MSD ``dataset.json`` declares is checked first (``_check_declared``): several input channels, or label
+    values other than ``BUNDLE_CLASSES``, stop here; another modality or other class names are warned about.
+
     Raises:
         ValueError: naming the datalist, for a case without image or label, a validation case that is also a
-            training case, a ``val_fraction`` beside a ``validation`` list, or a split that leaves nothing to train.
+            training case, a ``val_fraction`` beside a ``validation`` list, a split that leaves nothing to train, or
+            declared channels or labels that the bundles do not segment.
     """
     content, source = _read_datalist(datalist)
     base = source.parent
+    _check_declared(content, source)
     if section == "test":
         return [_resolve(e, base) for e in content.get("test", [])]
     labelled = _labelled(content.get("training", []), base, source, "training")
