@@ -491,11 +491,28 @@ def test_inference_reads_a_path_as_the_inputs_it_names(sample, tmp_path):
 @pytest.mark.parametrize("fraction, message", [
     (1.5, r"--val_fraction must be a number in \(0, 1\), got 1.5"),
     (0, r"--val_fraction must be a number in \(0, 1\), got 0"),
-    (0.95, r"dataset.json: --val_fraction 0.95 of its 5 labelled cases leaves none to train on"),
+    (0.95, r"dataset.json: --val_fraction 0.95 of its 5 labelled case\(s\) leaves none to train on"),
 ])
 def test_a_split_that_cannot_train_is_refused(sample, fraction, message):
     with pytest.raises(ValueError, match=message):
         mb.load_datalist(sample, "training", val_fraction=fraction)
+
+
+def test_a_split_without_validation_cases_is_refused(sample, tmp_path):
+    """One labelled case, or an empty 'validation' list: training ran, wrote no model.pt (it is the best validation
+    epoch's weights) and exited 0; now the split stops, saying why."""
+    cases = [{"image": str(sample / "imagesTr" / f"pancreas_00{i}.nii.gz"),
+              "label": str(sample / "labelsTr" / f"pancreas_00{i}.nii.gz")} for i in range(2)]
+    for name, content in (("one", {"training": cases[:1]}), ("empty", {"training": cases, "validation": []})):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(content))
+        for section in ("training", "validation"):
+            with pytest.raises(ValueError, match=f"{path}.*: model.pt is the weights of the best validation epoch, so "
+                                                 "training needs at least one case to train on and one to validate"):
+                mb.load_datalist(path, section)
+    assert len(mb.load_datalist(tmp_path / "one.json", "all")) == 1
+    path.write_text(json.dumps({"training": cases}))
+    assert [len(mb.load_datalist(path, s)) for s in ("training", "validation")] == [1, 1]
 
 
 def test_a_training_datalist_that_is_not_one_is_named(sample):

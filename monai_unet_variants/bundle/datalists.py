@@ -108,6 +108,10 @@ def _read_datalist(datalist: str | os.PathLike) -> tuple[dict, Path]:
 #: the validation share of a datalist without a ``validation`` list, when ``--val_fraction`` is not given
 DEFAULT_VAL_FRACTION = 0.2
 
+#: why a split needs cases on both sides: without validation, training ran and wrote no model.pt (exit 0)
+NEEDS_VALIDATION = ("model.pt is the weights of the best validation epoch, so training needs at least one case to "
+                    "train on and one to validate on: add labelled cases, or a 'validation' list of other cases")
+
 #: the label values every bundle segments, each with its name and the words by which a dataset.json's ``labels`` may
 #: name it (Task07 says "cancer"; other exports "tumor", "lesion", "mass")
 BUNDLE_CLASSES = {0: ("background",), 1: ("pancreas",), 2: ("tumour", "tumor", "cancer", "neoplasm", "lesion", "mass")}
@@ -203,8 +207,8 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
 
     Raises:
         ValueError: naming the datalist, for a case without image or label, a validation case that is also a
-            training case, a ``val_fraction`` beside a ``validation`` list, a split that leaves nothing to train, or
-            declared channels or labels that the bundles do not segment.
+            training case, a ``val_fraction`` beside a ``validation`` list, a split that leaves nothing to train or to
+            validate on (no model.pt would be written), or declared channels or labels that the bundles do not segment.
     """
     content, source = _read_datalist(datalist)
     base = source.parent
@@ -228,11 +232,15 @@ def load_datalist(datalist: str | os.PathLike, section: str = "training", val_fr
         ordered = sorted(labelled, key=lambda e: e["image"])
         fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
         fraction = check_options({"val_fraction": fraction})["val_fraction"]  # the bundles' rule, (0, 1)
-        n_val = max(1, round(fraction * len(ordered))) if len(ordered) > 1 else 0
+        n_val = max(1, round(fraction * len(ordered)))
+        if len(ordered) == 1:
+            raise ValueError(f"datalist {source} has one labelled case: {NEEDS_VALIDATION}")
         if n_val >= len(ordered):
-            raise ValueError(f"datalist {source}: --val_fraction {fraction:g} of its {len(ordered)} "
-                             "labelled cases leaves none to train on; lower it or add a 'validation' list")
+            raise ValueError(f"datalist {source}: --val_fraction {fraction:g} of its {len(ordered)} labelled "
+                             f"case(s) leaves none to train on; {NEEDS_VALIDATION}")
         train, val = ordered[: len(ordered) - n_val], ordered[len(ordered) - n_val :]
+    if not val:
+        raise ValueError(f"datalist {source} has an empty 'validation' list: {NEEDS_VALIDATION}")
     if section == "training":
         return train
     if section == "validation":
