@@ -107,9 +107,10 @@ def test_inference_on_nifti_and_dicom(trained, sample, tmp_path):
     shutil.copytree(sample / "dicomTs" / "pancreas_005", dicom)
     out = trained / "eval" / "seg"
     # run from inside the bundle folder: the relative --config_file must find the bundle too
-    run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(sample),
-               "--datalist", f"['{nifti}','{dicom}']", "--output_dir", str(out), "--largest_component", "true", *TINY[:6],
-               cwd=trained)
+    proc = run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(sample),
+                      "--datalist", f"['{nifti}','{dicom}']", "--output_dir", str(out), "--largest_component", "true",
+                      *TINY[:6], cwd=trained)
+    assert "inference: [2/2] 100%" in proc.stderr  # a progress bar over the cases
     assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz", "series_a_seg.nii.gz"]
     _check_geometry(out / "pancreas_005_seg.nii.gz", LoadImage(image_only=True, reader="NibabelReader")(nifti))
     _check_geometry(out / "series_a_seg.nii.gz", LoadImage(image_only=True, reader="ITKReader")(dicom))
@@ -130,7 +131,7 @@ def test_evaluate_writes_metrics_table(trained, sample):
     assert rows[0] == ("case,space,dice_pancreas,hd95_pancreas,pred_ml_pancreas,label_ml_pancreas,dice_tumour,"
                        "hd95_tumour,pred_ml_tumour,label_ml_tumour")
     assert rows[-1].startswith("mean,") and len(rows) == 3
-    assert "dice_pancreas" in proc.stdout
+    assert "dice_pancreas" in proc.stdout and "evaluation: [1/1] 100%" in proc.stderr
 
 
 def test_per_case_metrics_show_what_an_undefined_dice_leaves_out(tmp_path, caplog):

@@ -134,6 +134,7 @@ def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample):
     assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz", "series_a_seg.dcm",
                                                      "series_a_seg.nii.gz"]
     assert "1 input(s) are not DICOM series" in proc.stdout + proc.stderr
+    assert " - highdicom.base - INFO - " not in proc.stdout  # its INFO line per module copied: not the user's news
     seg = highdicom.seg.segread(str(out / "series_a_seg.dcm"))
     sources = _by_instance(series)
     frames = seg.get_pixels_by_source_instance(source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources],
