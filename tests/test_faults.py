@@ -721,6 +721,61 @@ def test_overlay_pictures_beside_the_outputs(tmp_path, sample, monkeypatch):
         SegmentationWriter("pred", str(tmp_path / "other"), inputs, overlays=True).check_outputs()
 
 
+def test_skip_existing_runs_what_an_interrupted_run_left(tmp_path, sample):
+    """``--skip_existing true`` after a run that stopped: inputs with all their outputs are skipped, a case cut short
+    (its NIfTI written, its overlay not) runs again and replaces what it left, names stay those of every input (two
+    ``ct.nii.gz`` stay ``siteA_``/``siteB_`` when one is skipped); without it the outputs stop the run, naming the
+    option; with ``--overwrite true`` it is a contradiction."""
+    from monai.bundle import ConfigParser
+    from monai.data import MetaTensor
+
+    from monai_unet_variants.bundle.outputs import SegmentationWriter
+
+    inputs = []
+    for site in ("siteA", "siteB", "siteC"):
+        (tmp_path / site).mkdir()
+        inputs.append(str(shutil.copy(sample / "imagesTs" / "pancreas_005.nii.gz", tmp_path / site / "ct.nii.gz")))
+    label = nib.load(str(sample / "labelsTs" / "pancreas_005.nii.gz"))
+    pred = {"pred": MetaTensor(np.asarray(label.dataobj)[None].astype(np.float32), affine=label.affine)}
+    out = tmp_path / "out"
+    first = SegmentationWriter("pred", str(out), inputs, overlays=True, print_log=False)
+    pred["pred"].meta["filename_or_obj"] = inputs[0]
+    first(pred)  # siteA: complete
+    first.overlays = False
+    pred["pred"].meta["filename_or_obj"] = inputs[1]
+    first(pred)  # siteB: cut short before its overlay
+    cut_short = out / "siteB_ct_seg.nii.gz"
+    os.utime(cut_short, (0, 0))
+    assert sorted(p.name for p in out.iterdir()) == ["siteA_ct_seg.nii.gz", "siteA_ct_seg_overlay.png", cut_short.name]
+    with pytest.raises(FileExistsError, match="3 output\\(s\\) exist already .*--skip_existing true keeps them"):
+        SegmentationWriter("pred", str(out), inputs, overlays=True).check_outputs()
+    with pytest.raises(ValueError, match="--overwrite true replaces .*--skip_existing true keeps them .*: choose one"):
+        SegmentationWriter("pred", str(out), inputs, overwrite=True, skip_existing=True)
+
+    writer = SegmentationWriter("pred", str(out), overlays=True, skip_existing=True, print_log=False)
+    todo = writer.pending([{"image": p} for p in inputs])
+    assert [d["image"] for d in todo] == inputs[1:] and writer.skipped == inputs[:1]
+    assert writer.check_outputs()
+    for item in todo:
+        pred["pred"].meta["filename_or_obj"] = item["image"]
+        writer(pred)
+    assert not writer.failed and cut_short.stat().st_mtime > 0
+    assert sorted(p.name for p in out.iterdir()) == [f"{s}_ct_seg{x}" for s in ("siteA", "siteB", "siteC")
+                                                     for x in (".nii.gz", "_overlay.png")]
+
+    parser = ConfigParser()  # the bundle's wiring: the dataset holds the pending inputs only
+    parser.read_config(str(FLAGSHIP / "configs" / "inference.json"))
+    (out / "siteC_ct_seg_overlay.png").unlink()
+    for typed, expected in (("Yes", inputs[2:]), ("false", inputs)):  # as the command line hands it over
+        parser.update({"skip_existing": typed, "overlays": True, "overwrite": typed == "false", "datalist": inputs,
+                       "output_dir": str(out), "ckpt_path": str(tmp_path / "no.pt")})
+        assert [d["image"] for d in parser.get_parsed_content("dataset", lazy=False).data] == expected, typed
+    parser.update({"skip_existing": "maybe"})
+    with pytest.raises(RuntimeError) as err:  # the config names the expression, the cause the option
+        parser.get_parsed_content("dataset", lazy=False)
+    assert "--skip_existing must be true or false (also 1/0, yes/no, in any case), got 'maybe'" in str(err.value.__cause__)
+
+
 @pytest.mark.slow
 def test_inference_outputs_are_unique_checked_and_never_clobbered(tmp_path, sample, tiny_model):
     image = sample / "imagesTs" / "pancreas_005.nii.gz"

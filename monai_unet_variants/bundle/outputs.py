@@ -168,7 +168,10 @@ class SegmentationWriter(SaveImaged):
     back (a NIfTI header with the label map's shape), then renamed; a failure (a full disk, a read-only or missing
     folder, a file in the folder's place) leaves no partial file and is reported with the path and the operating
     system's reason. The output name comes from ``output_names(inputs)``. An existing output is replaced only with
-    ``overwrite=True`` (the bundle checks all of them before the first case runs: ``check_outputs``).
+    ``overwrite=True`` (the bundle checks all of them before the first case runs: ``check_outputs``). With
+    ``skip_existing=True`` a run picks up where an earlier one into the same folder stopped: ``pending`` leaves out the
+    inputs whose outputs all exist (complete, as every write is atomic) and the rest run, replacing what a case cut
+    short left of its outputs (a NIfTI file without its DICOM SEG or overlay).
 
     Args:
         keys: the label map's key.
@@ -177,6 +180,8 @@ class SegmentationWriter(SaveImaged):
             each input's own file name only).
         output_postfix: added to the name. Defaults to ``"seg"``.
         overwrite: replace existing outputs. Defaults to ``False``.
+        skip_existing: leave out the inputs whose outputs exist already (``pending``); not with ``overwrite``.
+            Defaults to ``False``.
         keep_going: after a case that cannot be written, go on with the others (the run fails at its end, naming
             every case without output, through ``OutputsReport``) instead of failing at once. Defaults to ``True``.
         dicom_seg: for a DICOM series input, also write a DICOM Segmentation object over the source series
@@ -192,7 +197,8 @@ class SegmentationWriter(SaveImaged):
 
     def __init__(self, keys: Any, output_dir: str, inputs: Sequence[Any] = (), output_postfix: str = "seg",
                  overwrite: bool = False, keep_going: bool = True, dicom_seg: bool = False,
-                 algorithm: str = "monai-unet-variants", overlays: bool = False, **kwargs: Any) -> None:
+                 algorithm: str = "monai-unet-variants", overlays: bool = False, skip_existing: bool = False,
+                 **kwargs: Any) -> None:
         kwargs.pop("output_ext", None)
         kwargs.pop("separate_folder", None)
         super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_ext=".nii.gz",
@@ -201,6 +207,12 @@ class SegmentationWriter(SaveImaged):
         self.postfix = output_postfix
         self.set_inputs(inputs)
         self.overwrite = bool(overwrite)
+        self.skip_existing = bool(skip_existing)
+        if self.overwrite and self.skip_existing:
+            raise ValueError("--overwrite true replaces existing outputs, --skip_existing true keeps them and skips their "
+                             "inputs: choose one")
+        self.skipped: list[str] = []
+        self._leftovers: set[Path] = set()  # outputs of inputs cut short in an earlier run, replaced in this one
         self.keep_going = bool(keep_going)
         self.dicom_seg = bool(dicom_seg)
         self.algorithm = algorithm
@@ -231,6 +243,34 @@ class SegmentationWriter(SaveImaged):
         nifti = self.target(source)
         return nifti.with_name(nifti.name.removesuffix(".nii.gz") + "_overlay.png")
 
+    def outputs_of(self, source: str) -> list[Path]:
+        """Every file this run writes for input ``source``: the NIfTI label map, its DICOM SEG and overlay picture
+        where asked for."""
+        return [p for p in (self.target(source), self.seg_target(source), self.overlay_target(source)) if p]
+
+    def pending(self, inputs: Sequence[Any]) -> list:
+        """The inputs still to run: all of them, or with ``skip_existing`` those without all of their outputs (logged:
+        how many are skipped). Output names come from every input, as in the run that wrote the existing ones."""
+        if not self.skip_existing:
+            return list(inputs)
+        self.set_inputs(inputs)
+        todo, self.skipped = [], []
+        for item in inputs:
+            source = str(item["image"] if isinstance(item, Mapping) else item)
+            outputs = self.outputs_of(source)
+            if all(p.exists() for p in outputs):
+                self.skipped.append(source)
+            else:
+                todo.append(item)
+                self._leftovers.update(p for p in outputs if p.exists())
+        if self.skipped:
+            logger.info(f"--skip_existing: {len(self.skipped)} of {len(inputs)} input(s) have all their outputs in "
+                        f"{self.out_dir} already (e.g. {self.skipped[0]}): skipped; {len(todo)} to run")
+        return todo
+
+    def _may_replace(self, path: Path) -> bool:
+        return self.overwrite or path in self._leftovers
+
     def check_outputs(self) -> bool:
         """Refuse to start when an output of this run exists already (unless ``overwrite``), or when a DICOM SEG or
         overlay pictures are asked for without highdicom or matplotlib installed."""
@@ -251,13 +291,14 @@ class SegmentationWriter(SaveImaged):
                 logger.info(f"--dicom_seg: {len(plain)} input(s) are not DICOM series (e.g. {plain[0]}): NIfTI output "
                             "only for them")
         self._check_folder()
-        paths = [self.out_dir / n for n in self.names.values()]
-        paths += [p for p in (*map(self.seg_target, self.names), *map(self.overlay_target, self.names)) if p]
-        existing = [p for p in paths if p.exists()]
-        if existing and not self.overwrite:
+        skipped = set(self.skipped)
+        paths = [p for source in self.names if source not in skipped for p in self.outputs_of(source)]
+        existing = [p for p in paths if p.exists() and not self._may_replace(p)]
+        if existing:
             shown = ", ".join(str(p) for p in existing[:5]) + (" ..." if len(existing) > 5 else "")
             raise FileExistsError(f"{len(existing)} output(s) exist already ({shown}): --overwrite true replaces "
-                                  "them, or write to another --output_dir")
+                                  "them, --skip_existing true keeps them and runs the other inputs, or write to "
+                                  "another --output_dir")
         return True
 
     def _check_folder(self) -> None:
@@ -298,7 +339,7 @@ class SegmentationWriter(SaveImaged):
             if tuple(shape) != tuple(array.shape):
                 raise OSError(5, f"the written file has shape {shape}, not {array.shape}")
 
-        refuse_existing(path, self.overwrite)
+        refuse_existing(path, self._may_replace(path))
         atomic_write(path, write, verify, suffix=".nii.gz")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
@@ -346,14 +387,14 @@ class SegmentationWriter(SaveImaged):
     def _draw(self, source: str, path: Path, picture: Path) -> None:
         from ..visualize import overlay_png
 
-        refuse_existing(picture, self.overwrite)
+        refuse_existing(picture, self._may_replace(picture))
         overlay_png(source, path, picture, title=f"{Path(source.rstrip('/')).name}: {self.algorithm}")
 
     def _write_seg(self, array: np.ndarray, affine: np.ndarray, source: str, path: Path) -> None:
         from .dicom_seg import write_dicom_seg
 
         try:
-            write_dicom_seg(array, affine, source, path, algorithm=self.algorithm, overwrite=self.overwrite)
+            write_dicom_seg(array, affine, source, path, algorithm=self.algorithm, overwrite=self._may_replace(path))
         except ValueError as err:  # a label map off the series' grid: no SEG rather than a misplaced one
             raise OutputError(5, f"cannot write the DICOM SEG {path}: {err}") from err
 
@@ -388,4 +429,5 @@ class OutputsReport:
             lines = "\n  ".join(self.writer.failed)
             raise OutputError(5, f"{len(self.writer.failed)} case(s) have no output or an incomplete one; the other "
                                  f"{len(self.writer.written)} were written:\n  {lines}")
-        engine.logger.info(f"wrote {len(self.writer.written)} segmentation(s) to {self.writer.out_dir}")
+        skipped = f" ({len(self.writer.skipped)} input(s) skipped: written before)" if self.writer.skipped else ""
+        engine.logger.info(f"wrote {len(self.writer.written)} segmentation(s) to {self.writer.out_dir}{skipped}")
