@@ -10,8 +10,13 @@ import pytest
 
 PROBE = textwrap.dedent(
     """
-    import re, sys, torch
-    from monai_unet_variants.runtime import reuse_freed_memory
+    import importlib.util, re, sys, torch
+
+    # runtime.py alone (it imports nothing of the package): the package's import of MONAI takes seconds here
+    spec = importlib.util.spec_from_file_location("runtime", sys.argv[3])
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    reuse_freed_memory = runtime.reuse_freed_memory
 
     def rss_mib():
         with open("/proc/self/status") as f:
@@ -41,7 +46,10 @@ def test_reuse_freed_memory(mode, sizes, kept):
     """Kept: freed tensors stay resident for the next allocation, also when more than 2 GiB falls free at once (a
     trim threshold of 2 GiB gave that back to the kernel, to be faulted in again in the next training step);
     returned: they leave at once."""
-    out = subprocess.run([sys.executable, "-c", PROBE, mode, sizes], capture_output=True, text=True, check=True)
+    from monai_unet_variants import runtime
+
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, sizes, runtime.__file__], capture_output=True, text=True,
+                         check=True)
     applied, retained = out.stdout.split()
     assert applied == "True"
     total = sum(int(mib) for mib in sizes.split(","))
