@@ -48,6 +48,9 @@ def trained(tmp_path_factory, sample) -> Path:
     return root
 
 
+# the two commands as the model zoo's CI types them (a process each: slow); test_every_bundle_metadata_and_network runs
+# the same functions in this process for every bundle in the default run
+@pytest.mark.slow
 def test_verify_metadata():
     run_bundle("verify_metadata", "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--filepath", str(SCHEMA))
 
@@ -60,6 +63,7 @@ def test_metadata_describes_the_network():
     assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "pancreas", "2": "tumour"}
 
 
+@pytest.mark.slow
 def test_verify_net_in_out():
     run_bundle("verify_net_in_out", "network_def", "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
                "--config_file", str(BUNDLE / "configs" / "inference.json"), "--network_def#channels", "[4,8,16,32,64]")
