@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["overlay_png"]
+__all__ = ["overlay_png", "pyplot"]
 
 COLOURS = {1: (1.0, 0.55, 0.0), 2: (0.0, 0.9, 1.0)}
 
@@ -40,6 +41,19 @@ def _load_checked(image: str | Path, labels: Sequence[str | Path]) -> list[np.nd
     return [np.asarray(ras(v)[0]) for v in (ct, *maps)]
 
 
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on its file-only ``Agg`` backend (no display needed), or ``None`` where matplotlib is
+    not installed: every picture of the package is drawn through it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def _rgba(label_slice: np.ndarray, alpha: float) -> np.ndarray:
     out = np.zeros(label_slice.shape + (4,))
     for value, colour in COLOURS.items():
@@ -56,14 +70,10 @@ def overlay_png(
     title: str | None = None,
 ) -> Path:
     """Write a PNG with the CT slice, the ground truth (if given) and the prediction; return its path."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("overlay pictures need matplotlib: pip install 'monai-unet-variants[bundle]'") from err
+    plt = pyplot()
+    if plt is None:  # pragma: no cover - depends on the environment
+        raise ImportError("overlay pictures need matplotlib: pip install 'monai-unet-variants[bundle]'")
+    from matplotlib.patches import Patch
 
     from .bundle.checkpoints import atomic_write
 

@@ -138,7 +138,7 @@ def test_evaluate_writes_metrics_table(trained, sample):
     assert "dice_pancreas" in proc.stdout and "evaluation: [1/1] 100%" in proc.stderr
 
 
-def test_per_case_metrics_show_what_an_undefined_dice_leaves_out(tmp_path, caplog):
+def test_per_case_metrics_show_what_an_undefined_dice_leaves_out(tmp_path, caplog, monkeypatch):
     """A case whose label has no tumour but whose prediction has some: its tumour Dice is undefined (left out of the
     mean, as the Decathlon scores), so the table gives each class's predicted and labelled volume in ml (at the
     label's spacing) and a warning names the case with the volume predicted."""
@@ -170,6 +170,23 @@ def test_per_case_metrics_show_what_an_undefined_dice_leaves_out(tmp_path, caplo
     assert float(healthy["label_ml_pancreas"]) == pytest.approx(64 * 0.5 / 1000)
     assert "1 case(s) without tumour in their label have tumour predicted (healthy.nii.gz 0.004 ml)" in caplog.text
     assert "pancreas in their label" not in caplog.text
+    # the picture beside the table: 10 x 4.2 inches at 90 dpi; a class no case scores (tumour Dice undefined in
+    # the only case) is drawn without its box; without matplotlib the table alone, said
+    from PIL import Image
+
+    with Image.open(tmp_path / "metrics.png") as picture:
+        assert picture.format == "PNG" and picture.size == (900, 378)
+    for folder, cases in (("one", [[case("healthy", False)]]), ("plain", [[case("tumour", True)]])):
+        if folder == "plain":
+            monkeypatch.setitem(sys.modules, "matplotlib", None)
+        writer = mb.PerCaseMetricsWriter(str(tmp_path / folder))
+        engine = Engine(lambda e, batch: batch)
+        writer.attach(engine)
+        with caplog.at_level(logging.WARNING):
+            engine.run(cases)
+        assert (tmp_path / folder / "metrics.csv").is_file()
+        assert (tmp_path / folder / "metrics.png").is_file() == (folder == "one")
+    assert "no metrics.png: matplotlib is not installed" in caplog.text
 
 
 def test_validation_overlap_is_lighter_on_a_cpu_and_evaluation_keeps_the_full_one():

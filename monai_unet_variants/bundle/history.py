@@ -122,12 +122,10 @@ class TrainingHistory:
             self._draw(columns[1:])
 
     def _draw(self, columns: list[str]) -> None:
-        try:
-            import matplotlib
+        from ..visualize import pyplot
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = pyplot()
+        if plt is None:
             self._plots = False
             logger.warning(f"no {self.picture.name}: matplotlib is not installed (pip install matplotlib); "
                            f"{self.table.name} holds the same numbers")

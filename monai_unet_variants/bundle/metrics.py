@@ -1,9 +1,10 @@
-"""Per-case evaluation tables."""
+"""Per-case evaluation tables, and their picture."""
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -17,11 +18,15 @@ from .transforms import eval_space
 
 __all__ = ["PerCaseMetricsWriter"]
 
+logger = logging.getLogger("monai_unet_variants.bundle")
+
 
 class PerCaseMetricsWriter:
     """Dice, 95th-percentile Hausdorff distance (mm) and the predicted and labelled volumes (ml) per case and class,
     written as a CSV and printed as a table. A class predicted in a case whose label has none (Dice undefined, left
-    out of the mean, as the Decathlon scores) is named in a warning with its predicted volume.
+    out of the mean, as the Decathlon scores) is named in a warning with its predicted volume. Beside the table,
+    ``metrics.png`` shows each class's Dice and HD95 over the cases (a box, every case a point, the mean a diamond,
+    the lowest Dice named; without matplotlib the picture is left out, with a warning).
 
     Expects one-hot ``pred`` and ``label`` in the engine output (batch size 1 or more) at the label's spacing; the
     ``space`` column says on which grid they were scored (``evaluate.json``: each case's ``original`` grid by default,
@@ -109,7 +114,9 @@ class PerCaseMetricsWriter:
         for r in rows + [mean]:
             lines.append("".join([f"{r['case']:<{width}}"] + [f"{r[c]:>16.4f}" for c in scores]))
         print("\n".join(lines), flush=True)
-        engine.logger.info(f"per-case metrics ({self.space} grid of each case) written to {path}")
+        picture = self._draw(rows, path.with_suffix(".png"))
+        also = f" and drawn in {picture}" if picture else ""
+        engine.logger.info(f"per-case metrics ({self.space} grid of each case) written to {path}{also}")
         for cname in self.class_names.values():  # left out of the mean Dice: say so, with what was predicted
             unlabelled = [r for r in rows if r[f"label_ml_{cname}"] == 0 and r[f"pred_ml_{cname}"] > 0]
             if unlabelled:
@@ -118,3 +125,40 @@ class PerCaseMetricsWriter:
                     f"{len(unlabelled)} case(s) without {cname} in their label have {cname} predicted ({shown}"
                     f"{' ...' if len(unlabelled) > 5 else ''}): Dice is undefined there and left out of the mean; "
                     f"see pred_ml_{cname} in {path}")
+
+    def _draw(self, rows: list[dict], path: Path) -> Path | None:
+        """Each class's Dice and HD95 over the cases, in one picture; ``None`` without matplotlib."""
+        from ..visualize import pyplot
+
+        plt = pyplot()
+        if plt is None:
+            logger.warning(f"no {path.name}: matplotlib is not installed (pip install matplotlib); the table holds "
+                           "the same numbers")
+            return None
+        names = list(self.class_names.values())
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+        for ax, (metric, title) in zip(axes, (("dice", "Dice"), ("hd95", "HD95 (mm)")), strict=True):
+            ticks = []
+            for x, cname in enumerate(names, start=1):
+                scored = [(r[f"{metric}_{cname}"], r["case"]) for r in rows if not math.isnan(r[f"{metric}_{cname}"])]
+                ticks.append(f"{cname}\n{len(scored)} of {len(rows)} cases")
+                if not scored:  # every case undefined (no such class in any label or prediction)
+                    continue
+                values = [v for v, _ in scored]
+                ax.boxplot(values, positions=[x], widths=0.5, showfliers=False)
+                jitter = np.random.default_rng(x).uniform(-0.15, 0.15, len(values))  # the same picture every run
+                ax.scatter(x + jitter, values, s=14, alpha=0.7, zorder=3)
+                ax.scatter([x], [np.mean(values)], marker="D", color="black", zorder=4)
+                if metric == "dice":
+                    low, case = min(scored)
+                    ax.annotate(case, (x, low), xytext=(6, -4), textcoords="offset points", fontsize=7)
+            ax.set_xticks(range(1, len(names) + 1), ticks)
+            ax.set(title=title, xlim=(0.4, len(names) + 0.6))
+            ax.grid(alpha=0.3, axis="y")
+        axes[0].set_ylim(-0.02, 1.02)
+        fig.suptitle(f"{len(rows)} case(s), scored on each case's {self.space} grid (diamond: mean)")
+        fig.tight_layout()
+        try:
+            return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90), suffix=".png")
+        finally:
+            plt.close(fig)
