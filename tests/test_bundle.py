@@ -635,7 +635,7 @@ def test_training_learns(tmp_path, sample):
         epochs=40,
         val_interval=40,
         roi_size=[48, 48, 48],
-        num_samples=4,
+        num_samples=2,
         learning_rate=0.003,
         num_workers=0,
         **{"network_def#channels": [8, 16, 32, 64, 128]},
@@ -647,6 +647,7 @@ def test_training_learns(tmp_path, sample):
     workflow.run()
     trained = evaluator.state.metrics["val_pancreas_dice"]
     workflow.finalize()
+    print(f"validation pancreas Dice: untrained {untrained:.3f}, trained {trained:.3f}")
     assert trained > untrained + 0.15, (untrained, trained)
     assert (tmp_path / "models" / "model.pt").is_file()
 
