@@ -15,8 +15,8 @@ from typing import Any
 
 from ..options import check_options
 
-__all__ = ["BUNDLE_CLASSES", "DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs", "list_test_images",
-           "load_datalist"]
+__all__ = ["BUNDLE_CLASSES", "DEFAULT_VAL_FRACTION", "NIFTI_SUFFIXES", "find_bundle_root", "inference_inputs",
+           "list_test_images", "load_datalist"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 

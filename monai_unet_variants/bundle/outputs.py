@@ -209,8 +209,8 @@ class SegmentationWriter(SaveImaged):
         self.overwrite = bool(overwrite)
         self.skip_existing = bool(skip_existing)
         if self.overwrite and self.skip_existing:
-            raise ValueError("--overwrite true replaces existing outputs, --skip_existing true keeps them and skips their "
-                             "inputs: choose one")
+            raise ValueError("--overwrite true replaces existing outputs, --skip_existing true keeps them and skips "
+                             "their inputs: choose one")
         self.skipped: list[str] = []
         self._leftovers: set[Path] = set()  # outputs of inputs cut short in an earlier run, replaced in this one
         self.keep_going = bool(keep_going)
