@@ -121,6 +121,7 @@ def test_inference_on_nifti_and_dicom(trained, sample, tmp_path):
     _check_geometry(out / "series_a_seg.nii.gz", LoadImage(image_only=True, reader="ITKReader")(dicom))
 
 
+@pytest.mark.slow  # a process (or three exports through black, isort and flake8): ~10-17 s
 def test_inference_default_inputs_are_the_test_images(trained, sample):
     out = trained / "eval" / "default"
     run_bundle("run", "--config_file", str(trained / "configs" / "inference.json"), "--dataset_dir", str(sample),

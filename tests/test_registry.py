@@ -105,6 +105,7 @@ def test_bundle_network_def(target):
     assert any(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules())
 
 
+@pytest.mark.slow  # a process (or three exports through black, isort and flake8): ~10-17 s
 def test_import_is_light():
     """Importing the package adds no optional dependency beyond what torch and MONAI import themselves."""
     import subprocess

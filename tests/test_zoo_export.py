@@ -131,6 +131,7 @@ def test_export_refuses_weights_over_the_cap_without_a_url(tmp_path):
         export(BUNDLES, tmp_path / "zoo", ["nonet"])
 
 
+@pytest.mark.slow  # a process (or three exports through black, isort and flake8): ~10-17 s
 def test_export_carries_what_the_weights_were_trained_with(tmp_path):
     """A bundle with trained weights: ``models/training_options.json`` (inference's defaults) goes along, in the
     zoo's JSON format, beside the weights or their ``large_files.yml`` entry; without weights it stays behind."""
