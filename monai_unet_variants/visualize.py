@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["overlay_png", "pyplot"]
+__all__ = ["overlay_png", "pyplot", "save_figure"]
 
 COLOURS = {1: (1.0, 0.55, 0.0), 2: (0.0, 0.9, 1.0)}
 
@@ -54,6 +54,21 @@ def pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, out: str | Path, dpi: int = 90) -> Path:
+    """Save a matplotlib figure to ``out`` in the format its suffix names (``.png`` when it has none), complete or
+    absent (``atomic_write``: a picture cut short by a full disk is not left behind), and close it; return the path."""
+    import matplotlib.pyplot as plt
+
+    from .bundle.checkpoints import atomic_write
+
+    out = Path(out)
+    kind = out.suffix.lstrip(".").lower() or "png"  # as matplotlib reads the name: .png, .pdf, .svg, .jpg
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=dpi), suffix=out.suffix or ".png")
+    finally:
+        plt.close(fig)
+
+
 def _rgba(label_slice: np.ndarray, alpha: float) -> np.ndarray:
     out = np.zeros(label_slice.shape + (4,))
     for value, colour in COLOURS.items():
@@ -74,8 +89,6 @@ def overlay_png(
     if plt is None:  # pragma: no cover - depends on the environment
         raise ImportError("overlay pictures need matplotlib: pip install 'monai-unet-variants[bundle]'")
     from matplotlib.patches import Patch
-
-    from .bundle.checkpoints import atomic_write
 
     ct, seg, *rest = _load_checked(image, [pred] + ([label] if label else []))
     seg = seg.astype(np.int16)
@@ -99,12 +112,7 @@ def overlay_png(
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    out = Path(out)
-    kind = out.suffix.lstrip(".").lower() or "png"  # as matplotlib reads the name: .png, .pdf, .svg, .jpg
-    try:  # complete or absent: a picture cut short by a full disk is not left behind
-        return atomic_write(out, lambda f: fig.savefig(f, format=kind, dpi=90), suffix=out.suffix or ".png")
-    finally:
-        plt.close(fig)
+    return save_figure(fig, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,7 +122,7 @@ class TrainingHistory:
             self._draw(columns[1:])
 
     def _draw(self, columns: list[str]) -> None:
-        from ..visualize import pyplot
+        from ..visualize import pyplot, save_figure
 
         plt = pyplot()
         if plt is None:
@@ -151,7 +151,4 @@ class TrainingHistory:
             ax.grid(alpha=0.3)
             ax.xaxis.get_major_locator().set_params(integer=True)
         fig.tight_layout()
-        try:
-            atomic_write(self.picture, lambda f: fig.savefig(f, format="png", dpi=90), suffix=".png")
-        finally:
-            plt.close(fig)
+        save_figure(fig, self.picture)

@@ -128,7 +128,7 @@ class PerCaseMetricsWriter:
 
     def _draw(self, rows: list[dict], path: Path) -> Path | None:
         """Each class's Dice and HD95 over the cases, in one picture; ``None`` without matplotlib."""
-        from ..visualize import pyplot
+        from ..visualize import pyplot, save_figure
 
         plt = pyplot()
         if plt is None:
@@ -158,7 +158,4 @@ class PerCaseMetricsWriter:
         axes[0].set_ylim(-0.02, 1.02)
         fig.suptitle(f"{len(rows)} case(s), scored on each case's {self.space} grid (diamond: mean)")
         fig.tight_layout()
-        try:
-            return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=90), suffix=".png")
-        finally:
-            plt.close(fig)
+        return save_figure(fig, path)
