@@ -4,7 +4,6 @@ command line on a copy of the bundle and a small synthetic data set."""
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import logging
@@ -20,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import cli_overrides
 
 from monai_unet_variants import bundle as mb
 
@@ -1057,7 +1057,7 @@ def test_every_generated_bundle_infers_and_exports(name, tmp_path, sample):
     workflow = ConfigWorkflow(config_file=str(root / "configs" / "inference.json"), logging_file=False,
                               meta_file=str(root / "configs" / "metadata.json"), workflow_type=None,
                               bundle_root=str(root), dataset_dir=str(sample), datalist=[str(nifti), str(dicom)],
-                              **{k.lstrip("-"): ast.literal_eval(v) for k, v in zip(small[::2], small[1::2])})
+                              **cli_overrides(small))
     workflow.initialize()
     workflow.run()
     workflow.finalize()

@@ -7,7 +7,6 @@ the last line of the output names the file, and that a good ``model.pt`` already
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
 import os
@@ -20,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import FLAGSHIP
+from conftest import FLAGSHIP, cli_overrides
 from monai.data import DataLoader, Dataset, MetaTensor, ThreadDataLoader
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
@@ -884,7 +883,7 @@ def test_every_boolean_option_refuses_what_it_cannot_read(tmp_path, sample, tiny
     from monai.bundle import ConfigWorkflow
 
     overrides = {"dataset_dir": str(sample), "output_dir": str(tmp_path / "out"), option: "maybe",
-                 **{k.lstrip("-"): ast.literal_eval(v) for k, v in zip(TINY[::2], TINY[1::2])}}
+                 **cli_overrides(TINY)}
     if config == "train.json":
         overrides.update({"epochs": 1, "ckpt_dir": str(tmp_path / "models")})
     else:
