@@ -6,9 +6,9 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh                       # the defaults below
 #   BENCH_ARGS="--networks unet --dims 3" BENCH_TIMEOUT=120 bash benchmarks/gpu_check.sh
 #
-# Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest; PROBE=1 also runs the benchmark of 251be93 (kept in
-# .devcarry/old_run.py) with --options compile in one process, to see whether that compile path still hangs
-# (a SIGABRT at its time limit makes Python print where every thread was).
+# Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest. SW_CHECKPOINT (default
+# .devcarry/sw_checkpoint.pt, when it exists) gives the sliding-window trials trained weights, so that their label
+# maps are compared on a real segmentation rather than on a random network's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
@@ -31,22 +31,15 @@ cat "$OUT/env.txt"
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
     SW_CKPT=""
-    [ -f .devcarry/attunet_cpu40.pt ] && SW_CKPT="--sw_checkpoint .devcarry/attunet_cpu40.pt"
+    ckpt=${SW_CHECKPOINT:-.devcarry/sw_checkpoint.pt}
+    [ -f "$ckpt" ] && SW_CKPT="--sw_checkpoint $ckpt"
     # shellcheck disable=SC2086
     timeout -s INT "${BENCH_TIMEOUT:-420}" python3 benchmarks/run.py --device cuda --out "$OUT/bench" \
         --repeats 10 --warmup 3 --roof_size 128 --case_timeout ${CASE_TIMEOUT:-300} $SW_CKPT \
-        ${BENCH_ARGS:---dims 3 --jobs 19 --options compile,compile_cudagraphs:unet/denseunet/multiresunet/monai_basicunet --option_networks all --sw_trials "compile=false,sw_batch_size=2;sw_batch_size=4;sw_batch_size=16;compile_kwargs#mode=reduce-overhead" --bundle_epochs 6 --bundle_cases 24 --bundle_trials "data_device=cpu;compile=false"} \
+        ${BENCH_ARGS:---dims 3 --networks unet,attention_unet --sections networks,sliding_window,bundle --jobs 24 --profile --options compile:unet/attention_unet/monai_basicunet,compile+cudnn_benchmark:unet/attention_unet/monai_basicunet,compile+channels_last:attention_unet,compile+channels_last+cudnn_benchmark:attention_unet,compile_autotune:unet --sw_trials "compile=false,sw_batch_size=2;cudnn_benchmark=true;compile_kwargs#mode=max-autotune-no-cudagraphs" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0"} \
         > "$OUT/bench.log" 2>&1
     echo "benchmark: exit $?"
     grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60
-fi
-
-# the probe runs beside the tests (neither is timed)
-if [ "${PROBE:-0}" = 1 ] && [ -f .devcarry/old_run.py ]; then
-    PYTHONFAULTHANDLER=1 timeout -s ABRT "${PROBE_TIMEOUT:-150}" python3 .devcarry/old_run.py --device cuda --in_process \
-        --networks unet --dims 3 --options compile --option_networks unet --sw_volume "" --bundle_epochs 0 \
-        --repeats 3 --warmup 1 --out "$OUT/probe" > "$OUT/probe.log" 2>&1 &
-    probe=$!
 fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
@@ -57,10 +50,4 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
         tests/test_gpu.py ${TEST_SELECT:+-k "$TEST_SELECT"} > "$OUT/pytest.log" 2>&1
     echo "GPU tests: exit $?"
     tail -15 "$OUT/pytest.log"
-fi
-
-if [ -n "${probe:-}" ]; then
-    wait "$probe"
-    echo "probe (251be93 benchmark, --options compile, in one process): exit $?"
-    grep -E "unet \+compile|against the default|Thread|File|Fatal" "$OUT/probe.log" | head -30
 fi

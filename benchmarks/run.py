@@ -211,6 +211,81 @@ def timed(fn: Callable[[], Any], device: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+#: kernel-name patterns of ``kernel_profile``'s categories, tried in order (the first that matches names it)
+KERNEL_KINDS = (
+    ("fused (Inductor)", re.compile(r"^triton_", re.I)),
+    ("copy, layout", re.compile(r"memcpy|memset|copy|transpose|nchwtonhwc|nhwctonchw|contiguous", re.I)),
+    ("convolution", re.compile(r"conv|cudnn|xmma|implicit|gemm|cutlass|sm\d\d_|wgrad|dgrad|fprop|mkldnn|onednn", re.I)),
+    ("normalization", re.compile(r"norm", re.I)),
+    ("elementwise, reduction", re.compile(r"elementwise|vectorized|reduce|unrolled|pointwise|add|mul|relu|sigmoid|cat",
+                                          re.I)),
+)
+
+
+def kernel_profile(fn: Callable[[], Any], device: Any, calls: int = 3, top: int = 8) -> dict:
+    """``_kernel_profile``, or its error: a profiler that fails costs the case none of its timings."""
+    try:
+        return _kernel_profile(fn, device, calls, top)
+    except Exception as err:  # noqa: BLE001 - reported in the results
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def _kernel_profile(fn: Callable[[], Any], device: Any, calls: int, top: int) -> dict:
+    """Where one call of ``fn`` spends its device time: ``torch.profiler`` over ``calls`` calls (after one untimed),
+    the kernels' own time per call grouped by ``KERNEL_KINDS`` and the ``top`` kernels, against the wall time per
+    call. ``busy`` (kernel time / wall time) near 1 means the kernels bound the call; far below 1, launches and the
+    host do. On a CPU the operators' own CPU times stand in for kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    fn()
+    synchronize(device)
+    kernels: dict[str, list[float]] = {}
+    for activities in ([ProfilerActivity.CUDA], [ProfilerActivity.CPU, ProfilerActivity.CUDA]) if cuda else (
+            [ProfilerActivity.CPU],):  # the device alone first (no host-side recording in the wall time)
+        with profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            synchronize(device)
+            wall = (time.perf_counter() - t0) / calls
+        for e in prof.events():
+            if cuda and e.device_type != torch.autograd.DeviceType.CUDA:
+                continue
+            if not cuda and e.cpu_parent is not None:  # operators' own time, each counted once at the top of its tree
+                continue
+            us = e.time_range.elapsed_us() if cuda else e.cpu_time_total  # a kernel's own span on the device
+            entry = kernels.setdefault(e.name, [0.0, 0])
+            entry[0] += us / 1e3 / calls
+            entry[1] += 1 / calls
+        if kernels:
+            break
+    total = sum(ms for ms, _ in kernels.values())
+    kinds: dict[str, float] = {}
+    for name, (ms, _) in kernels.items():
+        kind = next((k for k, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    return {
+        "wall_ms": wall * 1e3,
+        "kernel_ms": total,
+        "busy": total / (wall * 1e3) if wall else float("nan"),
+        "launches": round(sum(n for _, n in kernels.values())),
+        "kinds_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
+        "top": [{"name": name[:120], "ms": ms, "calls": round(n)} for name, (ms, n) in ranked],
+    }
+
+
+def profile_line(what: str, p: dict) -> str:
+    """One report line of a ``kernel_profile``."""
+    if "error" in p:
+        return f"{what}: profile failed: {p['error']}"
+    kinds = ", ".join(f"{k} {100 * ms / p['kernel_ms']:.0f}%" for k, ms in p["kinds_ms"].items() if p["kernel_ms"])
+    return (f"{what}: {p['wall_ms']:.1f} ms a call, kernels {p['kernel_ms']:.1f} ms (busy {100 * p['busy']:.0f}%, "
+            f"{p['launches']} launches): {kinds}; longest: {p['top'][0]['name'][:60] if p['top'] else '-'}")
+
+
 def compile_mode(options: dict) -> str | None:
     """The ``torch.compile`` mode that a case's options ask for (``None``: eager)."""
     modes = [COMPILE_MODES[k] for k, v in options.items() if v and k in COMPILE_MODES]
@@ -323,6 +398,10 @@ def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     if mode:
         out.update(compile_mode=mode, compile_s=first_step, compile_eval_s=first_forward, graphs=compiled,
                    recompiles=compiled_graphs() - graphs - compiled)
+    if case.get("profile"):  # after the timings and the recompilation count: the profiler's own cost stays out
+        out["profile_forward"] = kernel_profile(forward, device)
+        net.train()
+        out["profile_step"] = kernel_profile(step, device)
     return out
 
 
@@ -455,7 +534,10 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
                    "network_def#channels": case["channels"]})
     if case.get("roi_size"):
         parser["roi_size"] = [case["roi_size"]] * 3
-    for key, value in case.get("overrides", {}).items():
+    overrides = dict(case.get("overrides", {}))
+    # not a config key: cuDNN times its algorithms for each shape and keeps the fastest (the process's setting)
+    torch.backends.cudnn.benchmark = as_bool(overrides.pop("cudnn_benchmark", False), "cudnn_benchmark")
+    for key, value in overrides.items():
         parser[key] = value
     parser["inferer#progress"] = False
     inferer = parser.get_parsed_content("inferer")
@@ -508,6 +590,7 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
         "compile": use_compile,
         "compile_mode": compile_kwargs.get("mode"),
         "channels_last": as_bool(parser.get_parsed_content("channels_last"), "channels_last"),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "first_pass_s": first,
         "graphs": compiled,
         "recompiles": compiled_graphs() - graphs - compiled,
@@ -518,6 +601,7 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
         "window_batches": len(windows),
         "forward_ms_per_batch": forward_s * 1e3,
         "forward_share": forward_s * len(windows) / seconds,
+        **({"profile_forward": kernel_profile(forward, device)} if case.get("profile") else {}),
     }
     if case.get("labels_file"):
         np.save(case["labels_file"], infer().argmax(1).to(torch.uint8).cpu().numpy())
@@ -937,11 +1021,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--compile_backend", default="inductor",
                    help="torch.compile backend of the compile options (default inductor; 'eager' checks the command "
                    "quickly)")
+    p.add_argument("--profile", action="store_true",
+                   help="after the timings, profile each network case's training step and forward pass and each "
+                   "sliding-window trial's window batch: kernel time by kind, the longest kernels, the share of wall "
+                   "time the device is busy")
     p.add_argument("--sw_volume", default="512,512,128", help="sliding-window volume (empty: skip)")
     p.add_argument("--sw_roi", type=int, default=0, help="sliding-window roi edge (default: the bundle's)")
     p.add_argument("--sw_trials", default="",
                    help="sliding-window trials besides the inference config as it is, separated by ';', each a list "
-                   "of config overrides such as 'compile=false,sw_batch_size=8'; with trials, an eager float32 run ("
+                   "of config overrides such as 'compile=false,sw_batch_size=8' ('cudnn_benchmark=true': cuDNN times "
+                   "its algorithms); with trials, an eager float32 run ("
                    + REFERENCE_TRIAL + ") is added and every label map is compared with its")
     p.add_argument("--sw_checkpoint", default="", help="weights for the sliding-window network (default: random)")
     p.add_argument("--sw_repeats", type=int, default=1, help="timed sliding-window passes (median)")
@@ -1013,7 +1102,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
     amp = args.device.startswith("cuda")
     base = {"device": args.device, "channels": channels, "batch": args.batch, "warmup": args.warmup,
             "repeats": args.repeats, "norm": ["instance", {"affine": True}], "amp": amp,
-            "compile_backend": args.compile_backend}
+            "compile_backend": args.compile_backend, "profile": args.profile}
     names = args.networks.split(",") if args.networks else [n for n in list_networks() if n != "composable"]
     option_names = [*names, *MONAI_NETS] if args.option_networks == "all" else args.option_networks.split(",")
     names = [*names, *(v for v in VARIANTS if VARIANTS[v][0] in names), *MONAI_NETS]
@@ -1077,7 +1166,8 @@ def _sliding_window_line(r: dict) -> str:
     if "error" in r:
         return f"sliding window ({r.get('trial')}): failed: {r['error']}"
     what = (f"sw_batch {r['sw_batch_size']}, {'compiled' + (' ' + r['compile_mode'] if r['compile_mode'] else '') if r['compile'] else 'eager'}, "
-            f"{'AMP fp16' if r['amp'] else 'float32'}{', channels-last' if r.get('channels_last') else ''}")
+            f"{'AMP fp16' if r['amp'] else 'float32'}{', channels-last' if r.get('channels_last') else ''}"
+            f"{', cuDNN benchmark' if r.get('cudnn_benchmark') else ''}")
     agree = f", label map = reference on {r['agreement']:.4%} of voxels" if "agreement" in r else ""
     return (f"sliding window [{r['trial']}] ({what}; roi {r['roi_size']}, overlap {r['overlap']}) on "
             f"{'x'.join(map(str, r['volume']))}: {r['seconds']:.2f} s, {r['mvoxels_per_s']:.1f} Mvoxel/s, first pass "
@@ -1090,7 +1180,8 @@ def _bundle_line(r: dict) -> str:
     if "error" in r:
         return f"bundle training ({r.get('trial')}): failed: {r['error']}"
     return (f"bundle training [{r['trial']}] (flagship, {r['training_cases']} training cases, roi {r['roi_size']}, "
-            f"batch {r['batch_size']}, data on {r['data_device']}, {'compiled' if r['compile'] else 'eager'}): "
+            f"batch {r['batch_size']}, data on {r['data_device']}, {'compiled' if r['compile'] else 'eager'}, "
+            f"{r.get('cached_in_memory', '?')} cached cases in memory, {r.get('cached_on_disk', 0)} on disk): "
             f"{r['iterations_per_s']:.2f} it/s over {r['iterations']} iterations (median step {r['step_ms']:.1f} ms), "
             f"data wait {r['data_wait_share']:.1%} of step time ({r['data_wait_share_steady']:.1%} after each epoch's "
             f"first batch); first iteration {r.get('first_iteration_s', float('nan')):.1f} s, first epoch "
@@ -1184,6 +1275,11 @@ def render(results: list[dict], extrapolate: int = 281) -> tuple[list[dict], lis
                 f"FLOPs x{r['like_flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
             report.append(_sliding_window_line(r))
+        for key, what in (("profile_step", "training step"), ("profile_forward", "forward")):
+            if key in r:
+                name = (f"{r['spatial_dims']}D {r['label']} {what}" if r["kind"] == "network"
+                        else f"sliding window [{r['trial']}], one window batch")
+                report.append(profile_line(f"profile: {name}", r[key]))
         if r["kind"] == "bundle" and not r.get("scale"):
             report.append(_bundle_line(r))
     report += _scale_lines(results, extrapolate)

@@ -90,6 +90,31 @@ def test_benchmark_trials_and_waves():
     assert run.heavy(sw) and not run.heavy({**sw, "overrides": {"compile": False}})
 
 
+def test_kernel_profile_sums_what_the_device_ran():
+    """``--profile``'s reading (here of the CPU's operators): the kinds add up to the kernel time, the convolution of
+    a convolution-heavy call is the largest kind, the call counts are per call; a call that fails gives an error,
+    not an exception."""
+    import torch
+
+    run = _bench()
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(8, 8, 3, padding=1))
+    x = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        p = run.kernel_profile(lambda: net(x), torch.device("cpu"), calls=2)
+    assert p["kernel_ms"] == pytest.approx(sum(p["kinds_ms"].values()))
+    assert next(iter(p["kinds_ms"])) == "convolution" and 0 < p["busy"] <= 1.05
+    assert [t["calls"] for t in p["top"] if t["name"] == "aten::conv3d"] == [2]
+    line = run.profile_line("profile: net forward", p)
+    assert line.startswith("profile: net forward: ") and "convolution " in line and "busy" in line
+
+    def broken() -> None:
+        raise RuntimeError("no such kernel")
+
+    failed = run.kernel_profile(broken, torch.device("cpu"))
+    assert failed == {"error": "RuntimeError: no such kernel"}
+    assert run.profile_line("x", failed) == "x: profile failed: RuntimeError: no such kernel"
+
+
 def test_sliding_window_volume_is_windowed_as_the_flagship_infers():
     """The sliding-window section's CT-like volume, windowed with the flagship inference config's (parsed) window:
     air at 0, dense tissue near 1, soft tissue between (it read the raw config value, an expression since the window
@@ -107,8 +132,9 @@ def test_benchmark_children_trials_and_report(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out", str(out),
            "--dims", "3", "--networks", "unet", "--options", "compile:unet/monai_basicunet", "--compile_backend",
-           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3", "--bundle_trials",
-           "data_device=cpu", "--bundle_epochs", "2", "--sample_dir", str(tmp_path / "sample")]
+           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true",
+           "--bundle_trials", "data_device=cpu;cache_gb=0", "--bundle_epochs", "2", "--sample_dir",
+           str(tmp_path / "sample"), "--profile"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())["results"]
@@ -119,13 +145,25 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert all(r["compile_s"] > 0 and r["recompiles"] == 0 for r in compiled)
     sw = {r["trial"]: r for r in results if r["kind"] == "sliding_window"}
     # on a CPU the config as it is runs eager float32 with window batch 2: it is the reference, not run twice
-    assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3"}
+    assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3",
+                       "cudnn_benchmark=true"}
     # the same weights in every trial: float32 everywhere on a CPU, so the label maps are the reference's
     assert all(r["agreement"] > 0.999 for r in sw.values())
     trial = sw["compile=true,compile_kwargs#backend=eager,sw_batch_size=3"]
     assert trial["compile"] and trial["static_batch"] and trial["sw_batch_size"] == 3 and trial["recompiles"] == 0
+    assert sw["cudnn_benchmark=true"]["cudnn_benchmark"] and not sw["as configured"]["cudnn_benchmark"]
+    # --profile: every network case's step and forward, every trial's window batch, each a line of the report
+    profiled = [r for r in results if r["kind"] in ("network", "sliding_window")]
+    assert all(r["profile_forward"]["kernel_ms"] > 0 for r in profiled)
+    assert all(r["profile_step"]["launches"] > 0 for r in profiled if r["kind"] == "network")
+    assert "profile: 3D unet +compile training step: " in proc.stdout
+    assert "profile: sliding window [cudnn_benchmark=true], one window batch: " in proc.stdout
     bundles = {r["trial"]: r for r in results if r["kind"] == "bundle"}
     assert bundles["data_device=cpu"]["data_device"] == "cpu" and bundles["as configured"]["iterations"] > 0
+    # no memory budget: every cached case read back from the disk cache while training
+    disk = bundles["cache_gb=0"]
+    assert disk["training_cases"] > 0 and (disk["cached_in_memory"], disk["cached_on_disk"]) == (0, disk["training_cases"])
+    assert f"0 cached cases in memory, {disk['training_cases']} on disk" in proc.stdout
     report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--report",
                              str(out / "results_partial.jsonl")], capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and "unet +compile" in report.stdout and "sliding window [as configured]" in report.stdout
