@@ -6,6 +6,11 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh                       # the defaults below
 #   BENCH_ARGS="--networks unet --dims 3" BENCH_TIMEOUT=120 bash benchmarks/gpu_check.sh
 #
+# The default plan is what the last GPU run (2026-11-27, README) left open: Inductor's layout forced channels-last
+# (force_layout), the channels-last A/B of the Attention U-Net that two runs read differently, the bundle's data wait
+# with every cached case on disk (cache_gb=0), each step's kernels (--profile). On a lent machine's 15 minutes:
+#   OUT=$OUT BENCH_TIMEOUT=330 CASE_TIMEOUT=200 TEST_TIMEOUT=180 bash benchmarks/gpu_check.sh
+#
 # Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest. SW_CHECKPOINT (default
 # .devcarry/sw_checkpoint.pt, when it exists) gives the sliding-window trials trained weights, so that their label
 # maps are compared on a real segmentation rather than on a random network's.
@@ -36,7 +41,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     timeout -s INT "${BENCH_TIMEOUT:-420}" python3 benchmarks/run.py --device cuda --out "$OUT/bench" \
         --repeats 10 --warmup 3 --roof_size 128 --case_timeout ${CASE_TIMEOUT:-300} $SW_CKPT \
-        ${BENCH_ARGS:---dims 3 --networks unet,attention_unet --sections networks,sliding_window,bundle --jobs 24 --profile --options compile:unet/attention_unet/monai_basicunet,compile+cudnn_benchmark:unet/attention_unet/monai_basicunet,compile+channels_last:attention_unet,compile+channels_last+cudnn_benchmark:attention_unet,compile_autotune:unet --sw_trials "compile=false,sw_batch_size=2;cudnn_benchmark=true;compile_kwargs#mode=max-autotune-no-cudagraphs" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0"} \
+        ${BENCH_ARGS:---dims 3 --networks unet --sections networks,sliding_window,bundle --jobs 16 --profile --options compile:unet/attention_unet/monai_basicunet,compile+force_layout:unet/attention_unet/monai_basicunet,compile+channels_last:attention_unet,compile+channels_last+force_layout:attention_unet --sw_trials "compile=false,sw_batch_size=2;channels_last=false;force_layout=true;channels_last=false,force_layout=true" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0;channels_last=false"} \
         > "$OUT/bench.log" 2>&1
     echo "benchmark: exit $?"
     grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60

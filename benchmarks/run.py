@@ -25,11 +25,15 @@ checkpointing of the 3D Attention R2U-Net (memory saved, time paid); optional tr
 by ``+``) of ``torch.compile`` (``compile``: default mode; ``compile_cudagraphs``: ``mode="reduce-overhead"``;
 ``compile_autotune``: ``mode="max-autotune-no-cudagraphs"``; the compile time is reported separately), channels-last
 memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed memory goes back to the kernel at once,
-128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in channels-first layout) and ``cudnn_benchmark``
-(cuDNN picks its algorithms by timing them; GPU); sliding-window inference of the flagship bundle's inference
-config on a 512x512x128 synthetic CT volume, as configured and in the trials of ``--sw_trials`` (config overrides:
-window batch, compile, AMP, ...), each label map compared voxel by voxel with an eager float32 run's; the flagship
-bundle's training throughput, its share of step time spent waiting for data and its compile times. Named only,
+128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in channels-first layout), ``cudnn_benchmark``
+(cuDNN picks its algorithms by timing them; GPU) and ``force_layout`` (Inductor's layout optimization forced on:
+the compiled graph keeps convolutions' activations channels-last, which its heuristic declines for U-Nets, whose
+decoders halve the channels; ``TORCHINDUCTOR_FORCE_LAYOUT_OPT=1`` does it for a whole process); sliding-window
+inference of the flagship bundle's inference config on a 512x512x128 synthetic CT volume, as configured and in the
+trials of ``--sw_trials`` (config overrides: window batch, compile, AMP, ...), each label map compared voxel by voxel
+with an eager float32 run's; the flagship bundle's training throughput, its share of step time spent waiting for
+data and its compile times. ``--profile``: after each case's timings, where its device time goes (``kernel_profile``,
+``StepProfile`` for a bundle's steps). Named only,
 ``--sections scale``: the flagship bundle trained on the first N cases of a clinical-size synthetic set (512 x 512 x
 80-120 voxels) for every N of ``--scale_cases``, each with a fresh disk cache under ``--scale_cache_gb``: cache build
 time, peak resident memory, cases in memory and on disk, epoch time and data wait, peak memory extrapolated to the
@@ -69,7 +73,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
 OPTIONS = ("compile", "compile_cudagraphs", "compile_autotune", "channels_last", "amp", "no_reuse", "no_narrow",
-           "cudnn_benchmark")
+           "cudnn_benchmark", "force_layout")
 #: ``torch.compile`` modes of the compile options
 COMPILE_MODES = {"compile": "default", "compile_cudagraphs": "reduce-overhead",
                  "compile_autotune": "max-autotune-no-cudagraphs"}
@@ -232,16 +236,12 @@ def kernel_profile(fn: Callable[[], Any], device: Any, calls: int = 3, top: int 
 
 def _kernel_profile(fn: Callable[[], Any], device: Any, calls: int, top: int) -> dict:
     """Where one call of ``fn`` spends its device time: ``torch.profiler`` over ``calls`` calls (after one untimed),
-    the kernels' own time per call grouped by ``KERNEL_KINDS`` and the ``top`` kernels, against the wall time per
-    call. ``busy`` (kernel time / wall time) near 1 means the kernels bound the call; far below 1, launches and the
-    host do. On a CPU the operators' own CPU times stand in for kernels."""
-    import torch
+    summed up by ``profile_summary``."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
     fn()
     synchronize(device)
-    kernels: dict[str, list[float]] = {}
     for activities in ([ProfilerActivity.CUDA], [ProfilerActivity.CPU, ProfilerActivity.CUDA]) if cuda else (
             [ProfilerActivity.CPU],):  # the device alone first (no host-side recording in the wall time)
         with profile(activities=activities) as prof:
@@ -250,17 +250,28 @@ def _kernel_profile(fn: Callable[[], Any], device: Any, calls: int, top: int) ->
                 fn()
             synchronize(device)
             wall = (time.perf_counter() - t0) / calls
-        for e in prof.events():
-            if cuda and e.device_type != torch.autograd.DeviceType.CUDA:
-                continue
-            if not cuda and e.cpu_parent is not None:  # operators' own time, each counted once at the top of its tree
-                continue
-            us = e.time_range.elapsed_us() if cuda else e.cpu_time_total  # a kernel's own span on the device
-            entry = kernels.setdefault(e.name, [0.0, 0])
-            entry[0] += us / 1e3 / calls
-            entry[1] += 1 / calls
-        if kernels:
+        summary = profile_summary(prof.events(), calls, wall, cuda, top)
+        if summary["top"]:
             break
+    return summary
+
+
+def profile_summary(events: Any, calls: int, wall_s: float, cuda: bool, top: int = 8) -> dict:
+    """A profiler's events over ``calls`` calls of ``wall_s`` seconds each, per call: the kernels' own time grouped by
+    ``KERNEL_KINDS``, the ``top`` kernels and ``busy`` (kernel time / wall time; near 1: the kernels bound the call,
+    far below: launches and the host do). On a CPU the top-level operators' CPU times stand in for kernels."""
+    import torch
+
+    kernels: dict[str, list[float]] = {}
+    for e in events:
+        if cuda and e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        if not cuda and e.cpu_parent is not None:  # operators' own time, each counted once at the top of its tree
+            continue
+        us = e.time_range.elapsed_us() if cuda else e.cpu_time_total  # a kernel's own span on the device
+        entry = kernels.setdefault(e.name, [0.0, 0])
+        entry[0] += us / 1e3 / calls
+        entry[1] += 1 / calls
     total = sum(ms for ms, _ in kernels.values())
     kinds: dict[str, float] = {}
     for name, (ms, _) in kernels.items():
@@ -268,9 +279,9 @@ def _kernel_profile(fn: Callable[[], Any], device: Any, calls: int, top: int) ->
         kinds[kind] = kinds.get(kind, 0.0) + ms
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
     return {
-        "wall_ms": wall * 1e3,
+        "wall_ms": wall_s * 1e3,
         "kernel_ms": total,
-        "busy": total / (wall * 1e3) if wall else float("nan"),
+        "busy": total / (wall_s * 1e3) if wall_s else float("nan"),
         "launches": round(sum(n for _, n in kernels.values())),
         "kinds_ms": dict(sorted(kinds.items(), key=lambda kv: -kv[1])),
         "top": [{"name": name[:120], "ms": ms, "calls": round(n)} for name, (ms, n) in ranked],
@@ -325,6 +336,19 @@ def process_settings(case: dict) -> None:
     import torch
 
     torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))  # reset for the next case in-process
+    force_layout(bool(opts.get("force_layout")))
+
+
+def force_layout(on: bool | None = None) -> bool:
+    """Whether Inductor's layout optimization is forced on, after setting it (``on``; ``False``: left to Inductor's
+    heuristic unless ``TORCHINDUCTOR_FORCE_LAYOUT_OPT=1``). Inductor is imported only when it is forced or loaded."""
+    if not on and "torch._inductor.config" not in sys.modules:
+        return False
+    import torch._inductor.config as inductor_config
+
+    if on is not None:
+        inductor_config.force_layout_optimization = on or os.environ.get("TORCHINDUCTOR_FORCE_LAYOUT_OPT") == "1"
+    return bool(inductor_config.force_layout_optimization)
 
 
 def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
@@ -537,6 +561,7 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
     overrides = dict(case.get("overrides", {}))
     # not a config key: cuDNN times its algorithms for each shape and keeps the fastest (the process's setting)
     torch.backends.cudnn.benchmark = as_bool(overrides.pop("cudnn_benchmark", False), "cudnn_benchmark")
+    force_layout(as_bool(overrides.pop("force_layout", False), "force_layout"))
     for key, value in overrides.items():
         parser[key] = value
     parser["inferer#progress"] = False
@@ -591,6 +616,7 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
         "compile_mode": compile_kwargs.get("mode"),
         "channels_last": as_bool(parser.get_parsed_content("channels_last"), "channels_last"),
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "force_layout": force_layout(),
         "first_pass_s": first,
         "graphs": compiled,
         "recompiles": compiled_graphs() - graphs - compiled,
@@ -608,6 +634,42 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
     return out
 
 
+class StepProfile:
+    """``--profile`` of a bundle run: the trainer's iterations 2 to ``steps + 1`` of the last epoch (the first waits
+    for the loader's thread), from fetching the batch to the end of the step, through ``profile_summary``."""
+
+    def __init__(self, device: Any, last_epoch: int, steps: int = 4) -> None:
+        self.device, self.last_epoch, self.steps = device, last_epoch, steps
+        self.prof: Any = None
+        self.summary: dict = {}
+        self.count, self.t0 = 0, 0.0
+
+    @property
+    def running(self) -> bool:
+        return self.prof is not None and not self.summary
+
+    def started(self, engine: Any) -> None:
+        if self.prof is None and engine.state.epoch == self.last_epoch and \
+                (engine.state.iteration - 1) % engine.state.epoch_length == 1:
+            from torch.profiler import ProfilerActivity, profile
+
+            synchronize(self.device)
+            self.prof = profile(activities=[ProfilerActivity.CUDA if self.device.type == "cuda" else
+                                            ProfilerActivity.CPU])
+            self.prof.start()
+            self.t0 = time.perf_counter()
+
+    def completed(self, engine: Any) -> None:
+        if not self.running:
+            return
+        self.count += 1
+        if self.count == self.steps or engine.state.iteration % engine.state.epoch_length == 0:
+            synchronize(self.device)
+            wall = (time.perf_counter() - self.t0) / self.count
+            self.prof.stop()
+            self.summary = profile_summary(self.prof.events(), self.count, wall, self.device.type == "cuda")
+
+
 def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     """Training iterations per second of the flagship bundle as configured for the device (compiled network and
     data pipeline on a GPU), the share of step time spent waiting for data, and what compilation cost.
@@ -619,6 +681,7 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     an epoch's first batch waits for the loader's thread to start, which weighs a lot in a sample of a few batches
     per epoch). ``graphs_after_first_epoch`` counts compilations after the first epoch (0: no recompilation).
     """
+    import torch
     from ignite.engine import Events
     from monai.bundle import ConfigWorkflow
 
@@ -678,11 +741,14 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
 
     on(Events.GET_BATCH_STARTED, lambda e: marks.update(start=time.perf_counter()))
     on(Events.GET_BATCH_COMPLETED, lambda e: marks.update(got=time.perf_counter()))
+    profiled = StepProfile(torch.device(case["device"]), case["epochs"]) if case.get("profile") else None
+    if profiled:
+        on(Events.ITERATION_STARTED, profiled.started)
 
     def done(e: Any) -> None:
         if e.state.iteration == 1:
             durations["first_iteration_s"] = time.perf_counter() - marks["start"]
-        if e.state.epoch > 1:
+        if e.state.epoch > 1 and not (profiled and profiled.running):  # profiled steps are not timed
             waits.append(marks["got"] - marks["start"])
             steps.append(time.perf_counter() - marks["start"])
             firsts.append((e.state.iteration - 1) % e.state.epoch_length == 0)
@@ -694,6 +760,8 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
             wait_turn()
 
     on(Events.ITERATION_COMPLETED, done)
+    if profiled:
+        on(Events.ITERATION_COMPLETED, profiled.completed)
     on(Events.EPOCH_STARTED, lambda e: marks.update(epoch=time.perf_counter()))
     on(Events.EPOCH_COMPLETED, epoch_done)
     graphs["start"] = compiled_graphs()
@@ -717,6 +785,7 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
         "data_wait_share": sum(waits) / sum(steps) if steps else float("nan"),
         "data_wait_share_steady": sum(w for w, _ in steady) / sum(s for _, s in steady) if steady else float("nan"),
+        **({"profile_step": profiled.summary} if profiled else {}),
         "graphs_first_epoch": graphs.get("first_epoch", graphs["end"]) - graphs["start"],
         "graphs_after_first_epoch": graphs["end"] - graphs.get("first_epoch", graphs["end"]),
         "setup_s": setup,
@@ -818,33 +887,46 @@ def run_children(cases: Sequence[dict], jobs: int = 1, verbose: bool = False, ti
                  on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Run every case in its own process, ``jobs`` at a time: a wave of children prepares together, then each
     times alone while the others wait (in case order), then the next wave starts. A child still preparing or timing
-    after ``timeout`` seconds (0: no limit) is stopped and reported with the place it was stuck."""
+    after ``timeout`` seconds (0: no limit) is stopped and reported with the place it was stuck. Interrupted (SIGINT,
+    as ``timeout -s INT`` sends it), the children are ended and the cases that finished are returned, the others as
+    errors, so that the caller still compares and writes what was measured."""
     results: list[dict] = [{} for _ in cases]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if jobs > 1:  # two compile workers per child: jobs x cores worker processes would crowd the machine
         env.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "2")
     with tempfile.TemporaryDirectory(prefix="muv_bench_turns_") as tmp:
-        for indices in waves(len(cases), jobs, [heavy(c) for c in cases]):
-            wave = [Child(i, cases[i], Path(tmp), env) for i in indices]
-            while any(c.proc.poll() is None and not c.ready.exists() for c in wave):
+        wave: list[Child] = []
+        try:
+            for indices in waves(len(cases), jobs, [heavy(c) for c in cases]):
+                wave = [Child(i, cases[i], Path(tmp), env) for i in indices]
+                while any(c.proc.poll() is None and not c.ready.exists() for c in wave):
+                    for c in wave:
+                        if timeout and c.proc.poll() is None and not c.ready.exists() and \
+                                time.monotonic() - c.started > timeout:
+                            c.stop(f"still preparing after {timeout:g} s")
+                    time.sleep(0.2)
                 for c in wave:
-                    if timeout and c.proc.poll() is None and not c.ready.exists() and \
-                            time.monotonic() - c.started > timeout:
-                        c.stop(f"still preparing after {timeout:g} s")
-                time.sleep(0.2)
+                    if progress:
+                        progress(c.case)
+                    if c.waiting():
+                        c.go.touch()
+                        try:
+                            c.proc.wait(timeout=timeout or None)
+                        except subprocess.TimeoutExpired:
+                            c.stop(f"still timing after {timeout:g} s")
+                    c.proc.wait()
+                    results[c.index] = c.result(verbose)
+                    if on_result:
+                        on_result(results[c.index])
+        except KeyboardInterrupt:  # a time limit (timeout -s INT): keep what finished, report the rest as not run
             for c in wave:
-                if progress:
-                    progress(c.case)
-                if c.waiting():
-                    c.go.touch()
-                    try:
-                        c.proc.wait(timeout=timeout or None)
-                    except subprocess.TimeoutExpired:
-                        c.stop(f"still timing after {timeout:g} s")
-                c.proc.wait()
-                results[c.index] = c.result(verbose)
-                if on_result:
-                    on_result(results[c.index])
+                if c.proc.poll() is None:
+                    c.proc.kill()
+                    c.proc.wait()
+            print(f"benchmark: interrupted; {sum(bool(r) for r in results)} of {len(cases)} cases finished",
+                  file=sys.stderr, flush=True)
+            for i, case in enumerate(cases):
+                results[i] = results[i] or {**case, "error": "not run: the benchmark was interrupted"}
     return results
 
 
@@ -1030,7 +1112,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sw_trials", default="",
                    help="sliding-window trials besides the inference config as it is, separated by ';', each a list "
                    "of config overrides such as 'compile=false,sw_batch_size=8' ('cudnn_benchmark=true': cuDNN times "
-                   "its algorithms); with trials, an eager float32 run ("
+                   "its algorithms; 'force_layout=true': the option force_layout); with trials, an eager float32 run ("
                    + REFERENCE_TRIAL + ") is added and every label map is compared with its")
     p.add_argument("--sw_checkpoint", default="", help="weights for the sliding-window network (default: random)")
     p.add_argument("--sw_repeats", type=int, default=1, help="timed sliding-window passes (median)")
@@ -1119,6 +1201,13 @@ def plan(args: argparse.Namespace) -> list[dict]:
             for name in networks or option_names:
                 cases.append({"kind": "network", **base, "network": name, "spatial_dims": dims, "size": size,
                               "options": opts})
+    if args.bundle_epochs:  # before the sliding window: a run cut short at its time limit keeps these
+        bundle = {"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3,
+                  "epochs": max(2, args.bundle_epochs), "roi_size": args.bundle_roi, "sample_dir": args.sample_dir,
+                  "cases": args.bundle_cases, "bundle_dir": args.bundle_dir}
+        trials = [t for t in args.bundle_trials.split(";") if t.strip()]
+        cases.append({**bundle, "trial": "as configured", "overrides": {}})
+        cases += [{**bundle, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
     if args.sw_volume:
         sw = {"kind": "sliding_window", **base, "network": "flagship", "spatial_dims": 3,
               "volume": [int(v) for v in args.sw_volume.split(",")], "roi_size": args.sw_roi,
@@ -1128,13 +1217,6 @@ def plan(args: argparse.Namespace) -> list[dict]:
             trials = [REFERENCE_TRIAL, *trials]
         cases.append({**sw, "trial": "as configured", "overrides": {}})
         cases += [{**sw, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
-    if args.bundle_epochs:
-        bundle = {"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3,
-                  "epochs": max(2, args.bundle_epochs), "roi_size": args.bundle_roi, "sample_dir": args.sample_dir,
-                  "cases": args.bundle_cases, "bundle_dir": args.bundle_dir}
-        trials = [t for t in args.bundle_trials.split(";") if t.strip()]
-        cases.append({**bundle, "trial": "as configured", "overrides": {}})
-        cases += [{**bundle, "trial": t.strip(), "overrides": parse_trial(t)} for t in trials]
     sections = {s.strip() for s in args.sections.split(",")}
     for n in (int(v) for v in args.scale_cases.split(",") if v.strip()) if "scale" in sections else []:
         cases.append({"kind": "bundle", **base, "network": "flagship", "spatial_dims": 3, "epochs": 2,
@@ -1167,7 +1249,8 @@ def _sliding_window_line(r: dict) -> str:
         return f"sliding window ({r.get('trial')}): failed: {r['error']}"
     what = (f"sw_batch {r['sw_batch_size']}, {'compiled' + (' ' + r['compile_mode'] if r['compile_mode'] else '') if r['compile'] else 'eager'}, "
             f"{'AMP fp16' if r['amp'] else 'float32'}{', channels-last' if r.get('channels_last') else ''}"
-            f"{', cuDNN benchmark' if r.get('cudnn_benchmark') else ''}")
+            f"{', cuDNN benchmark' if r.get('cudnn_benchmark') else ''}"
+            f"{', layout forced channels-last' if r.get('force_layout') else ''}")
     agree = f", label map = reference on {r['agreement']:.4%} of voxels" if "agreement" in r else ""
     return (f"sliding window [{r['trial']}] ({what}; roi {r['roi_size']}, overlap {r['overlap']}) on "
             f"{'x'.join(map(str, r['volume']))}: {r['seconds']:.2f} s, {r['mvoxels_per_s']:.1f} Mvoxel/s, first pass "
@@ -1275,13 +1358,14 @@ def render(results: list[dict], extrapolate: int = 281) -> tuple[list[dict], lis
                 f"FLOPs x{r['like_flop_ratio']:.2f}"))
         if r["kind"] == "sliding_window":
             report.append(_sliding_window_line(r))
-        for key, what in (("profile_step", "training step"), ("profile_forward", "forward")):
-            if key in r:
-                name = (f"{r['spatial_dims']}D {r['label']} {what}" if r["kind"] == "network"
-                        else f"sliding window [{r['trial']}], one window batch")
-                report.append(profile_line(f"profile: {name}", r[key]))
         if r["kind"] == "bundle" and not r.get("scale"):
             report.append(_bundle_line(r))
+        for key, what in (("profile_step", "training step"), ("profile_forward", "forward")):
+            if key in r:
+                name = {"network": f"{r['spatial_dims']}D {r.get('label')} {what}",
+                        "sliding_window": f"sliding window [{r.get('trial')}], one window batch",
+                        "bundle": f"bundle training [{r.get('trial')}], one step"}[r["kind"]]
+                report.append(profile_line(f"profile: {name}", r[key]))
     report += _scale_lines(results, extrapolate)
     return rows, report
 
@@ -1305,6 +1389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(json.loads(args._case), args._turn, args._index)
     if args.report:
         return report_saved(args.report)
+    # Ctrl-C or `timeout -s INT` ends the run with what finished (run_children), also where the shell that started
+    # it in the background left SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     import threading
 
     import numpy as np

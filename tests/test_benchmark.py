@@ -73,6 +73,7 @@ def test_benchmark_trials_and_waves():
         ({"compile": True}, None), ({"compile": True, "channels_last": True}, ["unet", "denseunet"])]
     with pytest.raises(SystemExit, match="unknown option 'fast'"):
         run.parse_options("fast")
+    assert run.parse_options("compile+force_layout") == [({"compile": True, "force_layout": True}, None)]
     with pytest.raises(ValueError, match="one compile option at a time"):
         run.parse_options("compile+compile_cudagraphs")
     assert run.parse_trial("compile=false,sw_batch_size=8,compile_kwargs#mode=reduce-overhead") == {
@@ -115,6 +116,20 @@ def test_kernel_profile_sums_what_the_device_ran():
     assert run.profile_line("x", failed) == "x: profile failed: RuntimeError: no such kernel"
 
 
+def test_force_layout_sets_and_resets_inductor(monkeypatch):
+    """The ``force_layout`` option turns Inductor's layout optimization on for a case and back to the process's
+    default (``TORCHINDUCTOR_FORCE_LAYOUT_OPT``) for the next one in the same process."""
+    import torch._inductor.config as inductor_config
+
+    run = _bench()
+    monkeypatch.setattr(inductor_config, "force_layout_optimization", False)
+    monkeypatch.delenv("TORCHINDUCTOR_FORCE_LAYOUT_OPT", raising=False)
+    assert run.force_layout(True) and inductor_config.force_layout_optimization
+    assert not run.force_layout(False) and not inductor_config.force_layout_optimization
+    monkeypatch.setenv("TORCHINDUCTOR_FORCE_LAYOUT_OPT", "1")
+    assert run.force_layout(False) and run.force_layout()
+
+
 def test_sliding_window_volume_is_windowed_as_the_flagship_infers():
     """The sliding-window section's CT-like volume, windowed with the flagship inference config's (parsed) window:
     air at 0, dense tissue near 1, soft tissue between (it read the raw config value, an expression since the window
@@ -132,7 +147,7 @@ def test_benchmark_children_trials_and_report(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out", str(out),
            "--dims", "3", "--networks", "unet", "--options", "compile:unet/monai_basicunet", "--compile_backend",
-           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true",
+           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true,force_layout=true",
            "--bundle_trials", "data_device=cpu;cache_gb=0", "--bundle_epochs", "2", "--sample_dir",
            str(tmp_path / "sample"), "--profile"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -146,21 +161,27 @@ def test_benchmark_children_trials_and_report(tmp_path):
     sw = {r["trial"]: r for r in results if r["kind"] == "sliding_window"}
     # on a CPU the config as it is runs eager float32 with window batch 2: it is the reference, not run twice
     assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3",
-                       "cudnn_benchmark=true"}
+                       "cudnn_benchmark=true,force_layout=true"}
     # the same weights in every trial: float32 everywhere on a CPU, so the label maps are the reference's
     assert all(r["agreement"] > 0.999 for r in sw.values())
     trial = sw["compile=true,compile_kwargs#backend=eager,sw_batch_size=3"]
     assert trial["compile"] and trial["static_batch"] and trial["sw_batch_size"] == 3 and trial["recompiles"] == 0
-    assert sw["cudnn_benchmark=true"]["cudnn_benchmark"] and not sw["as configured"]["cudnn_benchmark"]
+    tuned = sw["cudnn_benchmark=true,force_layout=true"]
+    assert tuned["cudnn_benchmark"] and tuned["force_layout"]
+    assert not sw["as configured"]["cudnn_benchmark"] and not sw["as configured"]["force_layout"]
     # --profile: every network case's step and forward, every trial's window batch, each a line of the report
     profiled = [r for r in results if r["kind"] in ("network", "sliding_window")]
     assert all(r["profile_forward"]["kernel_ms"] > 0 for r in profiled)
     assert all(r["profile_step"]["launches"] > 0 for r in profiled if r["kind"] == "network")
     assert "profile: 3D unet +compile training step: " in proc.stdout
-    assert "profile: sliding window [cudnn_benchmark=true], one window batch: " in proc.stdout
+    assert "profile: sliding window [cudnn_benchmark=true,force_layout=true], one window batch: " in proc.stdout
+    assert "cuDNN benchmark, layout forced channels-last" in proc.stdout
     bundles = {r["trial"]: r for r in results if r["kind"] == "bundle"}
     assert bundles["data_device=cpu"]["data_device"] == "cpu" and bundles["as configured"]["iterations"] > 0
     # no memory budget: every cached case read back from the disk cache while training
+    # --profile of a bundle run: steps of its last epoch, left out of the timed steps
+    assert bundles["as configured"]["profile_step"]["launches"] > 0
+    assert "profile: bundle training [as configured], one step: " in proc.stdout
     disk = bundles["cache_gb=0"]
     assert disk["training_cases"] > 0 and (disk["cached_in_memory"], disk["cached_on_disk"]) == (0, disk["training_cases"])
     assert f"0 cached cases in memory, {disk['training_cases']} on disk" in proc.stdout
@@ -173,3 +194,26 @@ def test_benchmark_children_trials_and_report(tmp_path):
                            "--bundle_epochs", "0", "--case_timeout", "0.5"], capture_output=True, text=True, timeout=300)
     assert slow.returncode == 1
     assert "still preparing after 0.5 s" in slow.stdout
+
+    # interrupted as `timeout -s INT` does (the whole process group) once a case has finished: the finished cases
+    # are written, the others reported as not run
+    import os
+    import signal
+    import time
+
+    cut = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(cut), "--dims",
+                             "3", "--networks", "unet", "--sw_volume", "", "--bundle_epochs", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    partial, deadline = cut / "results_partial.jsonl", time.monotonic() + 300
+    while not (partial.is_file() and partial.read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, "no case finished"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-2000:]
+    results = json.loads((cut / "results.json").read_text())["results"]
+    done = [r for r in results if "error" not in r]
+    assert done and len(done) < len(results)
+    assert all(r["error"] == "not run: the benchmark was interrupted" for r in results if "error" in r)
+    assert f"interrupted; {len(done)} of {len(results)} cases finished" in stderr
