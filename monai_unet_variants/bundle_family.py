@@ -36,7 +36,7 @@ _NET_BASE: dict[str, Any] = {
     "spatial_dims": 3,
     "in_channels": 1,
     "out_channels": 3,
-    "channels": [16, 32, 64, 128, 256],
+    "channels": "@channels",  # a top-level setting: inference and evaluation take the trained widths
     "strides": [2, 2, 2, 2],
     "act": "relu",
     "norm": ["instance", {"affine": True}],

@@ -23,7 +23,7 @@ import torch
 
 __all__ = [
     "TRUE_WORDS", "FALSE_WORDS", "OPTION_RULES", "as_bool", "as_device", "as_int", "as_number", "as_size",
-    "as_numbers", "check_options",
+    "as_numbers", "as_widths", "check_options",
 ]
 
 TRUE_WORDS = ("true", "1", "yes")
@@ -162,6 +162,27 @@ def as_numbers(
     return numbers
 
 
+def as_widths(value: Any, name: str = "channels") -> list[int]:
+    """``value`` as a network's widths per level: two or more whole numbers of at least 1 (a list or tuple).
+
+    Examples::
+
+        >>> as_widths([8, 16, 32, 64, 128])
+        [8, 16, 32, 64, 128]
+        >>> as_widths("16,32")
+        Traceback (most recent call last):
+        ...
+        ValueError: --channels must be 2 or more whole numbers of at least 1, such as [16, 32, 64], got '16,32'
+    """
+    message = f"--{name} must be 2 or more whole numbers of at least 1, such as [16, 32, 64], got {value!r}"
+    if not isinstance(value, (list, tuple)) or len(value) < 2:
+        raise ValueError(message)
+    try:
+        return [as_int(v, name, "[1, inf)") for v in value]
+    except ValueError:
+        raise ValueError(message) from None
+
+
 def as_size(value: Any, name: str = "roi_size", dims: int | None = None, divisor: int | None = None) -> list[int]:
     """``value`` as a patch size: ``dims`` whole numbers of at least 1 (a list or tuple), each a multiple of
     ``divisor`` where given (the network's down-sampling: the product of its strides).
@@ -193,8 +214,9 @@ the product of its strides), e.g. [64, 64, 64]
 #: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
 #: ``("number", interval)`` (a kind ending in ``?`` also takes ``None``: no fixed seed, the datalist's own split),
 #: ``("size",)`` (the patch size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high),
-#: ``("device",)`` or ``("amp",)`` (a boolean that needs a CUDA ``device``: MONAI's engines autocast on CUDA only,
-#: and elsewhere would turn it off with a warning, running float32 while the command line says mixed precision)
+#: ``("widths",)`` (a network's channels per level), ``("device",)`` or ``("amp",)`` (a boolean that needs a CUDA
+#: ``device``: MONAI's engines autocast on CUDA only, and elsewhere would turn it off with a warning, running float32
+#: while the command line says mixed precision)
 OPTION_RULES: dict[str, tuple[str, ...]] = {
     "epochs": ("int", "[1, inf)"),
     "val_interval": ("int", "[1, inf)"),
@@ -213,6 +235,7 @@ OPTION_RULES: dict[str, tuple[str, ...]] = {
     "roi_size": ("size",),
     "pixdim": ("numbers", "3", "(0, inf)"),
     "hu_window": ("window",),
+    "channels": ("widths",),
     "device": ("device",),
     "data_device": ("device",),
     "sw_device": ("device",),
@@ -249,6 +272,8 @@ def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, A
             checked[name] = as_numbers(value, name, int(args[0]), args[1])
         elif kind == "window":
             checked[name] = as_numbers(value, name, 2, ascending=True)
+        elif kind == "widths":
+            checked[name] = as_widths(value, name)
         elif kind == "size":
             dims, divisor = getattr(network, "spatial_dims", None), getattr(network, "divisor", None)
             checked[name] = as_size(value, name, dims, divisor)

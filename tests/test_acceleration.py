@@ -81,6 +81,9 @@ def test_as_device():
     ("hu_window", [-87, "199"], r"--hu_window must be 2 numbers, each above the last"),
     ("hu_window", [199, -87], r"--hu_window must be 2 numbers, each above the last, such as \[-87, 199\]"),
     ("hu_window", [50, 50], r"--hu_window must be 2 numbers, each above the last"),
+    ("channels", [16], r"--channels must be 2 or more whole numbers of at least 1, such as \[16, 32, 64\], got \[16\]"),
+    ("channels", [16, 0, 64], r"--channels must be 2 or more whole numbers of at least 1"),
+    ("channels", "16,32", r"--channels must be 2 or more .*, got '16,32'"),
 ])
 def test_check_options_names_the_option_and_what_it_accepts(name, value, message):
     net = tiny_unet()  # 3D, two down-samplings: sizes must be multiples of 4
@@ -103,13 +106,14 @@ def test_check_options_passes_good_values_through():
     good = {"epochs": 1, "val_interval": 2, "batch_size": 2, "num_samples": 1, "sw_batch_size": 4, "num_workers": 0,
             "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "learning_rate": 1, "val_fraction": 0.2,
             "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4], "pixdim": [0.8, 0.8, 2],
-            "hu_window": (-100, 240.5), "device": "cpu", "amp": "false",
+            "hu_window": (-100, 240.5), "channels": (8, 16, 32), "device": "cpu", "amp": "false",
             "data_device": torch.device("cpu"), "sw_device": "cpu"}
     assert set(good) == set(OPTION_RULES)
     checked = check_options(good, net)
     assert checked["learning_rate"] == 1.0 and checked["roi_size"] == [8, 12, 4] and checked["seed"] is None
     assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5] and checked["amp"] is False
     assert checked["device"] == torch.device("cpu") and check_options({"seed": -3}) == {"seed": -3}
+    assert checked["channels"] == [8, 16, 32]
     assert check_options({"val_fraction": None}) == {"val_fraction": None}  # the datalist's own split, or 0.2
     with pytest.raises(ValueError, match="--epochs must be a whole number"):
         check_options({"epochs": None})  # only options marked optional take None

@@ -94,7 +94,7 @@ def test_training_writes_into_the_bundle_copy(trained):
     assert float(best["val_mean_dice"]) == pytest.approx(latest["best_metric"]["best_metric"], abs=1e-5)
     assert (trained / "eval" / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((trained / "models" / mb.TRAINING_OPTIONS).read_text()) == {
-        "pixdim": [1.0, 1.0, 1.0], "hu_window": [-87.0, 199.0]}
+        "pixdim": [1.0, 1.0, 1.0], "hu_window": [-87.0, 199.0], "channels": [4, 8, 16, 32, 64]}
 
 
 def _check_geometry(out: Path, reference) -> None:
@@ -111,11 +111,13 @@ def test_inference_on_nifti_and_dicom(trained, sample, tmp_path):
     dicom = tmp_path / "series_a"
     shutil.copytree(sample / "dicomTs" / "pancreas_005", dicom)
     out = trained / "eval" / "seg"
-    # run from inside the bundle folder: the relative --config_file must find the bundle too
+    # run from inside the bundle folder: the relative --config_file must find the bundle too; the widths are not
+    # typed again: inference builds the network as it was trained (its training_options.json)
     proc = run_bundle("run", "--config_file", "configs/inference.json", "--dataset_dir", str(sample),
                       "--datalist", f"['{nifti}','{dicom}']", "--output_dir", str(out), "--largest_component", "true",
-                      *TINY[:6], cwd=trained)
+                      *TINY[:2], *TINY[4:6], cwd=trained)
     assert "inference: [2/2] 100%" in proc.stderr  # a progress bar over the cases
+    assert "--channels [4, 8, 16, 32, 64]: as model.pt was trained" in proc.stdout + proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz", "series_a_seg.nii.gz"]
     _check_geometry(out / "pancreas_005_seg.nii.gz", LoadImage(image_only=True, reader="NibabelReader")(nifti))
     _check_geometry(out / "series_a_seg.nii.gz", LoadImage(image_only=True, reader="ITKReader")(dicom))
@@ -260,9 +262,18 @@ def test_inference_and_evaluation_preprocess_as_the_model_was_trained(tmp_path, 
     models = tmp_path / "models"
     for files in (["inference.json"], ["train.json", "evaluate.json"]):
         assert parsed(files, ckpt_path=str(models / "model.pt")) == train  # nothing recorded: the defaults
-    assert mb.record_training_options(models, pixdim=[1.5, 1.5, 2], hu_window=[-100, 240]) is True
+    recorded = mb.record_training_options(models, pixdim=[1.5, 1.5, 2], hu_window=[-100, 240], channels=(8, 16, 32, 64))
+    assert recorded is True
     assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == {"pixdim": [1.5, 1.5, 2.0],
-                                                                      "hu_window": [-100.0, 240.0]}
+                                                                      "hu_window": [-100.0, 240.0],
+                                                                      "channels": [8, 16, 32, 64]}
+    for files, key in ((["inference.json"], "ckpt_path"), (["train.json", "evaluate.json"], "ckpt_dir")):
+        parser = ConfigParser()  # the network as it was trained, and as typed where the command line says so
+        parser.read_config([str(BUNDLE / "configs" / f) for f in files])
+        parser[key] = str(models / "model.pt") if key == "ckpt_path" else str(models)
+        assert parser.get_parsed_content("network_def#channels") == [8, 16, 32, 64]
+        parser["channels"] = [4, 8, 16, 32, 64]
+        assert parser.get_parsed_content("network_def#channels") == [4, 8, 16, 32, 64]
     with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
         assert parsed(["inference.json"], ckpt_path=str(models / "model.pt")) == ([1.5, 1.5, 2.0], [-100.0, 240.0])
         assert parsed(["train.json", "evaluate.json"], ckpt_dir=str(models)) == ([1.5, 1.5, 2.0], [-100.0, 240.0])

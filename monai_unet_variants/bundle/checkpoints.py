@@ -483,7 +483,7 @@ class SafeCheckpointLoader(CheckpointLoader):
             raise ValueError(
                 f"checkpoint {path} does not fit the network ({where}): it was saved from another network or "
                 "other widths. Pass the network_def it was trained with, e.g. --network_def#_target_ "
-                "monai_unet_variants.networks.ResUNet or --network_def#channels \"[16,32,64,128,256]\""
+                "monai_unet_variants.networks.ResUNet or --channels \"[16,32,64,128,256]\""
             ) from err
         finally:
             self.load_dict.update(kept)
