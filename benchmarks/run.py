@@ -1105,8 +1105,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    "quickly)")
     p.add_argument("--profile", action="store_true",
                    help="after the timings, profile each network case's training step and forward pass and each "
-                   "sliding-window trial's window batch: kernel time by kind, the longest kernels, the share of wall "
-                   "time the device is busy")
+                   "sliding-window trial's window batch and a few steps of each bundle run: kernel time by kind, the "
+                   "longest kernels, the share of wall time the device is busy")
     p.add_argument("--sw_volume", default="512,512,128", help="sliding-window volume (empty: skip)")
     p.add_argument("--sw_roi", type=int, default=0, help="sliding-window roi edge (default: the bundle's)")
     p.add_argument("--sw_trials", default="",
