@@ -64,8 +64,8 @@ def sample(tmp_path_factory) -> Path:
 
 
 def cli_overrides(args: list[str]) -> dict:
-    """``["--key", "value", ...]`` command-line pairs as the values ``python -m monai.bundle`` hands a config (python-fire
-    reads ``[4,8]`` as a list, ``0.25`` as a number), for running a bundle workflow in this process."""
+    """``["--key", "value", ...]`` command-line pairs as the values ``python -m monai.bundle`` hands a config
+    (python-fire reads ``[4,8]`` as a list, ``0.25`` as a number), for running a bundle workflow in this process."""
     import ast
 
     return {k.lstrip("-"): ast.literal_eval(v) for k, v in zip(args[::2], args[1::2], strict=True)}

@@ -147,7 +147,8 @@ def test_benchmark_children_trials_and_report(tmp_path):
     out = tmp_path / "bench"
     cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out", str(out),
            "--dims", "3", "--networks", "unet", "--options", "compile:unet/monai_basicunet", "--compile_backend",
-           "eager", "--sw_trials", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true,force_layout=true",
+           "eager", "--sw_trials",
+           "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true,force_layout=true",
            "--bundle_trials", "data_device=cpu;cache_gb=0", "--bundle_epochs", "2", "--sample_dir",
            str(tmp_path / "sample"), "--profile"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -178,12 +179,13 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert "cuDNN benchmark, layout forced channels-last" in proc.stdout
     bundles = {r["trial"]: r for r in results if r["kind"] == "bundle"}
     assert bundles["data_device=cpu"]["data_device"] == "cpu" and bundles["as configured"]["iterations"] > 0
-    # no memory budget: every cached case read back from the disk cache while training
     # --profile of a bundle run: steps of its last epoch, left out of the timed steps
     assert bundles["as configured"]["profile_step"]["launches"] > 0
     assert "profile: bundle training [as configured], one step: " in proc.stdout
+    # no memory budget: every cached case read back from the disk cache while training
     disk = bundles["cache_gb=0"]
-    assert disk["training_cases"] > 0 and (disk["cached_in_memory"], disk["cached_on_disk"]) == (0, disk["training_cases"])
+    assert disk["training_cases"] > 0
+    assert (disk["cached_in_memory"], disk["cached_on_disk"]) == (0, disk["training_cases"])
     assert f"0 cached cases in memory, {disk['training_cases']} on disk" in proc.stdout
     report = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--report",
                              str(out / "results_partial.jsonl")], capture_output=True, text=True, timeout=120)
@@ -202,8 +204,8 @@ def test_benchmark_children_trials_and_report(tmp_path):
     import time
 
     cut = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(cut), "--dims",
-                             "3", "--networks", "unet", "--sw_volume", "", "--bundle_epochs", "0"],
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(cut),
+                             "--dims", "3", "--networks", "unet", "--sw_volume", "", "--bundle_epochs", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     partial, deadline = cut / "results_partial.jsonl", time.monotonic() + 300
     while not (partial.is_file() and partial.read_text().strip()):
