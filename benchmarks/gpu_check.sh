@@ -6,10 +6,15 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh                       # the defaults below
 #   BENCH_ARGS="--networks unet --dims 3" BENCH_TIMEOUT=120 bash benchmarks/gpu_check.sh
 #
-# The default plan is what the last GPU run (2026-11-27, README) left open: Inductor's layout forced channels-last
-# (force_layout), the channels-last A/B of the Attention U-Net that two runs read differently, the bundle's data wait
-# with every cached case on disk (cache_gb=0), each step's kernels (--profile). On a lent machine's 15 minutes:
-#   OUT=$OUT BENCH_TIMEOUT=330 CASE_TIMEOUT=200 TEST_TIMEOUT=180 bash benchmarks/gpu_check.sh
+# The default plan is what the last GPU run (2026-11-27, README run 4) left open. Its profile: cuDNN transposed
+# every 3D convolution's input and filter to NDHWC and its output back (26-29 % of kernel time), channels-last
+# weights or not. Reading torch's Inductor (kernel/conv.py, graph.py): its layout optimization is for 2D convolutions
+# only (so force_layout cannot help a 3D network; env.txt shows the line on the machine's torch), a 3D convolution
+# takes the layout its input has in the graph, and instance norm copies to channels-first. The plan measures
+# acceleration.keep_channels_last (cl_inputs, cl_norm; no_layout_opt: Inductor's layout optimization off, so that
+# inference graphs keep the inputs' layout too) on the networks, the sliding window and the bundle, with the bundle's
+# data wait when every cached case is on disk (cache_gb=0). On a lent machine's 15 minutes:
+#   OUT=$OUT BENCH_TIMEOUT=360 CASE_TIMEOUT=220 TEST_TIMEOUT=150 bash benchmarks/gpu_check.sh
 #
 # Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest. SW_CHECKPOINT (default
 # .devcarry/sw_checkpoint.pt, when it exists) gives the sliding-window trials trained weights, so that their label
@@ -31,6 +36,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     python3 -c "import torch, monai, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'monai', monai.__version__, 'cpus', __import__('os').cpu_count())"
     python3 -c "import subprocess, sys, time; t = time.time(); subprocess.run([sys.executable, '-c', 'import torch, monai']); print(f'a python3 process importing torch and monai: {time.time() - t:.1f} s')"
+    # Inductor's layout optimization of convolutions, as this machine's torch has it (2D only where it says ndim == 2)
+    grep -n "layout_opt and ndim" "$(python3 -c 'import torch._inductor.kernel.conv as c; print(c.__file__)')"
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
@@ -41,7 +48,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     timeout -s INT "${BENCH_TIMEOUT:-420}" python3 benchmarks/run.py --device cuda --out "$OUT/bench" \
         --repeats 10 --warmup 3 --roof_size 128 --case_timeout ${CASE_TIMEOUT:-300} $SW_CKPT \
-        ${BENCH_ARGS:---dims 3 --networks unet --sections networks,sliding_window,bundle --jobs 16 --profile --options compile:unet/attention_unet/monai_basicunet,compile+force_layout:unet/attention_unet/monai_basicunet,compile+channels_last:attention_unet,compile+channels_last+force_layout:attention_unet --sw_trials "compile=false,sw_batch_size=2;channels_last=false;force_layout=true;channels_last=false,force_layout=true" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0;channels_last=false"} \
+        ${BENCH_ARGS:---dims 3 --networks unet --sections networks,sliding_window,bundle --jobs 16 --profile --options compile:unet/attention_unet/monai_basicunet,compile+channels_last:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm+no_layout_opt:unet/attention_unet --sw_trials "compile=false,sw_batch_size=2;channels_last=false;cl_inputs=true,cl_norm=true;cl_inputs=true,cl_norm=true,layout_opt=false" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0;cl_inputs=true,cl_norm=true"} \
         > "$OUT/bench.log" 2>&1
     echo "benchmark: exit $?"
     grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60

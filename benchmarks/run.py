@@ -26,9 +26,12 @@ by ``+``) of ``torch.compile`` (``compile``: default mode; ``compile_cudagraphs`
 ``compile_autotune``: ``mode="max-autotune-no-cudagraphs"``; the compile time is reported separately), channels-last
 memory format for the whole network, AMP (bf16 on CPU), ``no_reuse`` (freed memory goes back to the kernel at once,
 128 KiB malloc thresholds), ``no_narrow`` (narrow convolutions in channels-first layout), ``cudnn_benchmark``
-(cuDNN picks its algorithms by timing them; GPU) and ``force_layout`` (Inductor's layout optimization forced on:
-the compiled graph keeps convolutions' activations channels-last, which its heuristic declines for U-Nets, whose
-decoders halve the channels; ``TORCHINDUCTOR_FORCE_LAYOUT_OPT=1`` does it for a whole process); sliding-window
+(cuDNN picks its algorithms by timing them; GPU), ``force_layout`` (Inductor's layout optimization forced on,
+which its heuristic declines for U-Nets' training graphs; ``TORCHINDUCTOR_FORCE_LAYOUT_OPT=1`` does it for a whole
+process; Inductor applies it to 2D convolutions only), ``no_layout_opt`` (that optimization off: a 3D convolution's
+inputs then keep the layout they have in eager mode, which it otherwise leaves to Inductor in inference graphs),
+``cl_inputs`` and ``cl_norm`` (``acceleration.keep_channels_last``: every convolution's input copied to
+channels-last layout, instance normalisations that keep it; with ``channels_last``); sliding-window
 inference of the flagship bundle's inference config on a 512x512x128 synthetic CT volume, as configured and in the
 trials of ``--sw_trials`` (config overrides: window batch, compile, AMP, ...), each label map compared voxel by voxel
 with an eager float32 run's; the flagship bundle's training throughput, its share of step time spent waiting for
@@ -73,7 +76,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "attention_r2unet+ckpt": ("attention_r2unet", {"checkpointing": True}),
 }
 OPTIONS = ("compile", "compile_cudagraphs", "compile_autotune", "channels_last", "amp", "no_reuse", "no_narrow",
-           "cudnn_benchmark", "force_layout")
+           "cudnn_benchmark", "force_layout", "no_layout_opt", "cl_inputs", "cl_norm")
+#: process-wide settings a sliding-window or bundle trial may give besides config keys (``apply_settings``), with the
+#: network options of the same meaning
+TRIAL_SETTINGS = {"cudnn_benchmark": "cudnn_benchmark", "force_layout": "force_layout", "layout_opt": "no_layout_opt",
+                  "cl_inputs": "cl_inputs", "cl_norm": "cl_norm"}
 #: ``torch.compile`` modes of the compile options
 COMPILE_MODES = {"compile": "default", "compile_cudagraphs": "reduce-overhead",
                  "compile_autotune": "max-autotune-no-cudagraphs"}
@@ -323,9 +330,8 @@ def autocast(device: Any, amp: bool) -> Any:
 
 def process_settings(case: dict) -> None:
     """Apply a case's process-wide settings before it runs: memory reuse (``reuse_freed_memory``; the
-    ``no_reuse`` option returns freed memory to the kernel at once instead) and the channels-last layout of narrow
-    convolutions (``layers.narrow_channels_last`` around ``build``, off with ``no_narrow``); ``cudnn_benchmark`` lets cuDNN time
-    its algorithms for each shape and keep the fastest (GPU)."""
+    ``no_reuse`` option returns freed memory to the kernel at once instead), the channels-last layout of narrow
+    convolutions (``layers.narrow_channels_last`` around ``build``, off with ``no_narrow``) and ``apply_settings``."""
     from monai_unet_variants.runtime import reuse_freed_memory
 
     opts = case.get("options", {})
@@ -333,22 +339,57 @@ def process_settings(case: dict) -> None:
     reuse_freed_memory(case["kind"] != "network" and not opts.get("no_reuse"))
     global NARROW
     NARROW = not opts.get("no_narrow")
+    apply_settings(opts)  # reset for the next case in-process
+
+
+def apply_settings(opts: dict) -> dict:
+    """Set the process-wide settings named in ``opts`` (network options, or ``TRIAL_SETTINGS`` keys of a trial, whose
+    values may be strings as typed) and return them all as set: ``cudnn_benchmark`` (cuDNN times its algorithms for
+    each shape and keeps the fastest; GPU), ``force_layout`` / ``layout_opt`` (Inductor's layout optimization forced
+    on / left on; the options ``force_layout`` / ``no_layout_opt``; Inductor is imported only when one is changed or
+    it is loaded), ``cl_inputs`` / ``cl_norm`` (``acceleration.CHANNELS_LAST_EXTRAS``, what ``to_device`` does with
+    ``channels_last`` on a GPU; the network cases apply them themselves)."""
     import torch
 
-    torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))  # reset for the next case in-process
-    force_layout(bool(opts.get("force_layout")))
+    from monai_unet_variants import acceleration
+    from monai_unet_variants.options import as_bool
+
+    def option_on(key: str) -> bool:  # a trial's key (layout_opt=false) or the network option of the same meaning
+        option = TRIAL_SETTINGS[key]
+        if key in opts:
+            return as_bool(opts[key], key) != (option.startswith("no_"))
+        return bool(opts.get(option))
+
+    torch.backends.cudnn.benchmark = option_on("cudnn_benchmark")
+    acceleration.CHANNELS_LAST_EXTRAS.update(conv_inputs=option_on("cl_inputs"), norms=option_on("cl_norm"))
+    force, off = option_on("force_layout"), option_on("layout_opt")
+    if force or off or "torch._inductor.config" in sys.modules:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_layout_optimization = force or os.environ.get("TORCHINDUCTOR_FORCE_LAYOUT_OPT") == "1"
+        inductor_config.layout_optimization = not off
+    else:
+        inductor_config = None
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "force_layout": bool(inductor_config and inductor_config.force_layout_optimization),
+        "layout_opt": bool(inductor_config is None or inductor_config.layout_optimization),
+        "cl_inputs": acceleration.CHANNELS_LAST_EXTRAS["conv_inputs"],
+        "cl_norm": acceleration.CHANNELS_LAST_EXTRAS["norms"],
+    }
 
 
-def force_layout(on: bool | None = None) -> bool:
-    """Whether Inductor's layout optimization is forced on, after setting it (``on``; ``False``: left to Inductor's
-    heuristic unless ``TORCHINDUCTOR_FORCE_LAYOUT_OPT=1``). Inductor is imported only when it is forced or loaded."""
-    if not on and "torch._inductor.config" not in sys.modules:
-        return False
-    import torch._inductor.config as inductor_config
+def pop_settings(overrides: dict) -> dict:
+    """The ``TRIAL_SETTINGS`` keys of a trial's overrides, removed from them (they are not config keys)."""
+    return {k: overrides.pop(k) for k in list(overrides) if k in TRIAL_SETTINGS}
 
-    if on is not None:
-        inductor_config.force_layout_optimization = on or os.environ.get("TORCHINDUCTOR_FORCE_LAYOUT_OPT") == "1"
-    return bool(inductor_config.force_layout_optimization)
+
+def extras_of(network: Any) -> dict:
+    """``cl_inputs`` / ``cl_norm`` as the bundle's network has them (``to_device`` ignores them on a CPU)."""
+    from monai_unet_variants.acceleration import channels_last_extras
+
+    found = channels_last_extras(network)
+    return {"cl_inputs": found["conv_inputs"], "cl_norm": found["norms"]}
 
 
 def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
@@ -361,7 +402,7 @@ def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     """
     import torch
 
-    from monai_unet_variants.acceleration import compiled_graphs
+    from monai_unet_variants.acceleration import compiled_graphs, keep_channels_last
     from monai_unet_variants.runtime import reuse_freed_memory
 
     torch.manual_seed(0)
@@ -374,6 +415,8 @@ def measure_case(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     if opts.get("channels_last"):
         fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
         net, x = net.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+    if opts.get("cl_inputs") or opts.get("cl_norm"):
+        keep_channels_last(net, conv_inputs=bool(opts.get("cl_inputs")), norms=bool(opts.get("cl_norm")))
     params = sum(p.numel() for p in net.parameters())
 
     def forward() -> Any:
@@ -559,15 +602,14 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
     if case.get("roi_size"):
         parser["roi_size"] = [case["roi_size"]] * 3
     overrides = dict(case.get("overrides", {}))
-    # not a config key: cuDNN times its algorithms for each shape and keeps the fastest (the process's setting)
-    torch.backends.cudnn.benchmark = as_bool(overrides.pop("cudnn_benchmark", False), "cudnn_benchmark")
-    force_layout(as_bool(overrides.pop("force_layout", False), "force_layout"))
+    settings = apply_settings(pop_settings(overrides))
     for key, value in overrides.items():
         parser[key] = value
     parser["inferer#progress"] = False
     inferer = parser.get_parsed_content("inferer")
     torch.manual_seed(0)  # the same weights in every trial's process
     net = parser.get_parsed_content("network").eval()
+    settings.update(extras_of(net))
     if case.get("checkpoint"):
         net.load_state_dict(check_checkpoint(case["checkpoint"]))
     amp = parser.get_parsed_content("evaluator#amp")
@@ -615,8 +657,7 @@ def measure_sliding_window(case: dict, wait_turn: Callable[[], None] = _noop) ->
         "compile": use_compile,
         "compile_mode": compile_kwargs.get("mode"),
         "channels_last": as_bool(parser.get_parsed_content("channels_last"), "channels_last"),
-        "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "force_layout": force_layout(),
+        **settings,
         "first_pass_s": first,
         "graphs": compiled,
         "recompiles": compiled_graphs() - graphs - compiled,
@@ -690,6 +731,7 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="muv_bench_bundle_"))
     overrides = dict(case.get("overrides", {}))
+    settings = apply_settings(pop_settings(overrides))
     if case.get("scale"):  # the first N cases of a clinical-size set, a fresh disk cache, validation left out
         data_dir = Path(case["scale_data"])
         meta = json.loads((data_dir / "dataset.json").read_text())
@@ -727,6 +769,7 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
     setup = time.perf_counter()
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
+    settings.update(extras_of(workflow.parser.get_parsed_content("network")))
     setup = time.perf_counter() - setup
     rss_after_setup = _rss_kib("VmHWM") * 1024 / 1e9
     marks: dict[str, float] = {}
@@ -781,6 +824,7 @@ def measure_bundle(case: dict, wait_turn: Callable[[], None] = _noop) -> dict:
         "data_device": str(parsed("data_device", "cpu")),
         "compile": parsed("train#trainer#compile", False),
         "amp": parsed("train#trainer#amp"),
+        **settings,
         "iterations_per_s": len(steps) / sum(steps) if steps else float("nan"),
         "step_ms": 1e3 * statistics.median(steps) if steps else float("nan"),
         "data_wait_share": sum(waits) / sum(steps) if steps else float("nan"),
@@ -1111,8 +1155,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sw_roi", type=int, default=0, help="sliding-window roi edge (default: the bundle's)")
     p.add_argument("--sw_trials", default="",
                    help="sliding-window trials besides the inference config as it is, separated by ';', each a list "
-                   "of config overrides such as 'compile=false,sw_batch_size=8' ('cudnn_benchmark=true': cuDNN times "
-                   "its algorithms; 'force_layout=true': the option force_layout); with trials, an eager float32 run ("
+                   "of config overrides such as 'compile=false,sw_batch_size=8', or settings of the process: "
+                   "'cudnn_benchmark=true', 'force_layout=true', 'layout_opt=false', 'cl_inputs=true', 'cl_norm=true' "
+                   "(the options of those names); with trials, an eager float32 run ("
                    + REFERENCE_TRIAL + ") is added and every label map is compared with its")
     p.add_argument("--sw_checkpoint", default="", help="weights for the sliding-window network (default: random)")
     p.add_argument("--sw_repeats", type=int, default=1, help="timed sliding-window passes (median)")
@@ -1121,7 +1166,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--bundle_cases", type=int, default=0,
                    help="training cases of a synthetic set made for the bundle run (default: the built-in sample)")
     p.add_argument("--bundle_trials", default="",
-                   help="bundle runs besides the config as it is, separated by ';', e.g. 'data_device=cpu'")
+                   help="bundle runs besides the config as it is, separated by ';', e.g. 'data_device=cpu' (config "
+                   "overrides) or 'cl_inputs=true,cl_norm=true' (settings of the process, as in --sw_trials)")
     p.add_argument("--bundle_dir", default="",
                    help="bundle folder for the bundle run (default: the flagship; e.g. an older copy to compare with)")
     p.add_argument("--sample_dir", default="", help="synthetic sample folder for the bundle run")
@@ -1250,7 +1296,10 @@ def _sliding_window_line(r: dict) -> str:
     what = (f"sw_batch {r['sw_batch_size']}, {'compiled' + (' ' + r['compile_mode'] if r['compile_mode'] else '') if r['compile'] else 'eager'}, "
             f"{'AMP fp16' if r['amp'] else 'float32'}{', channels-last' if r.get('channels_last') else ''}"
             f"{', cuDNN benchmark' if r.get('cudnn_benchmark') else ''}"
-            f"{', layout forced channels-last' if r.get('force_layout') else ''}")
+            f"{', layout forced channels-last' if r.get('force_layout') else ''}"
+            f"{', no layout optimization' if r.get('layout_opt') is False else ''}"
+            f"{', conv inputs channels-last' if r.get('cl_inputs') else ''}"
+            f"{', layout-keeping norms' if r.get('cl_norm') else ''}")
     agree = f", label map = reference on {r['agreement']:.4%} of voxels" if "agreement" in r else ""
     return (f"sliding window [{r['trial']}] ({what}; roi {r['roi_size']}, overlap {r['overlap']}) on "
             f"{'x'.join(map(str, r['volume']))}: {r['seconds']:.2f} s, {r['mvoxels_per_s']:.1f} Mvoxel/s, first pass "

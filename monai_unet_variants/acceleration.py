@@ -9,6 +9,8 @@ that already live on the device.
 - ``NoMetaCompose``: a ``Compose`` whose transforms run with MONAI's metadata tracking off, for the random part of a
   training pipeline whose cached inputs are plain tensors (MONAI's fast-training recipe: a ``MetaTensor`` costs a
   copy of its metadata and an entry in its operation history for every transform, which is most of a GPU crop's time).
+- ``keep_channels_last``: a network whose convolutions take channels-last inputs and whose instance normalisations
+  keep that layout, in eager mode and under ``torch.compile`` (to be measured on a GPU: ``CHANNELS_LAST_EXTRAS``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,22 @@ from monai.data import get_track_meta, set_track_meta
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
 from monai.utils import ensure_tuple_rep
+from torch import nn
 
-__all__ = ["CompileMonitor", "NoMetaCompose", "PaddedSlidingWindowInferer", "compiled_graphs", "say_padding", "to_device"]
+__all__ = [
+    "CHANNELS_LAST_EXTRAS",
+    "CompileMonitor",
+    "LayoutInstanceNorm2d",
+    "LayoutInstanceNorm3d",
+    "NoMetaCompose",
+    "PaddedSlidingWindowInferer",
+    "compiled_graphs",
+    "instance_norm_any_layout",
+    "channels_last_extras",
+    "keep_channels_last",
+    "say_padding",
+    "to_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +52,17 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+#: What ``to_device(channels_last=True)`` does on a GPU besides converting the weights (see ``keep_channels_last``).
+#: Both off until a GPU run measures them (the benchmark's options and trials ``cl_inputs`` and ``cl_norm``).
+CHANNELS_LAST_EXTRAS: dict[str, bool] = {"conv_inputs": False, "norms": False}
+
+
 def to_device(network: torch.nn.Module, device: Any, channels_last: bool = False) -> torch.nn.Module:
     """``network`` moved to ``device``; with ``channels_last`` on a CUDA device its weights in channels-last memory
     format (``channels_last_3d`` for a 3D network), so that cuDNN runs its NDHWC kernels (a one-channel input is
-    channels-last already). On a CPU ``channels_last`` is ignored: oneDNN's channels-last weight gradient of strided
-    1x1 convolutions corrupts memory (see ``networks.blocks.layers.prefers_channels_last``).
+    channels-last already), and what ``CHANNELS_LAST_EXTRAS`` turns on (``keep_channels_last``). On a CPU
+    ``channels_last`` is ignored: oneDNN's channels-last weight gradient of strided 1x1 convolutions corrupts memory
+    (see ``networks.blocks.layers.prefers_channels_last``).
 
     Examples::
 
@@ -51,7 +73,122 @@ def to_device(network: torch.nn.Module, device: Any, channels_last: bool = False
     if channels_last and torch.device(device).type == "cuda":
         dims = getattr(network, "spatial_dims", 3)
         network = network.to(memory_format=torch.channels_last_3d if dims == 3 else torch.channels_last)
+        if any(CHANNELS_LAST_EXTRAS.values()):
+            keep_channels_last(network, **CHANNELS_LAST_EXTRAS)
     return network
+
+
+def _channels_last_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+
+
+def instance_norm_any_layout(
+    x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """Instance normalisation (statistics of each sample and channel over its spatial dimensions, biased variance)
+    computed with reductions and element-wise operations, so that the result keeps ``x``'s memory layout.
+
+    ``torch.nn.functional.instance_norm`` views ``x`` as one batch-norm sample of ``N * C`` channels, which needs
+    ``x.contiguous()``: in a channels-last network that is a copy to channels-first before every normalisation and
+    one back before the next convolution (in eager mode and in the graphs of ``torch.compile`` alike). Statistics are
+    computed in float32 whatever ``x``'s type; the result has ``x``'s type.
+
+    Examples::
+
+        >>> x = torch.randn(2, 4, 6, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+        >>> y = instance_norm_any_layout(x)
+        >>> y.is_contiguous(memory_format=torch.channels_last_3d)
+        True
+        >>> torch.allclose(y, nn.functional.instance_norm(x), atol=1e-5)
+        True
+    """
+    xf = x.float()
+    var, mean = torch.var_mean(xf, dim=list(range(2, x.dim())), keepdim=True, correction=0)
+    y = (xf - mean) * torch.rsqrt(var + eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.float().view(shape)
+    if bias is not None:
+        y = y + bias.float().view(shape)
+    return y.to(x.dtype)
+
+
+class _LayoutInstanceNorm:
+    """``forward`` of ``LayoutInstanceNorm2d``/``3d``: a channels-last input is normalised in its own layout
+    (``instance_norm_any_layout``); any other input (and running statistics, an input without a batch dimension) as
+    in the parent class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_contiguous() or self.track_running_stats or x.dim() != self._get_no_batch_dim() + 1:
+            return super().forward(x)  # type: ignore[misc]
+        return instance_norm_any_layout(x, self.weight, self.bias, self.eps)
+
+
+class LayoutInstanceNorm2d(_LayoutInstanceNorm, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` that keeps a channels-last input channels-last (same parameters and state-dict keys)."""
+
+
+class LayoutInstanceNorm3d(_LayoutInstanceNorm, nn.InstanceNorm3d):
+    """``nn.InstanceNorm3d`` that keeps a channels-last input channels-last (same parameters and state-dict keys)."""
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` has channels-last strides that convolutions recognise as such: ``is_contiguous`` in that format
+    is also true of a one-channel channels-first tensor, whose channel stride is not 1 (cuDNN then picks NCDHW)."""
+    return x.is_contiguous(memory_format=_channels_last_format(x)) and x.stride(1) == 1
+
+
+def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
+    """Forward pre-hook: the convolution's input copied to channels-last layout unless it is already."""
+    x = args[0]
+    if isinstance(x, torch.Tensor) and x.dim() in (4, 5) and not _is_channels_last(x):
+        return (x.clone(memory_format=_channels_last_format(x)), *args[1:])
+    return None
+
+
+def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool = True) -> nn.Module:
+    """Make ``network`` run channels-last from end to end, in place: every convolution (transposed ones included)
+    takes its input in channels-last layout (``conv_inputs``: a forward pre-hook), and instance normalisations keep
+    that layout (``norms``: ``nn.InstanceNorm2d``/``3d`` become ``LayoutInstanceNorm2d``/``3d``). Parameters,
+    state-dict keys and results are unchanged; call it on the network that runs, not on one to export.
+
+    Why: channels-last weights alone do not carry through ``torch.compile``. Inductor chooses a 3D convolution's
+    layout from its input's and weight's strides in the graph (its own layout optimization is for 2D convolutions
+    only), and each instance normalisation hands the next convolution a channels-first tensor; cuDNN's fp16 3D
+    kernels are NDHWC kernels, so cuDNN transposes the input and filter before each convolution and the output after
+    it. On an H200 (2026-11-27, README run 4) those transposes took 26-29 % of the flagship's kernel time. With both
+    parts on, each convolution's input is an explicit channels-last copy that Inductor can fuse into the normalisation
+    and activation before it. Measuring this on a GPU is ``benchmarks/run.py``'s options ``cl_inputs``/``cl_norm``.
+
+    Examples::
+
+        >>> net = keep_channels_last(nn.Sequential(nn.Conv3d(1, 4, 3), nn.InstanceNorm3d(4, affine=True)))
+        >>> type(net[1]).__name__, net(torch.randn(2, 1, 8, 8, 8)).is_contiguous(memory_format=torch.channels_last_3d)
+        ('LayoutInstanceNorm3d', True)
+    """
+    swap = {nn.InstanceNorm2d: LayoutInstanceNorm2d, nn.InstanceNorm3d: LayoutInstanceNorm3d}
+    for module in network.modules():
+        if conv_inputs and isinstance(module, nn.modules.conv._ConvNd) and module.weight.dim() in (4, 5):
+            if not any(h is _channels_last_input for h in module._forward_pre_hooks.values()):
+                module.register_forward_pre_hook(_channels_last_input)
+        if norms and type(module) in swap:
+            module.__class__ = swap[type(module)]
+    return network
+
+
+def channels_last_extras(network: nn.Module) -> dict[str, bool]:
+    """Which parts of ``keep_channels_last`` ``network`` has: ``{"conv_inputs": ..., "norms": ...}``.
+
+    Examples::
+
+        >>> channels_last_extras(keep_channels_last(nn.Sequential(nn.Conv2d(1, 2, 3)), norms=False))
+        {'conv_inputs': True, 'norms': False}
+    """
+    modules = list(network.modules())
+    return {
+        "conv_inputs": any(_channels_last_input in m._forward_pre_hooks.values() for m in modules),
+        "norms": any(isinstance(m, _LayoutInstanceNorm) for m in modules),
+    }
 
 
 def _first(out: Any, n: int) -> Any:

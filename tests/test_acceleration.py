@@ -20,7 +20,19 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import RandFlip, RandFlipd
 
 from monai_unet_variants import create_network
-from monai_unet_variants.acceleration import CompileMonitor, NoMetaCompose, PaddedSlidingWindowInferer, compiled_graphs
+from monai_unet_variants.acceleration import (
+    CHANNELS_LAST_EXTRAS,
+    CompileMonitor,
+    LayoutInstanceNorm2d,
+    LayoutInstanceNorm3d,
+    NoMetaCompose,
+    PaddedSlidingWindowInferer,
+    channels_last_extras,
+    compiled_graphs,
+    instance_norm_any_layout,
+    keep_channels_last,
+    to_device,
+)
 from monai_unet_variants.options import OPTION_RULES, as_bool, as_device, check_options
 
 TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", "--sw_batch_size", "3",
@@ -209,6 +221,114 @@ def test_compile_monitor_off_attaches_nothing():
 
 
 # ------------------------------------------------------------------------------------ training pipeline
+# ----------------------------------------------------------------------------------------------- channels-last
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.clone(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    fmt = torch.channels_last_3d if x.dim() == 5 else torch.channels_last
+    return x.is_contiguous(memory_format=fmt) and x.stride(1) == 1
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_any_layout_equals_torch_and_keeps_the_layout(dims, affine):
+    torch.manual_seed(0)
+    x = (3 * torch.randn(2, 5, *[6] * dims) + 2).requires_grad_()
+    w, b = (torch.rand(5) + 0.5).requires_grad_(), torch.randn(5).requires_grad_()
+    w, b = (w, b) if affine else (None, None)
+    ref = torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5)
+    y = instance_norm_any_layout(_channels_last(x), w, b, eps=1e-5)
+    assert _is_channels_last(y) and y.dtype == x.dtype
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(ref, [x] + ([w, b] if affine else []), g)
+    grads_any = torch.autograd.grad(y, [x] + ([w, b] if affine else []), g)
+    for a, c in zip(grads_any, grads, strict=True):
+        torch.testing.assert_close(a, c, atol=1e-4, rtol=1e-4)
+    half = instance_norm_any_layout(_channels_last(x.detach()).to(torch.bfloat16), w, b)
+    assert half.dtype == torch.bfloat16  # statistics in float32, the result in the input's type
+    torch.testing.assert_close(half.float(), ref.detach(), atol=0.05, rtol=0.05)
+
+
+def test_layout_instance_norm_takes_the_parents_path_for_other_inputs():
+    norm = LayoutInstanceNorm3d(4, affine=True)
+    assert isinstance(norm, torch.nn.InstanceNorm3d)
+    x = torch.randn(2, 4, 5, 5, 5)
+    torch.testing.assert_close(norm(x), torch.nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias))
+    assert norm(x).is_contiguous() and norm(x[0]).shape == (4, 5, 5, 5)  # channels-first, no batch dimension
+    tracked = LayoutInstanceNorm2d(4, track_running_stats=True)  # running statistics: the parent's path
+    tracked(_channels_last(torch.randn(2, 4, 6, 6) + 3))
+    assert tracked.running_mean.min() > 0.1  # updated (momentum 0.1 of a mean near 3)
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "resunet"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_keep_channels_last_changes_layouts_not_results(name, dims):
+    torch.manual_seed(0)
+    net = create_network(name, spatial_dims=dims, in_channels=1, out_channels=3, channels=(4, 8, 16), strides=(2, 2),
+                         norm=("instance", {"affine": True})).eval()
+    x = torch.randn(2, 1, *[16] * dims)
+    with torch.no_grad():
+        ref = net(x)
+    keys = list(net.state_dict())
+    assert channels_last_extras(net) == {"conv_inputs": False, "norms": False}
+    fmt = torch.channels_last_3d if dims == 3 else torch.channels_last
+    net = keep_channels_last(keep_channels_last(net.to(memory_format=fmt)))  # twice: one hook per convolution
+    seen: list[bool] = []
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
+    for conv in convs:
+        assert len(conv._forward_pre_hooks) == 1
+        conv.register_forward_pre_hook(lambda m, args: seen.append(_is_channels_last(args[0])))
+    with torch.no_grad():
+        out = net(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert len(seen) >= len(convs) and all(seen)  # every convolution got a channels-last input
+    assert list(net.state_dict()) == keys and channels_last_extras(net) == {"conv_inputs": True, "norms": True}
+    norm_type = LayoutInstanceNorm3d if dims == 3 else LayoutInstanceNorm2d
+    assert any(type(m) is norm_type for m in net.modules())
+    assert not any(type(m) in (torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d) for m in net.modules())
+
+
+@pytest.mark.parametrize("norms", [True, False])
+def test_keep_channels_last_reaches_the_compiled_graph(norms):
+    """What Inductor is given (the forward graph of AOTAutograd, captured on the CPU): every convolution's input is
+    channels-last; with the layout-keeping norms no tensor is copied back to channels-first on the way."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+    backend = aot_autograd(fw_compiler=lambda gm, example_inputs: graphs.append(gm) or gm)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16),
+                         strides=(2, 2), norm=("instance", {"affine": True})).eval()
+    net = keep_channels_last(net.to(memory_format=torch.channels_last_3d), norms=norms)
+    with torch.no_grad():
+        torch.compile(net, backend=backend)(torch.randn(2, 1, 16, 16, 16))
+    nodes = list(graphs[-1].graph.nodes)
+    convs = [n for n in nodes if n.target is torch.ops.aten.convolution.default]
+    assert convs and all(_is_channels_last(n.args[0].meta["val"]) for n in convs)
+    to_first = [n for n in nodes if n.target is torch.ops.aten.clone.default
+                and n.kwargs.get("memory_format") == torch.contiguous_format]
+    assert (not to_first) if norms else to_first  # InstanceNorm3d's own path copies to channels-first
+
+
+def test_to_device_applies_the_channels_last_extras_on_a_gpu_only(monkeypatch):
+    monkeypatch.setitem(CHANNELS_LAST_EXTRAS, "conv_inputs", True)
+    monkeypatch.setitem(CHANNELS_LAST_EXTRAS, "norms", True)
+
+    def net() -> torch.nn.Module:
+        return create_network("unet", spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8), strides=(2,),
+                              norm="instance")
+
+    on_cpu = to_device(net(), "cpu", channels_last=True)  # a CPU: ignored (see to_device)
+    assert any(type(m) is torch.nn.InstanceNorm3d for m in on_cpu.modules())
+    assert not any(type(m) is LayoutInstanceNorm3d for m in on_cpu.modules())
+    if torch.cuda.is_available():
+        assert any(type(m) is LayoutInstanceNorm3d for m in to_device(net(), "cuda", channels_last=True).modules())
+
+
 def test_no_meta_compose_returns_plain_tensors_and_restores_tracking():
     compose = NoMetaCompose([RandFlip(prob=1.0, spatial_axis=0)])
     out = compose(MetaTensor(torch.arange(8.0).reshape(1, 2, 2, 2)))

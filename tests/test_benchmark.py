@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,18 +117,38 @@ def test_kernel_profile_sums_what_the_device_ran():
     assert run.profile_line("x", failed) == "x: profile failed: RuntimeError: no such kernel"
 
 
-def test_force_layout_sets_and_resets_inductor(monkeypatch):
-    """The ``force_layout`` option turns Inductor's layout optimization on for a case and back to the process's
-    default (``TORCHINDUCTOR_FORCE_LAYOUT_OPT``) for the next one in the same process."""
+def test_process_settings_are_set_and_reset(monkeypatch):
+    """Options and trial keys that are settings of the process, not of a config: set for one case and back to the
+    process's defaults for the next one in the same process; a trial's values as typed ("false")."""
     import torch._inductor.config as inductor_config
+
+    from monai_unet_variants import acceleration
 
     run = _bench()
     monkeypatch.setattr(inductor_config, "force_layout_optimization", False)
+    monkeypatch.setattr(inductor_config, "layout_optimization", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    for key in acceleration.CHANNELS_LAST_EXTRAS:
+        monkeypatch.setitem(acceleration.CHANNELS_LAST_EXTRAS, key, False)
     monkeypatch.delenv("TORCHINDUCTOR_FORCE_LAYOUT_OPT", raising=False)
-    assert run.force_layout(True) and inductor_config.force_layout_optimization
-    assert not run.force_layout(False) and not inductor_config.force_layout_optimization
+    defaults = {"cudnn_benchmark": False, "force_layout": False, "layout_opt": True, "cl_inputs": False,
+                "cl_norm": False}
+    overrides = {"sw_batch_size": 8, "layout_opt": "false", "cl_inputs": "true", "cudnn_benchmark": "yes"}
+    trial = run.pop_settings(overrides)
+    assert overrides == {"sw_batch_size": 8}  # a config key stays with the config
+    assert run.apply_settings(trial) == {**defaults, "layout_opt": False, "cl_inputs": True, "cudnn_benchmark": True}
+    assert not inductor_config.layout_optimization and torch.backends.cudnn.benchmark
+    assert acceleration.CHANNELS_LAST_EXTRAS == {"conv_inputs": True, "norms": False}
+    assert run.apply_settings({"layout_opt": "true", "cl_norm": True}) == {**defaults, "cl_norm": True}
+    # network options of the same meaning
+    assert run.apply_settings({"force_layout": True, "no_layout_opt": True}) == {
+        **defaults, "force_layout": True, "layout_opt": False}
+    assert inductor_config.force_layout_optimization and not inductor_config.layout_optimization
+    assert run.apply_settings({}) == defaults and inductor_config.layout_optimization
     monkeypatch.setenv("TORCHINDUCTOR_FORCE_LAYOUT_OPT", "1")
-    assert run.force_layout(False) and run.force_layout()
+    assert run.apply_settings({})["force_layout"]
+    with pytest.raises(ValueError, match="--layout_opt must be true or false"):
+        run.apply_settings({"layout_opt": "maybe"})
 
 
 def test_sliding_window_volume_is_windowed_as_the_flagship_infers():
@@ -148,7 +169,8 @@ def test_benchmark_children_trials_and_report(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out", str(out),
            "--dims", "3", "--networks", "unet", "--options", "compile:unet/monai_basicunet", "--compile_backend",
            "eager", "--sw_trials",
-           "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;cudnn_benchmark=true,force_layout=true",
+           "compile=true,compile_kwargs#backend=eager,sw_batch_size=3;"
+           "cudnn_benchmark=true,force_layout=true,layout_opt=false,cl_inputs=true",
            "--bundle_trials", "data_device=cpu;cache_gb=0", "--bundle_epochs", "2", "--sample_dir",
            str(tmp_path / "sample"), "--profile"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -161,22 +183,24 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert all(r["compile_s"] > 0 and r["recompiles"] == 0 for r in compiled)
     sw = {r["trial"]: r for r in results if r["kind"] == "sliding_window"}
     # on a CPU the config as it is runs eager float32 with window batch 2: it is the reference, not run twice
-    assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3",
-                       "cudnn_benchmark=true,force_layout=true"}
+    tuned_name = "cudnn_benchmark=true,force_layout=true,layout_opt=false,cl_inputs=true"
+    assert set(sw) == {"as configured", "compile=true,compile_kwargs#backend=eager,sw_batch_size=3", tuned_name}
     # the same weights in every trial: float32 everywhere on a CPU, so the label maps are the reference's
     assert all(r["agreement"] > 0.999 for r in sw.values())
     trial = sw["compile=true,compile_kwargs#backend=eager,sw_batch_size=3"]
     assert trial["compile"] and trial["static_batch"] and trial["sw_batch_size"] == 3 and trial["recompiles"] == 0
-    tuned = sw["cudnn_benchmark=true,force_layout=true"]
-    assert tuned["cudnn_benchmark"] and tuned["force_layout"]
+    tuned = sw[tuned_name]
+    assert tuned["cudnn_benchmark"] and tuned["force_layout"] and tuned["layout_opt"] is False
     assert not sw["as configured"]["cudnn_benchmark"] and not sw["as configured"]["force_layout"]
+    assert sw["as configured"]["layout_opt"] is True
+    assert tuned["cl_inputs"] is False  # what the network has: to_device leaves a CPU network channels-first
     # --profile: every network case's step and forward, every trial's window batch, each a line of the report
     profiled = [r for r in results if r["kind"] in ("network", "sliding_window")]
     assert all(r["profile_forward"]["kernel_ms"] > 0 for r in profiled)
     assert all(r["profile_step"]["launches"] > 0 for r in profiled if r["kind"] == "network")
     assert "profile: 3D unet +compile training step: " in proc.stdout
-    assert "profile: sliding window [cudnn_benchmark=true,force_layout=true], one window batch: " in proc.stdout
-    assert "cuDNN benchmark, layout forced channels-last" in proc.stdout
+    assert f"profile: sliding window [{tuned_name}], one window batch: " in proc.stdout
+    assert "cuDNN benchmark, layout forced channels-last, no layout optimization;" in proc.stdout
     bundles = {r["trial"]: r for r in results if r["kind"] == "bundle"}
     assert bundles["data_device=cpu"]["data_device"] == "cpu" and bundles["as configured"]["iterations"] > 0
     # --profile of a bundle run: steps of its last epoch, left out of the timed steps

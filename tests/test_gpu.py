@@ -7,6 +7,7 @@ Skipped where no GPU is present (CI has none); run on a GPU machine with ``pytho
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -118,10 +119,16 @@ def test_compiled_training_step_matches_eager(name, dims, exact_float32):
     the first convolution's weight gradient of each network differed by 8-30% between them (two roundings of a small
     gradient), so the yardstick is the float32 step that both approximate.
     """
-    reference = tiny_net(name, dims).cuda().train()
-    eager, source = copy.deepcopy(reference), copy.deepcopy(reference)
+    _compiled_step_as_good_as_eager(tiny_net(name, dims).cuda().train(), tiny_input(dims).cuda())
+
+
+def _compiled_step_as_good_as_eager(
+    reference: torch.nn.Module, x: torch.Tensor, prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+) -> None:
+    """The compiled AMP step of ``prepare(copy of reference)`` against the float32 step, no further off than the eager
+    AMP step of another copy (see ``test_compiled_training_step_matches_eager``)."""
+    eager, source = prepare(copy.deepcopy(reference)), prepare(copy.deepcopy(reference))
     compiled = torch.compile(source, dynamic=False)
-    x = tiny_input(dims).cuda()
 
     def step(model: torch.nn.Module, owner: torch.nn.Module, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
         # the loss scaled as a GradScaler scales it, so that fp16 gradients do not underflow
@@ -137,6 +144,28 @@ def test_compiled_training_step_matches_eager(name, dims, exact_float32):
     assert g_comp.shape == g_eager.shape == g32.shape
     assert _relative_error(y_comp, y32) <= 2 * _relative_error(y_eager, y32) + 1e-3
     assert _relative_error(g_comp, g32) <= 2 * _relative_error(g_eager, g32) + 1e-3
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet"])
+def test_channels_last_network_compiles_and_computes_as_eager(name, exact_float32):
+    """``to_device(channels_last=True)`` with ``keep_channels_last``'s parts on (the benchmark's ``cl_inputs`` and
+    ``cl_norm``): the compiled AMP training step is as good as the eager one, and the eager network keeps its
+    activations channels-last (the output of a 3D network with instance norm)."""
+    from monai_unet_variants import create_network
+    from monai_unet_variants.acceleration import keep_channels_last
+
+    torch.manual_seed(0)
+    reference = create_network(name, spatial_dims=3, in_channels=1, out_channels=3, channels=(8, 16, 32),
+                               strides=(2, 2), norm=("instance", {"affine": True})).cuda().train()
+    x = torch.randn(2, 1, 32, 32, 32, device="cuda")
+
+    def prepare(net: torch.nn.Module) -> torch.nn.Module:
+        return keep_channels_last(net.to(memory_format=torch.channels_last_3d))
+
+    _compiled_step_as_good_as_eager(reference, x, prepare)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        y = prepare(copy.deepcopy(reference)).eval()(x)
+    assert y.is_contiguous(memory_format=torch.channels_last_3d) and y.stride(1) == 1
 
 
 def test_padded_inferer_compiles_once_on_the_gpu(exact_float32):
