@@ -152,13 +152,19 @@ def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool
     that layout (``norms``: ``nn.InstanceNorm2d``/``3d`` become ``LayoutInstanceNorm2d``/``3d``). Parameters,
     state-dict keys and results are unchanged; call it on the network that runs, not on one to export.
 
-    Why: channels-last weights alone do not carry through ``torch.compile``. Inductor chooses a 3D convolution's
-    layout from its input's and weight's strides in the graph (its own layout optimization is for 2D convolutions
-    only), and each instance normalisation hands the next convolution a channels-first tensor; cuDNN's fp16 3D
-    kernels are NDHWC kernels, so cuDNN transposes the input and filter before each convolution and the output after
-    it. On an H200 (2026-11-27, README run 4) those transposes took 26-29 % of the flagship's kernel time. With both
-    parts on, each convolution's input is an explicit channels-last copy that Inductor can fuse into the normalisation
-    and activation before it. Measuring this on a GPU is ``benchmarks/run.py``'s options ``cl_inputs``/``cl_norm``.
+    Why: channels-last weights alone do not carry through ``torch.compile`` in 3D. On an H200 (2026-11-27, README
+    run 4) cuDNN transposed each convolution's input and filter to NDHWC and its output back (26-29 % of the
+    flagship's kernel time, channels-last weights or not). In torch's Inductor the layout optimization is for 2D
+    convolutions only; a 3D convolution's input keeps the layout it has in the traced graph in a training graph, but
+    is left for Inductor to lay out (channels-first) in an inference graph while that optimization is on; and
+    ``F.instance_norm`` copies its input to channels-first. With both parts on, every convolution's input in the
+    graph is channels-last and nothing is copied back to channels-first; an inference graph also needs
+    ``torch._inductor.config.layout_optimization = False`` (``torch.compile(options={"layout_optimization": False})``).
+    Seen on the CPU with Inductor's code for an Attention U-Net under bf16 autocast (oneDNN picks layouts by the same
+    rule as cuDNN): inference, channels-last outputs of 0 of 34 convolutions with channels-last weights and both
+    parts, 30 of 34 with the layout optimization off too; training, copies in 22 fused kernels with channels-last
+    weights alone, in 1 with both parts. Whether it is faster on a GPU is for the benchmark's options ``cl_inputs``,
+    ``cl_norm`` and ``no_layout_opt`` to show; until then ``CHANNELS_LAST_EXTRAS`` is off.
 
     Examples::
 

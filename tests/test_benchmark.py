@@ -151,6 +151,28 @@ def test_process_settings_are_set_and_reset(monkeypatch):
         run.apply_settings({"layout_opt": "maybe"})
 
 
+def test_inductor_layouts_counts_what_the_generated_code_says():
+    """``benchmarks/inductor_layouts.py`` reads Inductor's wrapper code (lines as Inductor writes them for a GPU):
+    a convolution's output layout from its stride assertion, its input's from the buffer's allocation (a graph input
+    is not counted), and the fused kernels that copy."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("inductor_layouts", REPO / "benchmarks" / "inductor_layouts.py")
+    layouts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layouts)
+    code = "\n".join([
+        "triton_red_fused__native_batch_norm_legit_clone_0 = async_compile.triton('triton_red_fused_0', ...)",
+        "triton_poi_fused_relu_1 = async_compile.triton('triton_poi_fused_relu_1', ...)",
+        "        buf0 = extern_kernels.convolution(arg0_1, arg1_1, None, stride=(1, 1, 1), groups=1)",
+        "        assert_size_stride(buf0, (2, 8, 16, 16, 16), (32768, 4096, 256, 16, 1), 'aten.convolution')",
+        "        buf3 = empty_strided_cuda((2, 8, 16, 16, 16), (32768, 1, 2048, 128, 8), torch.float16)",
+        "        buf4 = extern_kernels.convolution(buf3, arg2_1, None, stride=(1, 1, 1), groups=1)",
+        "        assert_size_stride(buf4, (2, 8, 16, 16, 16), (32768, 1, 2048, 128, 8), 'aten.convolution')",
+    ])
+    assert layouts.count_layouts(code) == {"convolutions": 2, "outputs_channels_last": 1, "inputs_allocated": 1,
+                                           "inputs_channels_last": 1, "fused_kernels": 2, "copy_kernels": 1}
+
+
 def test_sliding_window_volume_is_windowed_as_the_flagship_infers():
     """The sliding-window section's CT-like volume, windowed with the flagship inference config's (parsed) window:
     air at 0, dense tissue near 1, soft tissue between (it read the raw config value, an expression since the window
