@@ -34,9 +34,9 @@ __all__ = [
     "LayoutInstanceNorm3d",
     "NoMetaCompose",
     "PaddedSlidingWindowInferer",
+    "channels_last_extras",
     "compiled_graphs",
     "instance_norm_any_layout",
-    "channels_last_extras",
     "keep_channels_last",
     "say_padding",
     "to_device",
@@ -149,8 +149,9 @@ def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
 def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool = True) -> nn.Module:
     """Make ``network`` run channels-last from end to end, in place: every convolution (transposed ones included)
     takes its input in channels-last layout (``conv_inputs``: a forward pre-hook), and instance normalisations keep
-    that layout (``norms``: ``nn.InstanceNorm2d``/``3d`` become ``LayoutInstanceNorm2d``/``3d``). Parameters,
-    state-dict keys and results are unchanged; call it on the network that runs, not on one to export.
+    that layout (``norms``: ``nn.InstanceNorm2d``/``3d`` become ``LayoutInstanceNorm2d``/``3d``). Parameters and
+    state-dict keys are unchanged, results too but for rounding; call it on the network that runs, not on one to
+    export (TorchScript and ONNX take the plain network).
 
     Why: channels-last weights alone do not carry through ``torch.compile`` in 3D. On an H200 (2026-11-27, README
     run 4) cuDNN transposed each convolution's input and filter to NDHWC and its output back (26-29 % of the
@@ -160,11 +161,12 @@ def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool
     ``F.instance_norm`` copies its input to channels-first. With both parts on, every convolution's input in the
     graph is channels-last and nothing is copied back to channels-first; an inference graph also needs
     ``torch._inductor.config.layout_optimization = False`` (``torch.compile(options={"layout_optimization": False})``).
-    Seen on the CPU with Inductor's code for an Attention U-Net under bf16 autocast (oneDNN picks layouts by the same
-    rule as cuDNN): inference, channels-last outputs of 0 of 34 convolutions with channels-last weights and both
-    parts, 30 of 34 with the layout optimization off too; training, copies in 22 fused kernels with channels-last
-    weights alone, in 1 with both parts. Whether it is faster on a GPU is for the benchmark's options ``cl_inputs``,
-    ``cl_norm`` and ``no_layout_opt`` to show; until then ``CHANNELS_LAST_EXTRAS`` is off.
+    Seen on the CPU with Inductor's code for an Attention U-Net (widths 8-64, 2 x 1 x 32^3) under bf16 autocast
+    (oneDNN picks layouts by the same rule as cuDNN; ``benchmarks/inductor_layouts.py``): inference, channels-last
+    outputs of 0 of 34 convolutions with channels-last weights and both parts, 30 of 34 with the layout optimization
+    off too; training, copies in 22 fused kernels with channels-last weights alone, in 1 with both parts. Whether it
+    is faster on a GPU is for the benchmark's options ``cl_inputs``, ``cl_norm`` and ``no_layout_opt`` to show; until
+    then ``CHANNELS_LAST_EXTRAS`` is off.
 
     Examples::
 
