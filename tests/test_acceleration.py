@@ -220,7 +220,6 @@ def test_compile_monitor_off_attaches_nothing():
     assert len(engine._event_handlers[Events.ITERATION_COMPLETED]) == 0
 
 
-# ------------------------------------------------------------------------------------ training pipeline
 # ----------------------------------------------------------------------------------------------- channels-last
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.clone(memory_format=torch.channels_last_3d if x.dim() == 5 else torch.channels_last)
@@ -329,6 +328,7 @@ def test_to_device_applies_the_channels_last_extras_on_a_gpu_only(monkeypatch):
         assert any(type(m) is LayoutInstanceNorm3d for m in to_device(net(), "cuda", channels_last=True).modules())
 
 
+# ------------------------------------------------------------------------------------ training pipeline
 def test_no_meta_compose_returns_plain_tensors_and_restores_tracking():
     compose = NoMetaCompose([RandFlip(prob=1.0, spatial_axis=0)])
     out = compose(MetaTensor(torch.arange(8.0).reshape(1, 2, 2, 2)))
