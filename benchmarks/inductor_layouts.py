@@ -63,14 +63,16 @@ def measure(device: str, network: str, channels: list[int], size: int, variant: 
 
     from monai_unet_variants import create_network
     from monai_unet_variants.acceleration import keep_channels_last
+    from monai_unet_variants.networks.blocks.layers import narrow_channels_last
 
     parts = set(variant.split("+")) - {"plain"}
     if parts - set(PARTS):
         raise ValueError(f"unknown variant part(s) {sorted(parts - set(PARTS))}: use plain or {', '.join(PARTS)}")
     inductor_config.layout_optimization = "no_layout_opt" not in parts
     torch.manual_seed(0)
-    net = create_network(network, spatial_dims=3, in_channels=1, out_channels=3, channels=channels,
-                         strides=[2] * (len(channels) - 1), norm=("instance", {"affine": True})).to(device)
+    with narrow_channels_last(False):  # plain convolutions, also on a CPU (see layers.prefers_channels_last)
+        net = create_network(network, spatial_dims=3, in_channels=1, out_channels=3, channels=channels,
+                             strides=[2] * (len(channels) - 1), norm=("instance", {"affine": True})).to(device)
     if "channels_last" in parts:
         net = net.to(memory_format=torch.channels_last_3d)
     if parts & {"cl_inputs", "cl_norm"}:

@@ -161,11 +161,11 @@ def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool
     ``F.instance_norm`` copies its input to channels-first. With both parts on, every convolution's input in the
     graph is channels-last and nothing is copied back to channels-first; an inference graph also needs
     ``torch._inductor.config.layout_optimization = False`` (``torch.compile(options={"layout_optimization": False})``).
-    Seen on the CPU with Inductor's code for an Attention U-Net (widths 8-64, 2 x 1 x 32^3) under bf16 autocast
+    Seen on the CPU with Inductor's code for an Attention U-Net (widths 4-16, 2 x 1 x 16^3) under bf16 autocast
     (oneDNN picks layouts by the same rule as cuDNN; ``benchmarks/inductor_layouts.py``): inference, channels-last
-    outputs of 0 of 34 convolutions with channels-last weights and both parts, 30 of 34 with the layout optimization
-    off too; training, copies in 22 fused kernels with channels-last weights alone, in 1 with both parts. Whether it
-    is faster on a GPU is for the benchmark's options ``cl_inputs``, ``cl_norm`` and ``no_layout_opt`` to show; until
+    outputs of 0 of 24 convolutions with channels-last weights and both parts, 21 of 24 with the layout optimization
+    off too; training, 13 of 22 fused kernels copy with channels-last weights alone, 1 with both parts. Whether it is
+    faster on a GPU is for the benchmark's options ``cl_inputs``, ``cl_norm`` and ``no_layout_opt`` to show; until
     then ``CHANNELS_LAST_EXTRAS`` is off.
 
     Examples::
