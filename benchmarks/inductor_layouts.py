@@ -1,6 +1,6 @@
 """What layout Inductor gives a 3D network's convolutions: the code ``torch.compile`` generates, read rather than timed.
 
-    python benchmarks/inductor_layouts.py                       # CPU, bf16 autocast: about a minute per variant
+    python benchmarks/inductor_layouts.py                       # CPU, bf16 autocast: ~40 s a variant and graph here
     python benchmarks/inductor_layouts.py --device cuda         # a GPU, fp16 autocast
     python benchmarks/inductor_layouts.py --variants plain,cl_inputs+cl_norm+no_layout_opt --modes infer
 
@@ -8,7 +8,8 @@ For each variant (in its own process, Inductor's caches off) and each graph (``i
 ``train``: the forward graph of a training step) it compiles the network once and counts, in the generated code, the
 convolutions whose output Inductor lays out channels-last, the convolution inputs whose buffers are allocated
 channels-last (of those allocated in the graph: graph inputs and views are not counted), the fused kernels and
-those of them that copy (``clone`` in their name: a layout change). Variants: ``plain`` (channels-first weights),
+those of them that copy (``clone`` in their name: a layout change). Variants: ``plain`` (channels-first weights; no
+channels-last narrow convolutions on a CPU either),
 ``channels_last`` (channels-last weights, as ``to_device(channels_last=True)`` does on a GPU), and with them
 ``acceleration.keep_channels_last``'s parts ``cl_inputs`` / ``cl_norm`` and ``no_layout_opt`` (Inductor's layout
 optimization off), joined by ``+``. On a CPU, oneDNN chooses convolution layouts by cuDNN's rule (channels-last when
