@@ -146,6 +146,11 @@ def _channels_last_input(module: nn.Module, args: tuple) -> tuple | None:
     return None
 
 
+def _takes_channels_last_input(module: nn.Module) -> bool:
+    """Whether ``keep_channels_last`` gave ``module`` its input pre-hook."""
+    return _channels_last_input in module._forward_pre_hooks.values()
+
+
 def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool = True) -> nn.Module:
     """Make ``network`` run channels-last from end to end, in place: every convolution (transposed ones included)
     takes its input in channels-last layout (``conv_inputs``: a forward pre-hook), and instance normalisations keep
@@ -177,7 +182,7 @@ def keep_channels_last(network: nn.Module, conv_inputs: bool = True, norms: bool
     swap = {nn.InstanceNorm2d: LayoutInstanceNorm2d, nn.InstanceNorm3d: LayoutInstanceNorm3d}
     for module in network.modules():
         if conv_inputs and isinstance(module, nn.modules.conv._ConvNd) and module.weight.dim() in (4, 5):
-            if not any(h is _channels_last_input for h in module._forward_pre_hooks.values()):
+            if not _takes_channels_last_input(module):
                 module.register_forward_pre_hook(_channels_last_input)
         if norms and type(module) in swap:
             module.__class__ = swap[type(module)]
@@ -194,7 +199,7 @@ def channels_last_extras(network: nn.Module) -> dict[str, bool]:
     """
     modules = list(network.modules())
     return {
-        "conv_inputs": any(_channels_last_input in m._forward_pre_hooks.values() for m in modules),
+        "conv_inputs": any(_takes_channels_last_input(m) for m in modules),
         "norms": any(isinstance(m, _LayoutInstanceNorm) for m in modules),
     }
 
