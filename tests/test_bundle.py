@@ -1082,6 +1082,35 @@ def test_every_generated_bundle_infers_and_exports(name, tmp_path, sample):
         torch.testing.assert_close(torch.jit.load(str(root / "models" / "model.ts"))(x), net.eval()(x))
 
 
+def test_ckpt_export_of_a_checkpoint_trained_elsewhere_says_how_to_export_it(tmp_path):
+    """MONAI's ckpt_export builds the network from the config, whose widths follow the training_options.json beside
+    ``@ckpt_path``, not beside ``--ckpt_file``: a checkpoint of other widths kept elsewhere is refused with one line
+    naming the widths and the option that fixes it (``--ckpt_path``), and exports with it."""
+    from monai.bundle import ckpt_export
+
+    from monai_unet_variants.networks import AttentionUNet
+
+    root = REPO / "bundles" / "attunet_pancreas"
+    run = tmp_path / "run1"
+    run.mkdir()
+    widths = [8, 16, 32, 64, 128]
+    torch.manual_seed(0)
+    net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=3, channels=widths,
+                        strides=[2, 2, 2, 2], norm=["instance", {"affine": True}]).eval()
+    torch.save(net.state_dict(), run / "model.pt")
+    (run / "training_options.json").write_text(json.dumps({"channels": widths}))
+    args = dict(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(run / "model.pt"),
+                meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.json"),
+                bundle_root=str(tmp_path / "elsewhere"))
+    with pytest.raises(RuntimeError, match=r"widths \[16, 32, 64, 128, 256\]\).*give --ckpt_path the file given as"):
+        ckpt_export(**args)
+    assert not (tmp_path / "model.ts").exists()
+    ckpt_export(**args, ckpt_path=str(run / "model.pt"))
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), net(x))
+
+
 @pytest.mark.slow
 def test_compare_command(tmp_path, sample):
     """The side-by-side comparison runs every chosen bundle with one budget and writes table, JSON and plot."""

@@ -320,6 +320,23 @@ def test_checkpoints_saved_before_the_parts_were_modules_still_load(name):
         new.load_state_dict({**legacy, "decoder.99.weight": torch.zeros(1)})
 
 
+def test_a_checkpoint_of_other_widths_is_refused_in_one_line(name):
+    """Weights saved from other widths fail to load with one line naming the network's widths and the first tensor
+    that differs, in place of torch's list of every mismatched tensor; a compiled or wrapped network (a prefix)
+    says the same."""
+    net = tiny_net(name, 2)
+    wider = tiny_net(name, 2, channels=[2 * c for c in tiny_kwargs(name, 2)["channels"]])
+    widths = str(list(net.encoder.out_channels))
+    with pytest.raises(RuntimeError, match=re.escape(f"does not fit this network (widths {widths})")) as err:
+        net.load_state_dict(wider.state_dict())
+    assert "encoder.blocks.0" in str(err.value) and "in the checkpoint" in str(err.value)
+    assert "size mismatch" not in str(err.value) and "--ckpt_path" in str(err.value)
+    wrapped = torch.nn.ModuleDict({"module": net})
+    with pytest.raises(RuntimeError, match=re.escape(f"(widths {widths})")):
+        wrapped.load_state_dict({f"module.{k}": v for k, v in wider.state_dict().items()})
+    net.load_state_dict(tiny_net(name, 2).state_dict())  # the same widths still load
+
+
 # ------------------------------------------------------------------------- the parts' protocol (networks.base)
 class _SumDecoder(torch.nn.Module):
     """A decoder of the protocol that is none of the family's: each level's features to ``width`` channels by a 1x1

@@ -93,4 +93,5 @@ __all__ = [
     "summarize_errors",
     "sweep_temporaries",
     "list_test_images",
+    "test_inputs",  # list_test_images's earlier name, which bundles exported before it changed still call
 ]

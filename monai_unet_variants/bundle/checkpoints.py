@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from monai.handlers import CheckpointLoader
 
+from ..networks.base import first_shape_mismatch
+
 __all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "OutputError", "RandomStates",
            "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "sweep_temporaries"]
 
@@ -394,10 +396,9 @@ def _state_mismatch(content: Any, load_dict: Mapping[str, Any]) -> str:
     shape (``"encoder.blocks.0.0.conv.weight is [4, 1, 3, 3, 3] in the checkpoint, [16, 1, 3, 3, 3] in the
     network"``), else the tensors that only one of them has; ``""`` when they fit."""
     for mine, state in _network_states(content, load_dict):
-        for name, tensor in mine.items():
-            shape = getattr(state.get(name), "shape", None)
-            if shape is not None and shape != tensor.shape:
-                return f"{name} is {list(shape)} in the checkpoint, {list(tensor.shape)} in the network"
+        where = first_shape_mismatch(mine, state)
+        if where:
+            return where
         extra, lacking = [k for k in state if k not in mine], [k for k in mine if k not in state]
         if extra or lacking:
             parts = [f"{len(extra)} saved tensor(s) the network lacks (e.g. {extra[0]})" if extra else "",

@@ -43,11 +43,23 @@ from .blocks import UPSAMPLE_MODES
 from .blocks.layers import BLOCKS, LayerArg, check_layer_args, check_spatial_dims
 
 __all__ = [
-    "BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "UNetEncoder", "check_unet_args", "make_block", "positive_ints",
+    "BLOCKS", "DOWNSAMPLE_MODES", "INTERP_MODES", "UNetBase", "UNetEncoder", "check_unet_args", "first_shape_mismatch",
+    "make_block", "positive_ints",
 ]
 
 DOWNSAMPLE_MODES = ("maxpool", "conv")
 INTERP_MODES = ("nearest", "linear")
+
+
+def first_shape_mismatch(own: Mapping[str, Any], saved: Mapping[str, Any], prefix: str = "") -> str:
+    """The first tensor of the state dict ``own`` that ``saved`` holds (under ``prefix``) in another shape, in words
+    (``"encoder.blocks.0.0.conv.weight is [4, 1, 3, 3, 3] in the checkpoint, [16, 1, 3, 3, 3] in the network"``);
+    ``""`` when every shared tensor has the same shape."""
+    for name, tensor in own.items():
+        shape = getattr(saved.get(prefix + name), "shape", None)
+        if shape is not None and shape != tensor.shape:
+            return f"{name} is {list(shape)} in the checkpoint, {list(tensor.shape)} in the network"
+    return ""
 
 
 def positive_ints(name: str, values: Any) -> tuple[int, ...]:
@@ -237,6 +249,7 @@ class UNetBase(nn.Module):
         super().__init__()
         self.deep_supervision = False
         self._register_load_state_dict_pre_hook(self._legacy_keys)
+        self._register_load_state_dict_pre_hook(self._refuse_other_shapes)
 
     def _build_encoder(
         self,
@@ -311,6 +324,19 @@ class UNetBase(nn.Module):
                 if new != rest and new in own:
                     state_dict[prefix + new] = state_dict.pop(key)
                     break
+
+    def _refuse_other_shapes(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """Refuse a state dict whose tensors have other shapes than this network's (saved from other widths or
+        another variant) with one line that says so and names the widths, before torch lists every such tensor."""
+        where = first_shape_mismatch(self.state_dict(keep_vars=True), state_dict, prefix)
+        if where:
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: the checkpoint does not fit this network "
+                f"(widths {list(self.encoder.out_channels)}): {where}. It was saved from a network of other widths or "
+                "another variant: build the one it was trained with (--channels; a bundle reads the widths from the "
+                "training_options.json beside --ckpt_path, so with ckpt_export or onnx_export give --ckpt_path the "
+                "file given as --ckpt_file)"
+            )
 
     @torch.jit.export
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
