@@ -1130,6 +1130,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs with AMP fp16)")
     p.add_argument("--dims", default="2,3", help="spatial dims to measure (default 2,3)")
     p.add_argument("--networks", default="", help="comma-separated names (default: every registered network)")
+    p.add_argument("--monai_networks", default=",".join(MONAI_NETS),
+                   help="MONAI's networks measured beside them, comma-separated (default: all of "
+                        f"{', '.join(MONAI_NETS)}; '' none: their ratios are then left out)")
     p.add_argument("--channels", default="16,32,64,128,256", help="widths (default: the bundles')")
     p.add_argument("--size2d", type=int, default=256, help="2D patch edge (default 256)")
     p.add_argument("--size3d", type=int, default=96, help="3D patch edge (default 96)")
@@ -1232,8 +1235,12 @@ def plan(args: argparse.Namespace) -> list[dict]:
             "repeats": args.repeats, "norm": ["instance", {"affine": True}], "amp": amp,
             "compile_backend": args.compile_backend, "profile": args.profile}
     names = args.networks.split(",") if args.networks else [n for n in list_networks() if n != "composable"]
-    option_names = [*names, *MONAI_NETS] if args.option_networks == "all" else args.option_networks.split(",")
-    names = [*names, *(v for v in VARIANTS if VARIANTS[v][0] in names), *MONAI_NETS]
+    monai = [n.strip() for n in args.monai_networks.split(",") if n.strip()]
+    unknown = [n for n in monai if n not in MONAI_NETS]
+    if unknown:
+        raise SystemExit(f"--monai_networks: unknown {unknown[0]!r}; choose from {', '.join(MONAI_NETS)}")
+    option_names = [*names, *monai] if args.option_networks == "all" else args.option_networks.split(",")
+    names = [*names, *(v for v in VARIANTS if VARIANTS[v][0] in names), *monai]
     options = parse_options(args.options)
     option_dims = {int(d) for d in (args.option_dims or args.dims).split(",")}
     cases = [{"kind": "roof", **base, "size": args.roof_size, "spatial_dims": 3, "network": "conv3d_64"}]
