@@ -17,6 +17,7 @@ Label does for a bundle it hosts.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import pkgutil
@@ -127,11 +128,13 @@ def _formatters() -> tuple[Any, Any]:
     return black, isort
 
 
+@functools.lru_cache(maxsize=512)  # every bundle carries the same modules: each text is formatted once
 def _isorted(code: str) -> str:
     """``code`` with its imports as the zoo's isort (profile black, line length 120) sorts them."""
     return _formatters()[1].code(code, profile="black", line_length=LINE_LENGTH)
 
 
+@functools.lru_cache(maxsize=512)
 def _blacked(code: str) -> str:
     """``code`` as the zoo's black (line length 120) formats it."""
     black = _formatters()[0]
