@@ -321,9 +321,9 @@ def test_checkpoints_saved_before_the_parts_were_modules_still_load(name):
 
 
 def test_a_checkpoint_of_other_widths_is_refused_in_one_line(name):
-    """Weights saved from other widths fail to load with one line naming the network's widths and the first tensor
-    that differs, in place of torch's list of every mismatched tensor; a compiled or wrapped network (a prefix)
-    says the same."""
+    """Weights saved from other widths (or for other classes) fail to load with one line naming the network's widths
+    and the first tensor that differs, in place of torch's list of every mismatched tensor; a compiled or wrapped
+    network (a prefix) says the same."""
     net = tiny_net(name, 2)
     wider = tiny_net(name, 2, channels=[2 * c for c in tiny_kwargs(name, 2)["channels"]])
     widths = str(list(net.encoder.out_channels))
@@ -334,6 +334,8 @@ def test_a_checkpoint_of_other_widths_is_refused_in_one_line(name):
     wrapped = torch.nn.ModuleDict({"module": net})
     with pytest.raises(RuntimeError, match=re.escape(f"(widths {widths})")):
         wrapped.load_state_dict({f"module.{k}": v for k, v in wider.state_dict().items()})
+    with pytest.raises(RuntimeError, match=r"head\S* is \[2, .* in the checkpoint, \[3, .*input channels or classes"):
+        net.load_state_dict(tiny_net(name, 2, out_channels=2).state_dict())  # trained for two classes
     net.load_state_dict(tiny_net(name, 2).state_dict())  # the same widths still load
 
 

@@ -326,16 +326,17 @@ class UNetBase(nn.Module):
                     break
 
     def _refuse_other_shapes(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        """Refuse a state dict whose tensors have other shapes than this network's (saved from other widths or
-        another variant) with one line that says so and names the widths, before torch lists every such tensor."""
+        """Refuse a state dict whose tensors have other shapes than this network's (saved from other widths, channels
+        or classes, or another variant) with one line that says so and names the widths, before torch lists every
+        such tensor."""
         where = first_shape_mismatch(self.state_dict(keep_vars=True), state_dict, prefix)
         if where:
             raise RuntimeError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: the checkpoint does not fit this network "
-                f"(widths {list(self.encoder.out_channels)}): {where}. It was saved from a network of other widths or "
-                "another variant: build the one it was trained with (--channels; a bundle reads the widths from the "
-                "training_options.json beside --ckpt_path, so with ckpt_export or onnx_export give --ckpt_path the "
-                "file given as --ckpt_file)"
+                f"(widths {list(self.encoder.out_channels)}): {where}. It was saved from a network of other widths, "
+                "input channels or classes, or another variant: build the one it was trained with (--channels; a "
+                "bundle reads the widths from the training_options.json beside --ckpt_path, so with ckpt_export or "
+                "onnx_export give --ckpt_path the file given as --ckpt_file)"
             )
 
     @torch.jit.export
