@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,6 +103,54 @@ def test_benchmark_trials_and_waves():
     assert measured("--monai_networks", "") == {("unet", "")}
     with pytest.raises(SystemExit, match="--monai_networks: unknown 'basicunet'"):
         measured("--monai_networks", "basicunet")
+
+
+def _component(target: str) -> Any:
+    """The class a config's ``_target_`` names: a dotted path, or a short name of MONAI's handlers, engines, inferers
+    or transforms (as MONAI's config resolves it)."""
+    import pydoc
+
+    import monai
+
+    found = pydoc.locate(target) if "." in target else None
+    for module in (monai.handlers, monai.engines, monai.inferers, monai.transforms):
+        found = found or getattr(module, target, None)
+    assert found is not None, f"_target_ {target!r} not found"
+    return found
+
+
+def test_the_gpu_scripts_default_plan_names_only_what_exists():
+    """A GPU session has 15 minutes: the default plan of ``benchmarks/gpu_check.sh`` must parse, and every override
+    of its sliding-window and bundle trials must be an id of the flagship's config (a new key only as an argument
+    that its component takes), or a process setting the benchmark applies itself."""
+    import inspect
+    import re
+    import shlex
+
+    from monai.bundle import ConfigParser
+
+    run = _bench()
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    default = re.search(r"\$\{BENCH_ARGS:-(.*?)\}\s*\\\n", script, re.DOTALL).group(1)
+    cases = run.plan(run.parse_args(["--device", "cuda", *shlex.split(default)]))
+    trials = [c for c in cases if c["kind"] in ("sliding_window", "bundle") and c["overrides"]]
+    assert {c["kind"] for c in trials} == {"sliding_window", "bundle"}
+    for case in trials:
+        config = "inference.json" if case["kind"] == "sliding_window" else "train.json"
+        parser = ConfigParser()
+        parser.read_config(str(run.FLAGSHIP / "configs" / config))
+        for key in case["overrides"]:
+            if key in run.TRIAL_SETTINGS:
+                continue
+            parent, _, leaf = key.rpartition("#")
+            node = parser.get(parent) if parent else parser.get()
+            if (isinstance(node, dict) and leaf in node) or (isinstance(node, list) and int(leaf) < len(node)):
+                continue
+            where = f"trial {case['trial']!r}: {key} ({config})"
+            assert isinstance(node, dict) and "_target_" in node, f"{where} is not an id of the config"
+            takes = inspect.signature(_component(node["_target_"])).parameters
+            assert leaf in takes or any(p.kind is p.VAR_KEYWORD for p in takes.values()), \
+                f"{where}: {node['_target_']} takes no {leaf!r}"
 
 
 def test_kernel_profile_sums_what_the_device_ran():
