@@ -106,15 +106,13 @@ def test_benchmark_trials_and_waves():
 
 
 def _component(target: str) -> Any:
-    """The class a config's ``_target_`` names: a dotted path, or a short name of MONAI's handlers, engines, inferers
-    or transforms (as MONAI's config resolves it)."""
+    """The class a config's ``_target_`` names, found as MONAI's config finds it (a short name such as
+    ``StatsHandler`` through its component locator)."""
     import pydoc
 
-    import monai
+    from monai.bundle.config_item import ConfigComponent
 
-    found = pydoc.locate(target) if "." in target else None
-    for module in (monai.handlers, monai.engines, monai.inferers, monai.transforms):
-        found = found or getattr(module, target, None)
+    found = pydoc.locate(ConfigComponent({"_target_": target}).resolve_module_name())
     assert found is not None, f"_target_ {target!r} not found"
     return found
 
