@@ -48,7 +48,7 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # shellcheck disable=SC2086
     timeout -s INT "${BENCH_TIMEOUT:-420}" python3 benchmarks/run.py --device cuda --out "$OUT/bench" \
         --repeats 10 --warmup 3 --roof_size 128 --case_timeout ${CASE_TIMEOUT:-300} $SW_CKPT \
-        ${BENCH_ARGS:---dims 3 --networks unet --sections networks,sliding_window,bundle --jobs 16 --profile --options compile:unet/attention_unet/monai_basicunet,compile+channels_last:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm+no_layout_opt:unet/attention_unet --sw_trials "compile=false,sw_batch_size=2;channels_last=false;cl_inputs=true,cl_norm=true;cl_inputs=true,cl_norm=true,layout_opt=false" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0;cl_inputs=true,cl_norm=true,layout_opt=false;train#trainer#decollate=false,train#trainer#postprocessing=null,train#trainer#key_train_metric=null,train#handlers#4#iteration_log=false,train#handlers#5#iteration_log=false"} \
+        ${BENCH_ARGS:---dims 3 --networks unet --sections networks,sliding_window,bundle --jobs 16 --profile --options compile:unet/attention_unet/monai_basicunet,compile+channels_last:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm:unet/attention_unet,compile+channels_last+cl_inputs+cl_norm+no_layout_opt:unet/attention_unet --sw_trials "compile=false,sw_batch_size=2;channels_last=false;cl_inputs=true,cl_norm=true;cl_inputs=true,cl_norm=true,layout_opt=false" --bundle_epochs 4 --bundle_cases 24 --bundle_trials "cache_gb=0;cl_inputs=true,cl_norm=true,layout_opt=false;log_interval=1"} \
         > "$OUT/bench.log" 2>&1
     echo "benchmark: exit $?"
     grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60

@@ -227,6 +227,7 @@ OPTION_RULES: dict[str, tuple[str, ...]] = {
     "max_samples_per_class": ("int", "[1, inf)"),
     "deep_supr_num": ("int", "[1, inf)"),
     "seed": ("int?", "(-inf, inf)"),
+    "log_interval": ("int", "[0, inf)"),
     "learning_rate": ("number", "(0, inf)"),
     "val_fraction": ("number?", "(0, 1)"),
     "overlap": ("number", "[0, 1)"),

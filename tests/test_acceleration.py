@@ -116,9 +116,9 @@ def test_amp_needs_a_cuda_device(amp, device):
 def test_check_options_passes_good_values_through():
     net = tiny_unet()
     good = {"epochs": 1, "val_interval": 2, "batch_size": 2, "num_samples": 1, "sw_batch_size": 4, "num_workers": 0,
-            "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "learning_rate": 1, "val_fraction": 0.2,
-            "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4], "pixdim": [0.8, 0.8, 2],
-            "hu_window": (-100, 240.5), "channels": (8, 16, 32), "device": "cpu", "amp": "false",
+            "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "log_interval": 0, "learning_rate": 1,
+            "val_fraction": 0.2, "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4],
+            "pixdim": [0.8, 0.8, 2], "hu_window": (-100, 240.5), "channels": (8, 16, 32), "device": "cpu", "amp": "false",
             "data_device": torch.device("cpu"), "sw_device": "cpu"}
     assert set(good) == set(OPTION_RULES)
     checked = check_options(good, net)

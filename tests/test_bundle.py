@@ -1200,7 +1200,8 @@ def test_multi_gpu_config_silences_the_right_handlers():
     assert sorted(off["validate"]) == sorted(t["_target_"].rsplit(".", 1)[-1] for t in train["validate"]["handlers"])
     kept = [h["_target_"].rsplit(".", 1)[-1] for i, h in enumerate(train["train"]["handlers"])
             if f"train#handlers#{i}#_disabled_" not in multi]
-    assert kept == ["SafeCheckpointLoader", "LrScheduleHandler", "FinalValidationHandler", "SkippedCasesReport"]
+    assert kept == ["SafeCheckpointLoader", "LrScheduleHandler", "FinalValidationHandler", "SkippedCasesReport",
+                    "DecollateOnDevice"]  # every rank splits its output and scores its share
 
 
 # ------------------------------------------------------------------------------- deep supervision in the bundles

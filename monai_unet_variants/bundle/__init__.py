@@ -8,6 +8,7 @@
 - ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
 - ``caching``: preprocessed cases within a memory budget, the rest in a persistent on-disk cache;
 - ``metrics``: per-case Dice and HD95 tables;
+- ``syncfree``: the training iteration's decollation, Dice and loss lines without host reads of device values;
 - ``losses``: MONAI's deep-supervision loss for the family's stacked output (``MainOutputd`` gives the metrics
   the main output).
 
@@ -42,6 +43,7 @@ from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks
 from .history import TrainingHistory
 from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
+from .syncfree import DecollateOnDevice, SyncFreeDiceMetric, SyncFreeMeanDice, every_n_iterations
 from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
 from .transforms import EVAL_SPACES, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
@@ -55,6 +57,7 @@ __all__ = [
     "CheckCased",
     "CheckedCacheDataset",
     "CheckedThreadDataLoader",
+    "DecollateOnDevice",
     "DicomSeriesError",
     "FinalValidationHandler",
     "EVAL_SPACES",
@@ -70,6 +73,8 @@ __all__ = [
     "SegmentationWriter",
     "SkippedCasesReport",
     "StackedDeepSupervisionLoss",
+    "SyncFreeDiceMetric",
+    "SyncFreeMeanDice",
     "TRAINING_OPTIONS",
     "TrainingHistory",
     "Uncached",
@@ -80,6 +85,7 @@ __all__ = [
     "check_trained_options",
     "claim_training_folders",
     "eval_space",
+    "every_n_iterations",
     "find_bundle_root",
     "inference_inputs",
     "load_datalist",

@@ -1,0 +1,156 @@
+"""The training iteration's bookkeeping without host reads (``monai_unet_variants.bundle.syncfree``): the same
+values as MONAI's pieces, and a flagship training iteration that reads nothing back between the optimizer step and
+the next batch."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import traceback
+
+import pytest
+import torch
+
+from conftest import FLAGSHIP
+from monai_unet_variants.bundle import DecollateOnDevice, SyncFreeDiceMetric, SyncFreeMeanDice, every_n_iterations
+
+
+def _maps(seed: int, batch: int, classes: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A one-hot prediction and label; class 1 absent from sample 0's label and class 2 from its prediction, and
+    class 1 absent from both in sample 1, so that every empty case of Dice is scored."""
+    g = torch.Generator().manual_seed(seed)
+    pred = torch.randint(0, classes, (batch, *shape), generator=g)
+    label = torch.randint(0, classes, (batch, *shape), generator=g)
+    label[0][label[0] == 1] = 0
+    pred[0][pred[0] == 2] = 0
+    pred[1][pred[1] == 1], label[1][label[1] == 1] = 0, 0
+    onehot = lambda x: torch.nn.functional.one_hot(x, classes).movedim(-1, 1).float()  # noqa: E731
+    return onehot(pred), onehot(label)
+
+
+@pytest.mark.parametrize("shape", [(12, 10), (8, 6, 5)], ids=["2d", "3d"])
+@pytest.mark.parametrize("include_background", [False, True])
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_sync_free_dice_scores_as_monais_dice(shape, include_background, ignore_empty):
+    from monai.metrics import DiceMetric
+
+    pred, label = _maps(0, 3, 3, shape)
+    ours = SyncFreeDiceMetric(include_background=include_background, ignore_empty=ignore_empty)
+    theirs = DiceMetric(include_background=include_background, ignore_empty=ignore_empty)
+    expected = theirs(pred, label)
+    assert expected.isnan().any() == ignore_empty  # the empty classes are in the data
+    torch.testing.assert_close(ours(pred, label), expected, equal_nan=True)
+    torch.testing.assert_close(ours(pred, label.argmax(1, keepdim=True)), expected, equal_nan=True)  # indices
+    torch.testing.assert_close(ours.aggregate(), theirs.aggregate())
+    with pytest.raises(ValueError, match="one-hot maps of one shape"):
+        ours(pred, label[:, :2])
+
+
+def test_sync_free_mean_dice_is_monais_mean_dice_over_an_epoch():
+    """Per-sample outputs (as the trainer's decollated output) over three iterations: the same epoch value."""
+    from ignite.engine import Engine
+    from monai.handlers import MeanDice, from_engine
+
+    batches = [_maps(seed, 2, 3, (9, 7, 6)) for seed in range(3)]
+
+    def step(engine, batch):
+        return [{"pred": p, "label": g} for p, g in zip(*batch, strict=True)]
+
+    values = {}
+    for name, handler in (("ours", SyncFreeMeanDice), ("monai", MeanDice)):
+        engine = Engine(step)
+        handler(include_background=False, output_transform=from_engine(["pred", "label"])).attach(engine, name)
+        values[name] = engine.run(batches, max_epochs=1).metrics[name]
+    assert isinstance(values["ours"], float) and values["ours"] == pytest.approx(values["monai"], abs=1e-6)
+    assert 0.1 < values["ours"] < 0.6  # random maps of three classes: a real mean, not an empty one
+
+
+def test_decollate_on_device_splits_per_sample_and_keeps_the_loss_a_tensor():
+    from monai.engines.utils import IterationEvents
+    from monai.transforms import AsDiscreted
+
+    class State:
+        pass
+
+    class Engine:
+        state = State()
+
+        def add_event_handler(self, event, handler):
+            self.event, self.handler = event, handler
+
+    engine = Engine()
+    pred = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = (pred ** 2).mean()
+    engine.state.batch = {"image": torch.rand(2, 1, 4, 4), "label": torch.randint(0, 3, (2, 1, 4, 4)).float()}
+    engine.state.output = {"image": engine.state.batch["image"], "label": engine.state.batch["label"], "pred": pred,
+                           "loss": loss}
+    handler = DecollateOnDevice(AsDiscreted(keys=["pred", "label"], argmax=[True, False], to_onehot=3))
+    handler.attach(engine)
+    assert engine.event == IterationEvents.MODEL_COMPLETED and engine.handler is handler
+    handler(engine)
+    out = engine.state.output
+    assert isinstance(out, list) and len(out) == 2 and len(engine.state.batch) == 2
+    for i, item in enumerate(out):
+        assert isinstance(item["loss"], torch.Tensor) and item["loss"].ndim == 0 and not item["loss"].requires_grad
+        assert item["loss"] == loss.detach()
+        assert item["pred"].shape == (3, 4, 4) and not item["pred"].requires_grad
+        assert torch.equal(item["pred"].argmax(0), pred[i].detach().argmax(0))  # postprocessed: one-hot
+        assert torch.equal(item["label"].argmax(0), engine.state.batch[i]["label"][0].long())
+    with pytest.raises(RuntimeError, match="decollate=False"):
+        handler(engine)  # the output decollated already (MONAI's decollation left on)
+
+
+def test_every_n_iterations_means_what_is_typed():
+    assert every_n_iterations(1) is True and every_n_iterations(0) is False
+    every3 = every_n_iterations(3)
+    assert [i for i in range(1, 10) if every3(None, i)] == [3, 6, 9]
+    for bad in (-1, 2.5, "x", True):
+        with pytest.raises(ValueError, match="--log_interval must be a whole number"):
+            every_n_iterations(bad)
+
+
+#: the ways a tensor's value reaches the host (each a device sync where the tensor lives on a GPU)
+_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "__array__", "nonzero",
+          "any", "all")
+
+
+def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sample, monkeypatch):
+    """The flagship's training iterations, counted from the end of the backward pass to the last handler of the
+    iteration (the optimizer's own step counter left out): no tensor value is read on the host (MONAI's ``MeanDice``
+    and decollation read five per iteration here) except the loss, by the console and TensorBoard lines, on every
+    ``--log_interval``-th iteration only."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+    from monai.engines.utils import IterationEvents
+
+    workflow = ConfigWorkflow(config_file=str(FLAGSHIP / "configs" / "train.json"), workflow_type="train",
+                              logging_file=False, dataset_dir=str(sample), ckpt_dir=str(tmp_path / "models"),
+                              output_dir=str(tmp_path / "eval"), epochs=2, val_interval=100, roi_size=[32, 32, 32],
+                              num_workers=0, log_interval=3, **{"network_def#channels": [4, 8, 16, 32, 64]})
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    main, counting, reads = threading.get_ident(), {"on": False}, collections.defaultdict(list)
+
+    def wrapped(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if counting["on"] and threading.get_ident() == main:
+                stack = traceback.extract_stack()
+                if not any("/torch/optim/" in frame.filename for frame in stack):
+                    reads[trainer.state.iteration].append(f"{name} at {stack[-2].filename}:{stack[-2].lineno}")
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in _READS:
+        monkeypatch.setattr(torch.Tensor, name, wrapped(name))
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda _: counting.update(on=True))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: counting.update(on=False))  # the last handler
+    workflow.run()
+    iterations = trainer.state.iteration
+    assert iterations >= 4 and trainer.state.metrics["train_mean_dice"] >= 0  # the training Dice is still there
+    lines = {i for i in range(1, iterations + 1) if i % 3 == 0}
+    assert {i: r for i, r in reads.items() if i not in lines} == {}
+    for i in lines:  # the console's and TensorBoard's loss lines, one read each
+        assert len(reads[i]) == 2 and all(r.startswith("item at ") for r in reads[i]), reads[i]
