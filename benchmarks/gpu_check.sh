@@ -13,7 +13,8 @@
 # takes the layout its input has in the graph, and instance norm copies to channels-first. The plan measures
 # acceleration.keep_channels_last (cl_inputs, cl_norm; no_layout_opt: Inductor's layout optimization off, so that
 # inference graphs keep the inputs' layout too) on the networks, the sliding window and the bundle, with the bundle's
-# data wait when every cached case is on disk (cache_gb=0). On a lent machine's 15 minutes:
+# data wait when every cached case is on disk (cache_gb=0), and the cost of one read of the loss per iteration
+# (log_interval=1; the bundles read nothing else back in a training iteration). On a lent machine's 15 minutes:
 #   OUT=$OUT BENCH_TIMEOUT=360 CASE_TIMEOUT=220 TEST_TIMEOUT=150 bash benchmarks/gpu_check.sh
 #
 # Steps: SKIP_BENCH=1 or SKIP_TESTS=1 leave one out, TEST_SELECT="expr" passes -k to pytest. SW_CHECKPOINT (default
@@ -52,6 +53,13 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
         > "$OUT/bench.log" 2>&1
     echo "benchmark: exit $?"
     grep -v -E "^\s*$|it/s\]|case/s\]" "$OUT/bench.log" | tail -60
+fi
+
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+    # the host's time for a training iteration's output bookkeeping, MONAI's pieces against the bundles' (~10 s)
+    timeout 45 python3 benchmarks/iteration_output.py --device cuda --size 96 --repeats 10 > "$OUT/iteration_output.txt" 2>&1
+    echo "iteration output: exit $?"
+    tail -4 "$OUT/iteration_output.txt"
 fi
 
 if [ "${SKIP_TESTS:-0}" != 1 ]; then

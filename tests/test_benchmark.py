@@ -327,3 +327,19 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert done and len(done) < len(results)
     assert all(r["error"] == "not run: the benchmark was interrupted" for r in results if "error" in r)
     assert f"interrupted; {len(done)} of {len(results)} cases finished" in stderr
+
+
+def test_iteration_output_benchmark_compares_the_bundles_bookkeeping_with_monais(capsys):
+    """``benchmarks/iteration_output.py`` at a tiny size: both ways score the same Dice; MONAI's reads tensor values
+    back every iteration, the bundles' none."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("iteration_output", REPO / "benchmarks" / "iteration_output.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--size", "8", "--repeats", "2", "--warmup", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    monai, ours = (next(line for line in lines if line.strip().startswith(w)) for w in ("MONAI", "bundles"))
+    reads = [float(line.split("reads/iteration")[1].split()[0]) for line in (monai, ours)]
+    assert reads[0] >= 4 and reads[1] == 0, lines
+    assert monai.rsplit("Dice", 1)[1] == ours.rsplit("Dice", 1)[1] and "the same Dice: True" in lines[-1]

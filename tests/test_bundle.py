@@ -1244,7 +1244,7 @@ def _deep_supervision_bundles() -> list[str]:
 def test_bundle_trains_every_deep_supervision_head_it_declares(name):
     """The bundle's own configs wired together as the trainer uses them: its network (UNet++ and UNet 3+ with the
     papers' deep supervision) in training mode, its loss on the stacked output, its training postprocessing giving
-    the metrics the main output; every head's weights get a gradient, and eval mode returns one output."""
+    the training Dice the main output; every head's weights get a gradient, and eval mode returns one output."""
     from monai.bundle import ConfigParser
     from monai.data import decollate_batch
 
@@ -1266,7 +1266,11 @@ def test_bundle_trains_every_deep_supervision_head_it_declares(name):
     assert len({n.rsplit(".", 1)[0] for n in head_grads}) == heads  # one convolution per output
     assert all(g is not None and g.abs().sum() > 0 for g in head_grads.values()), head_grads.keys()
     item = post(decollate_batch({"pred": out.detach(), "label": label})[0])
-    assert item["pred"].shape == (3, 32, 32, 32) and item["label"].shape == (3, 32, 32, 32)
+    assert item["pred"].shape == (3, 32, 32, 32) and item["label"].shape == (1, 32, 32, 32)
+    torch.testing.assert_close(item["pred"], out.detach()[0, 0] if heads > 1 else out.detach()[0])  # the main output
+    dice = parser.get_parsed_content("train#key_metric#train_mean_dice").metric_fn
+    dice([item["pred"]], [item["label"]])  # the training Dice scores it as it comes
+    assert 0 <= dice.aggregate().item() <= 1
     assert net.eval()(x).shape == (1, 3, 32, 32, 32)
 
 

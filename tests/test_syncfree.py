@@ -42,6 +42,9 @@ def test_sync_free_dice_scores_as_monais_dice(shape, include_background, ignore_
     torch.testing.assert_close(ours(pred, label), expected, equal_nan=True)
     torch.testing.assert_close(ours(pred, label.argmax(1, keepdim=True)), expected, equal_nan=True)  # indices
     torch.testing.assert_close(ours.aggregate(), theirs.aggregate())
+    scores = pred * 2.0 + torch.rand(pred.shape, generator=torch.Generator().manual_seed(1))  # argmax: pred's class
+    argmax = SyncFreeDiceMetric(include_background=include_background, ignore_empty=ignore_empty, apply_argmax=True)
+    torch.testing.assert_close(argmax(scores, label.argmax(1, keepdim=True)), expected, equal_nan=True)
     with pytest.raises(ValueError, match="one-hot maps of one shape"):
         ours(pred, label[:, :2])
 

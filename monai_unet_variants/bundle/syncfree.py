@@ -54,7 +54,7 @@ class DecollateOnDevice:
 
     Example::
 
-        handler = DecollateOnDevice(Compose([Activationsd("pred", softmax=True), AsDiscreted("pred", argmax=True)]))
+        handler = DecollateOnDevice(MainOutputd("pred", ref_key="label"))  # a deep-supervision stack's main output
         handler.attach(trainer)  # a SupervisedTrainer(decollate=False, postprocessing=None, ...)
     """
 
@@ -99,21 +99,27 @@ class SyncFreeDiceMetric(DiceMetric):
         reduction: as ``DiceMetric``'s (``"mean"``: over the classes of each sample, then over the samples).
         get_not_nans: as ``DiceMetric``'s.
         ignore_empty: as ``DiceMetric``'s.
+        apply_argmax: ``y_pred`` holds class scores (logits or probabilities); each voxel is predicted its
+            highest-scoring class (as ``AsDiscrete(argmax=True, to_onehot=C)`` would make it, without the transform's
+            per-sample work on the host).
 
-    Inputs: ``y_pred`` one-hot ``(B, C, *spatial)`` (any non-zero value counts as predicted); ``y`` one-hot of
-    the same shape or class indices ``(B, 1, *spatial)``.
+    Inputs: ``y_pred`` one-hot ``(B, C, *spatial)`` (any non-zero value counts as predicted), or class scores with
+    ``apply_argmax``; ``y`` one-hot of the same shape or class indices ``(B, 1, *spatial)``.
     """
 
     def __init__(self, include_background: bool = True, reduction: str = "mean", get_not_nans: bool = False,
-                 ignore_empty: bool = True) -> None:
+                 ignore_empty: bool = True, apply_argmax: bool = False) -> None:
         super().__init__(include_background=include_background, reduction=reduction, get_not_nans=get_not_nans,
                          ignore_empty=ignore_empty)
+        self.apply_argmax = apply_argmax
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if y_pred.ndim < 3:
             raise ValueError(f"y_pred should have at least 3 dimensions (batch, channel, spatial), got "
                              f"{y_pred.ndim}")
         classes = y_pred.shape[1]
+        if self.apply_argmax:  # class scores (logits, probabilities): the highest-scoring class of each voxel
+            y_pred = torch.nn.functional.one_hot(y_pred.argmax(1), classes).movedim(-1, 1)
         if y.shape[1] == 1 and classes > 1:  # class indices
             y = torch.nn.functional.one_hot(y[:, 0].long(), classes).movedim(-1, 1)
         if y.shape != y_pred.shape:
@@ -137,17 +143,21 @@ class SyncFreeMeanDice(IgniteMetricHandler):
     Args:
         include_background: score channel 0 too.
         reduction: as ``MeanDice``'s.
+        apply_argmax: ``y_pred`` holds class scores, see ``SyncFreeDiceMetric``.
         output_transform: ``(y_pred, y)`` from the engine's output, e.g. ``from_engine(["pred", "label"])``.
         save_details: keep the per-sample scores in ``engine.state.metric_details``.
 
     Example::
 
-        SyncFreeMeanDice(include_background=False, output_transform=from_engine(["pred", "label"]))
+        # the trainer's per-sample logits and label indices, scored as MeanDice scores AsDiscrete's one-hot maps
+        dice = SyncFreeMeanDice(include_background=False, apply_argmax=True,
+                                output_transform=from_engine(["pred", "label"]))
     """
 
-    def __init__(self, include_background: bool = True, reduction: str = "mean",
+    def __init__(self, include_background: bool = True, reduction: str = "mean", apply_argmax: bool = False,
                  output_transform: Callable = lambda x: x, save_details: bool = True) -> None:
-        metric_fn = SyncFreeDiceMetric(include_background=include_background, reduction=reduction)
+        metric_fn = SyncFreeDiceMetric(include_background=include_background, reduction=reduction,
+                                       apply_argmax=apply_argmax)
         super().__init__(metric_fn=metric_fn, output_transform=output_transform, save_details=save_details)
 
 
