@@ -550,6 +550,18 @@ def test_training_history_is_a_table_and_a_picture_that_resumes(tmp_path, monkey
         _history_run(tmp_path / "file", 1)
 
 
+def test_training_history_redraws_its_picture_at_most_every_redraw_s(tmp_path, monkeypatch):
+    """The table after every epoch; the picture (~0.2 s to draw) after the first epoch, then when ``redraw_s`` has
+    passed, and at the end of training with every row in it."""
+    drawn = []
+    monkeypatch.setattr(mb.TrainingHistory, "_draw", lambda self, columns: drawn.append(sorted(self.rows)))
+    assert len(_history_run(tmp_path / "rare", 5, redraw_s=3600)) == 5
+    assert drawn == [[1], [1, 2, 3, 4, 5]]
+    drawn.clear()
+    _history_run(tmp_path / "always", 5, redraw_s=0)
+    assert drawn[0] == [1] and drawn[-1] == [1, 2, 3, 4, 5] and len(drawn) >= 5  # every epoch (and validation)
+
+
 @pytest.mark.parametrize("typed", [1e-3, 1e-4])
 def test_a_resumed_run_follows_the_learning_rate_typed(tmp_path, caplog, typed):
     """``--resume true --learning_rate 1e-4`` over a checkpoint trained from 1e-3: the optimizer's and the schedule's

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ logger = logging.getLogger("monai_unet_variants.bundle")
 
 class TrainingHistory:
     """Write ``training_history.csv`` (epoch, mean training loss, learning rate, each validation metric) and
-    ``training_curves.png`` (the loss, and the validation metrics with the best epoch marked) into ``output_dir``
-    after every epoch and every validation, each file complete or absent (``atomic_write``).
+    ``training_curves.png`` (the loss, and the validation metrics with the best epoch marked) into ``output_dir``,
+    each file complete or absent (``atomic_write``): the table after every epoch and every validation, the picture
+    after the first epoch, then at most every ``redraw_s`` seconds and when training ends (drawing takes ~0.2 s: on a
+    GPU, where an epoch of a small data set takes about a second, redrawing every epoch would be a visible share).
 
     A resumed run keeps the rows of the epochs its checkpoint holds and goes on from there; a fresh run starts a new
     table. Without matplotlib (a model-zoo environment, say) the picture is left out, said once; a file that cannot
@@ -33,6 +36,7 @@ class TrainingHistory:
         key_metric: the metric whose best epoch the picture marks. Defaults to ``"val_mean_dice"``.
         enabled: attach (``True``) or do nothing (other ranks of a distributed run). Defaults to ``True``.
         table, picture: the file names. Default to ``training_history.csv`` and ``training_curves.png``.
+        redraw_s: the least time between two drawings of the picture during training. Defaults to 30 s.
 
     Example::
 
@@ -42,7 +46,7 @@ class TrainingHistory:
 
     def __init__(self, output_dir: str, validator: Any = None, optimizer: Any = None,
                  key_metric: str = "val_mean_dice", enabled: bool = True, table: str = "training_history.csv",
-                 picture: str = "training_curves.png") -> None:
+                 picture: str = "training_curves.png", redraw_s: float = 30.0) -> None:
         self.folder = Path(output_dir)
         self.validator, self.optimizer = validator, optimizer
         self.key_metric, self.enabled = key_metric, bool(enabled)
@@ -53,6 +57,8 @@ class TrainingHistory:
         self._lr: float | None = None
         self._written = 0  # the last epoch whose end wrote the files
         self._plots = True
+        self.redraw_s = float(redraw_s)
+        self._drawn_at: float | None = None  # time.monotonic() of the last drawing
 
     def attach(self, trainer: Any) -> None:
         from ignite.engine import Events
@@ -63,12 +69,14 @@ class TrainingHistory:
         trainer.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._add_loss)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._end_epoch)
+        trainer.add_event_handler(Events.COMPLETED, lambda _: self._write(draw=True))  # after the last validation
         if self.validator is not None:
             self.validator.add_event_handler(Events.COMPLETED, lambda _: self._add_metrics(trainer))
 
     def _start(self, trainer: Any) -> None:
         """A resumed run (its checkpoint restored before this handler, at the same event) reads back its rows."""
         self.rows.clear()
+        self._drawn_at = None
         done = self._written = trainer.state.epoch  # a resumed run's table on disk holds its epochs
         if done and self.table.is_file():
             with open(self.table, newline="") as f:
@@ -110,7 +118,8 @@ class TrainingHistory:
         names = [k for row in self.rows.values() for k in row]
         return ["epoch"] + list(dict.fromkeys(names))
 
-    def _write(self) -> None:
+    def _write(self, draw: bool = False) -> None:
+        """The table; the picture too when ``draw``, when none was drawn yet or ``redraw_s`` has passed."""
         columns = self._columns()
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, fieldnames=columns)
@@ -118,8 +127,10 @@ class TrainingHistory:
         for epoch in sorted(self.rows):
             writer.writerow({"epoch": epoch, **{k: f"{v:.6g}" for k, v in self.rows[epoch].items()}})
         atomic_write(self.table, lambda f: f.write(text.getvalue().encode()))
-        if self._plots:
+        due = self._drawn_at is None or time.monotonic() - self._drawn_at >= self.redraw_s
+        if self._plots and self.rows and (draw or due):
             self._draw(columns[1:])
+            self._drawn_at = time.monotonic()
 
     def _draw(self, columns: list[str]) -> None:
         from ..visualize import pyplot, save_figure
