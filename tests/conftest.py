@@ -92,3 +92,17 @@ def training_crops(dataset, count: int, seed: int = 0) -> list[tuple[torch.Tenso
         for item in dataset[i % len(dataset)]:
             crops.append((item["image"], item["label"]))
     return crops
+
+
+def flagship_trainer(folder: Path, dataset_dir: Path, **overrides):
+    """The flagship's training workflow at test size (widths 4-64, 32³ patches, no validation until the end),
+    initialized, and its trainer: ``(workflow, trainer)``; run it with ``workflow.run()``."""
+    from monai.bundle import ConfigWorkflow
+
+    settings = {"epochs": 2, "val_interval": 100, "roi_size": [32, 32, 32], "num_workers": 0,
+                "network_def#channels": [4, 8, 16, 32, 64], **overrides}
+    workflow = ConfigWorkflow(config_file=str(FLAGSHIP / "configs" / "train.json"), workflow_type="train",
+                              logging_file=False, dataset_dir=str(dataset_dir), ckpt_dir=str(folder / "models"),
+                              output_dir=str(folder / "eval"), **settings)
+    workflow.initialize()
+    return workflow, workflow.parser.get_parsed_content("train#trainer")

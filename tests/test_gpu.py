@@ -236,3 +236,48 @@ def test_bundle_compiles_once_on_the_gpu(tmp_path, sample, compile_flag):
     net = create_network("attention_unet", spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16, 32, 64),
                          norm=("instance", {"affine": True}))
     net.load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["adamw", "fused_adamw"])
+def test_flagship_training_step_syncs_only_in_the_gradient_scaler(tmp_path, sample, fused):
+    """The flagship's AMP training on the GPU, from the end of the backward pass to the iteration's last handler
+    (gradient scaler, optimizer, output split, training Dice, handlers), with torch's sync debug mode on: the only
+    device syncs of the main thread are the gradient scaler's overflow check before an unfused optimizer's step;
+    with ``optimizer#fused`` (the flag read on the device) there are none. The loss lines are off
+    (``log_interval`` 0); each of them is one read by design."""
+    import threading
+    import warnings
+
+    from ignite.engine import Events
+    from monai.engines.utils import IterationEvents
+
+    from conftest import flagship_trainer
+
+    workflow, trainer = flagship_trainer(tmp_path, sample, device="$torch.device('cuda')", compile=False,
+                                         log_interval=0, **{"optimizer#fused": fused})
+    main, syncs = threading.get_ident(), []
+
+    def on(_: object) -> None:
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def off(_: object) -> None:
+        torch.cuda.set_sync_debug_mode("default")
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if "synchroniz" in str(message) and threading.get_ident() == main:
+            syncs.append(f"{filename}:{lineno}")
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, on)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, off)  # the last handler of the iteration
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        try:
+            workflow.run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert trainer.state.iteration >= 4 and trainer.state.metrics["train_mean_dice"] >= 0
+    if fused:
+        assert syncs == []
+    else:
+        assert syncs and all("grad_scaler.py" in place for place in syncs), syncs

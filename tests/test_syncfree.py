@@ -11,7 +11,7 @@ import traceback
 import pytest
 import torch
 
-from conftest import FLAGSHIP
+from conftest import flagship_trainer
 from monai_unet_variants.bundle import DecollateOnDevice, SyncFreeDiceMetric, SyncFreeMeanDice, every_n_iterations
 
 
@@ -123,15 +123,9 @@ def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sampl
     and decollation read five per iteration here) except the loss, by the console and TensorBoard lines, on every
     ``--log_interval``-th iteration only."""
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
     from monai.engines.utils import IterationEvents
 
-    workflow = ConfigWorkflow(config_file=str(FLAGSHIP / "configs" / "train.json"), workflow_type="train",
-                              logging_file=False, dataset_dir=str(sample), ckpt_dir=str(tmp_path / "models"),
-                              output_dir=str(tmp_path / "eval"), epochs=2, val_interval=100, roi_size=[32, 32, 32],
-                              num_workers=0, log_interval=3, **{"network_def#channels": [4, 8, 16, 32, 64]})
-    workflow.initialize()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
+    workflow, trainer = flagship_trainer(tmp_path, sample, log_interval=3)
     main, counting, reads = threading.get_ident(), {"on": False}, collections.defaultdict(list)
 
     def wrapped(name):
