@@ -47,6 +47,8 @@ def test_sync_free_dice_scores_as_monais_dice(shape, include_background, ignore_
     torch.testing.assert_close(argmax(scores, label.argmax(1, keepdim=True)), expected, equal_nan=True)
     with pytest.raises(ValueError, match="one-hot maps of one shape"):
         ours(pred, label[:, :2])
+    with pytest.raises(ValueError, match="apply_argmax needs class scores of 2 or more classes"):
+        argmax(scores[:, :1], label[:, :1])  # a sigmoid output: its argmax would predict the class everywhere
 
 
 def test_sync_free_mean_dice_is_monais_mean_dice_over_an_epoch():

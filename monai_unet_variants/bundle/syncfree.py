@@ -119,6 +119,9 @@ class SyncFreeDiceMetric(DiceMetric):
                              f"{y_pred.ndim}")
         classes = y_pred.shape[1]
         if self.apply_argmax:  # class scores (logits, probabilities): the highest-scoring class of each voxel
+            if classes < 2:
+                raise ValueError(f"apply_argmax needs class scores of 2 or more classes, got y_pred "
+                                 f"{tuple(y_pred.shape)} (one channel: threshold it into a one-hot map instead)")
             y_pred = torch.nn.functional.one_hot(y_pred.argmax(1), classes).movedim(-1, 1)
         if y.shape[1] == 1 and classes > 1:  # class indices
             y = torch.nn.functional.one_hot(y[:, 0].long(), classes).movedim(-1, 1)
