@@ -15,30 +15,18 @@ each way makes per iteration.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "nonzero")
-
-
-class _State:
-    batch: Any = None
-    output: Any = None
-
-
-class _Engine:
-    """What the bookkeeping touches of an ignite engine: its state."""
-
-    def __init__(self) -> None:
-        self.state = _State()
 
 
 def ways(train_json: Path) -> dict[str, tuple[Callable[[Any], None], Any]]:
@@ -85,43 +73,32 @@ def outputs(batch: int, size: int, device: torch.device, seed: int) -> tuple[dic
 
 
 def measure(way: Callable[[Any], None], metric: Any, args: argparse.Namespace, device: torch.device) -> dict:
-    """Median host time per iteration (the device's work is waited for after the timing), reads per iteration,
-    and the epoch's metric value."""
+    """Median host time per iteration (the device's work is waited for after the timing), reads per iteration
+    (counted in the warm-up iterations: recording a read's stack costs time), and the epoch's metric value."""
     from ignite.engine import Engine
+
+    from monai_unet_variants.bundle import host_reads
 
     metric.attach(Engine(lambda e, b: None), "dice")  # as the trainer attaches it; updated by hand below
     metric.reset()
-    reads = {"n": 0}
-    originals = {n: getattr(torch.Tensor, n) for n in READS}
-
-    def counted(name: str) -> Callable:
-        def read(self: torch.Tensor, *a: Any, **k: Any) -> Any:
-            reads["n"] += 1
-            return originals[name](self, *a, **k)
-
-        return read
-
-    times = []
+    times, reads = [], 0
     for i in range(args.warmup + args.repeats):
-        engine = _Engine()
-        engine.state.batch, engine.state.output = outputs(args.batch, args.size, device, seed=i)
+        batch, output = outputs(args.batch, args.size, device, seed=i)
+        engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))  # what the bookkeeping touches
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        for n in READS:
-            setattr(torch.Tensor, n, counted(n))
-        start = time.perf_counter()
-        try:
+        counting = host_reads() if i < args.warmup else contextlib.nullcontext([])  # the timed ones run plain
+        with counting as found:
+            start = time.perf_counter()
             way(engine)
-            metric.update(metric._output_transform(engine.state.output))
+            metric.iteration_completed(engine)
             host = time.perf_counter() - start
-        finally:
-            for n, f in originals.items():
-                setattr(torch.Tensor, n, f)
+        reads += len(found)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= args.warmup:
             times.append(host)
-    per_iteration = reads["n"] / (args.warmup + args.repeats)
+    per_iteration = reads / args.warmup
     return {"host_ms": 1000 * statistics.median(times), "reads": per_iteration, "dice": float(metric.compute())}
 
 
@@ -131,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=96, help="the patch's edge (voxels)")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first, whose reads are counted (>= 1)")
     p.add_argument("--train_json", default=str(REPO / "bundles" / "attunet_pancreas" / "configs" / "train.json"))
     args = p.parse_args(argv)
+    if args.warmup < 1:
+        p.error("--warmup must be 1 or more: the reads are counted in the warm-up iterations")
     device = torch.device(args.device)
     results = {name: measure(way, metric, args, device) for name, (way, metric) in ways(Path(args.train_json)).items()}
     print(f"output bookkeeping of one training iteration, batch {args.batch} x 3 classes x {args.size}^3, {device}, "

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import collections
 import threading
-import traceback
 
 import pytest
 import torch
 
 from conftest import flagship_trainer
-from monai_unet_variants.bundle import DecollateOnDevice, SyncFreeDiceMetric, SyncFreeMeanDice, every_n_iterations
+from monai_unet_variants.bundle import (
+    HOST_READS,
+    DecollateOnDevice,
+    SyncFreeDiceMetric,
+    SyncFreeMeanDice,
+    every_n_iterations,
+    host_reads,
+)
 
 
 def _maps(seed: int, batch: int, classes: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,12 +120,7 @@ def test_every_n_iterations_means_what_is_typed():
             every_n_iterations(bad)
 
 
-#: the ways a tensor's value reaches the host (each a device sync where the tensor lives on a GPU)
-_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "__array__", "nonzero",
-          "any", "all")
-
-
-def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sample, monkeypatch):
+def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sample):
     """The flagship's training iterations, counted from the end of the backward pass to the last handler of the
     iteration (the optimizer's own step counter left out): no tensor value is read on the host (MONAI's ``MeanDice``
     and decollation read five per iteration here) except the loss, by the console and TensorBoard lines, on every
@@ -128,28 +129,34 @@ def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sampl
     from monai.engines.utils import IterationEvents
 
     workflow, trainer = flagship_trainer(tmp_path, sample, log_interval=3)
-    main, counting, reads = threading.get_ident(), {"on": False}, collections.defaultdict(list)
-
-    def wrapped(name):
-        original = getattr(torch.Tensor, name)
-
-        def read(self, *args, **kwargs):
-            if counting["on"] and threading.get_ident() == main:
-                stack = traceback.extract_stack()
-                if not any("/torch/optim/" in frame.filename for frame in stack):
-                    reads[trainer.state.iteration].append(f"{name} at {stack[-2].filename}:{stack[-2].lineno}")
-            return original(self, *args, **kwargs)
-
-        return read
-
-    for name in _READS:
-        monkeypatch.setattr(torch.Tensor, name, wrapped(name))
+    main, counting = threading.get_ident(), {"on": False}
     trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, lambda _: counting.update(on=True))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda _: counting.update(on=False))  # the last handler
-    workflow.run()
+    with host_reads(lambda: counting["on"] and threading.get_ident() == main and trainer.state.iteration) as found:
+        workflow.run()
+    reads = collections.defaultdict(list)
+    for read in found:
+        if not any("/torch/optim/" in frame.filename for frame in read.stack):
+            reads[read.tag].append(read.place)
     iterations = trainer.state.iteration
     assert iterations >= 4 and trainer.state.metrics["train_mean_dice"] >= 0  # the training Dice is still there
     lines = {i for i in range(1, iterations + 1) if i % 3 == 0}
     assert {i: r for i, r in reads.items() if i not in lines} == {}
     for i in lines:  # the console's and TensorBoard's loss lines, one read each
         assert len(reads[i]) == 2 and all(r.startswith("item at ") for r in reads[i]), reads[i]
+
+
+def test_host_reads_records_reads_while_asked_and_restores_the_methods():
+    before = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    x = torch.tensor([1.5, 2.0])
+    tag = {"value": "first"}
+    with host_reads(lambda: tag["value"]) as reads:
+        x.sum().item()
+        tag["value"] = None
+        x.tolist()
+        tag["value"] = 7
+        bool(x.any())
+    x.sum().item()  # after the context: not recorded
+    assert [(r.method, r.tag) for r in reads] == [("item", "first"), ("any", 7), ("__bool__", 7)]
+    assert reads[0].place == f"item at {__file__}:{reads[0].stack[-2].lineno}"
+    assert all(getattr(torch.Tensor, name) is method for name, method in before.items())

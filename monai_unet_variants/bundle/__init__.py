@@ -43,7 +43,15 @@ from .handlers import FinalValidationHandler, end_distributed, quiet_other_ranks
 from .history import TrainingHistory
 from .losses import StackedDeepSupervisionLoss
 from .metrics import PerCaseMetricsWriter
-from .syncfree import DecollateOnDevice, SyncFreeDiceMetric, SyncFreeMeanDice, every_n_iterations
+from .syncfree import (
+    HOST_READS,
+    DecollateOnDevice,
+    HostRead,
+    SyncFreeDiceMetric,
+    SyncFreeMeanDice,
+    every_n_iterations,
+    host_reads,
+)
 from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
 from .transforms import EVAL_SPACES, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
@@ -59,6 +67,8 @@ __all__ = [
     "CheckedThreadDataLoader",
     "DecollateOnDevice",
     "DicomSeriesError",
+    "HOST_READS",
+    "HostRead",
     "FinalValidationHandler",
     "EVAL_SPACES",
     "MainOutputd",
@@ -87,6 +97,7 @@ __all__ = [
     "eval_space",
     "every_n_iterations",
     "find_bundle_root",
+    "host_reads",
     "inference_inputs",
     "load_datalist",
     "nifti_reader",

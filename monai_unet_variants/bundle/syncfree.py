@@ -11,13 +11,17 @@ console's and TensorBoard's loss lines). The pieces here keep those values on th
 - ``SyncFreeMeanDice``: ``MeanDice``'s value (the same reduction over the same per-sample, per-class scores), the
   scores computed without a branch on a device value and read once, when the epoch's metric is computed;
 - ``every_n_iterations``: the console and TensorBoard loss lines every ``--log_interval`` iterations (each line reads
-  the loss back once).
+  the loss back once);
+- ``host_reads``: every read of a tensor's value on the host while it is active, to find them (the tests and
+  ``benchmarks/iteration_output.py`` count with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+import contextlib
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from monai.handlers import IgniteMetricHandler
@@ -25,7 +29,12 @@ from monai.metrics import DiceMetric
 
 from ..options import as_int
 
-__all__ = ["DecollateOnDevice", "SyncFreeDiceMetric", "SyncFreeMeanDice", "every_n_iterations"]
+__all__ = ["HOST_READS", "DecollateOnDevice", "HostRead", "SyncFreeDiceMetric", "SyncFreeMeanDice",
+           "every_n_iterations", "host_reads"]
+
+#: the ``torch.Tensor`` methods through which a tensor's value reaches the host (on a GPU each waits for the device)
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "__array__", "nonzero",
+              "any", "all")
 
 
 def _detached(data: Any) -> Any:
@@ -186,3 +195,49 @@ def every_n_iterations(value: Any, name: str = "log_interval") -> bool | Callabl
         return iteration % n == 0
 
     return every
+
+
+class HostRead(NamedTuple):
+    """One read of a tensor's value on the host: the method, the tag ``host_reads``' ``when`` gave it, the stack."""
+
+    method: str
+    tag: Any
+    stack: traceback.StackSummary
+
+    @property
+    def place(self) -> str:
+        """``method at file:line`` of the code that called the method."""
+        caller = self.stack[-2]
+        return f"{self.method} at {caller.filename}:{caller.lineno}"
+
+
+@contextlib.contextmanager
+def host_reads(when: Callable[[], Any] = lambda: True) -> Iterator[list[HostRead]]:
+    """Record every read of a tensor's value on the host (``HOST_READS``) made while the context is active and
+    ``when()`` returns something other than ``None`` or ``False`` (kept as the read's ``tag``: e.g. the iteration).
+
+    Example::
+
+        with host_reads() as reads:
+            trainer.run()
+        print(len(reads), [r.place for r in reads][:5])
+    """
+    reads: list[HostRead] = []
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def counted(name: str) -> Callable:
+        def read(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            tag = when()
+            if tag is not None and tag is not False:
+                reads.append(HostRead(name, tag, traceback.extract_stack()))
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, counted(name))
+        yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
