@@ -113,27 +113,35 @@ def test_a_case_whose_dicom_seg_cannot_be_written_is_reported_incomplete(tmp_pat
 
 
 @pytest.mark.slow
-def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample):
-    """``--dicom_seg true`` through the bundle: a SEG beside the NIfTI output of the DICOM input (the same label map
-    on the same slices), none for the NIfTI input; the SEG counts as an output (refused when it exists)."""
+def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample, monkeypatch):
+    """``--dicom_seg true`` through the bundle: a SEG beside the NIfTI output of each DICOM input (the same label map
+    on the same slices), a series folder and the same series as one Enhanced CT file (the same label map as the
+    series', its SEG referring to its frames); none for the NIfTI input; the SEG counts as an output (refused when it
+    exists)."""
     from test_bundle import BUNDLE, TINY, run_bundle
+    from test_dicom_enhanced import _enhanced
 
+    from monai_unet_variants.bundle.dicom import _frame_headers
     from monai_unet_variants.bundle.dicom_seg import label_frames
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tmp_path / "bundle"
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("eval", "models"))
     run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
                "--epochs", "1", *TINY)
     series = tmp_path / "series_a"
     shutil.copytree(sample / "dicomTs" / "pancreas_005", series)
+    enhanced = _enhanced(series, tmp_path / "enhanced_a")
     nifti = sample / "imagesTs" / "pancreas_005.nii.gz"
     out = tmp_path / "out"
-    args = ["run", "--config_file", str(root / "configs" / "inference.json"), "--datalist", f"['{nifti}','{series}']",
-            "--output_dir", str(out), "--dicom_seg", "True", *TINY[:6]]
+    args = ["run", "--config_file", str(root / "configs" / "inference.json"), "--datalist",
+            f"['{nifti}','{series}','{enhanced.parent}']", "--output_dir", str(out), "--dicom_seg", "True", *TINY[:6]]
     proc = run_bundle(*args)
-    assert sorted(p.name for p in out.iterdir()) == ["pancreas_005_seg.nii.gz", "series_a_seg.dcm",
+    assert sorted(p.name for p in out.iterdir()) == ["enhanced_a_seg.dcm", "enhanced_a_seg.nii.gz",
+                                                     "pancreas_005_seg.nii.gz", "series_a_seg.dcm",
                                                      "series_a_seg.nii.gz"]
     assert "1 input(s) are not DICOM series" in proc.stdout + proc.stderr
+    assert f"read the multi-frame DICOM file {enhanced} (24 frames) as a volume" in proc.stdout + proc.stderr
     assert " - highdicom.base - INFO - " not in proc.stdout  # its INFO line per module copied: not the user's news
     seg = highdicom.seg.segread(str(out / "series_a_seg.dcm"))
     sources = _by_instance(series)
@@ -143,6 +151,17 @@ def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample):
     labels = np.asarray(written.dataobj)
     np.testing.assert_array_equal(frames, label_frames(labels, written.affine, sources))
     assert [int((frames == c).sum()) for c in (1, 2)] == [int((labels == c).sum()) for c in (1, 2)]
+    # the Enhanced CT: the series' volume, so the series' label map, on the same grid
+    from_enhanced = nib.load(str(out / "enhanced_a_seg.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(from_enhanced.dataobj), labels)
+    np.testing.assert_allclose(from_enhanced.affine, written.affine, atol=1e-4)
+    source = pydicom.dcmread(str(enhanced), stop_before_pixels=True)
+    seg = highdicom.seg.segread(str(out / "enhanced_a_seg.dcm"))
+    frames = seg.get_pixels_by_source_frame(source_sop_instance_uid=source.SOPInstanceUID,
+                                            source_frame_numbers=list(range(1, 25)), combine_segments=True,
+                                            ignore_spatial_locations=True)
+    np.testing.assert_array_equal(frames, label_frames(labels, written.affine,
+                                                       [f for _, f in _frame_headers(enhanced, source)]))
     (out / "series_a_seg.nii.gz").unlink()  # the SEG alone is an output too: not replaced unless told
     args[args.index("--datalist") + 1] = f"['{series}']"
     proc = run_bundle(*args, check=False)

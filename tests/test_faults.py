@@ -1051,8 +1051,9 @@ def test_a_series_sheared_by_a_gantry_tilt_is_refused(tmp_path, tilt):
 
 
 def test_a_multi_frame_file_is_named_not_taken_for_a_scout(tmp_path, series):
-    """A whole volume in one file (an Enhanced CT: 24 frames) is refused as what it is, with the conversion to use,
-    not as "1 slice, fewer than 8" (the checks read one position per file); not even with --allow_non_ct."""
+    """A whole volume in one file (24 frames) whose frames carry no positions (no per-frame functional groups, unlike
+    a real Enhanced CT: tests/test_dicom_enhanced.py) is refused as what it is, with the conversion to use, not as "1
+    slice, fewer than 8"; not even with --allow_non_ct."""
     import pydicom
     from pydicom.uid import EnhancedCTImageStorage
 
@@ -1066,7 +1067,8 @@ def test_a_multi_frame_file_is_named_not_taken_for_a_scout(tmp_path, series):
     volume.save_as(str(folder / "volume.dcm"))
     for allow in (False, True):
         with pytest.raises(mb.DicomSeriesError, match=f"{folder / 'volume.dcm'} in {folder} is a multi-frame DICOM "
-                                                      "file \\(24 frames, Enhanced CT Image Storage\\): .*dcm2niix"):
+                                                      "file \\(24 frames, Enhanced CT Image Storage\\) without a position "
+                                                      "for each frame .*dcm2niix"):
             mb.check_inputs([str(folder)], allow_non_ct=allow)
 
 

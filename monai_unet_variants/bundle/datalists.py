@@ -256,8 +256,8 @@ def list_test_images(datalist: str | os.PathLike) -> list[str]:
 def inference_inputs(datalist: Any) -> list:
     """What inference's ``--datalist`` names, as the list of its inputs: a list as it is; a datalist JSON: its
     ``test`` images; a folder holding NIfTI files: each of them, sorted, hidden files left out (any other folder is
-    one DICOM series); any other path: that one input (a NIfTI file). A path must not be read as a list of its
-    characters.
+    one DICOM series); any other path: that one input (a NIfTI file, or an Enhanced CT's DICOM file). A path must not
+    be read as a list of its characters.
 
     Raises:
         ValueError: for anything else, or when nothing is named (an empty list, a datalist without ``test``).

@@ -17,6 +17,7 @@ directly; GDCM's ordering is the same sort by position along the normal that is 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections import Counter
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DicomSeriesError", "check_dicom_folder", "series_choice"]
+__all__ = ["DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "series_choice"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -58,13 +59,14 @@ def _pixels_complete(ds: Any, path: Path) -> bool:
     return tell + length <= path.stat().st_size
 
 
-def _headers(folder: Path) -> tuple[list[tuple[Path, Any]], list[Path]]:
-    """(file, header) of every DICOM file directly in ``folder``, and the files that are not DICOM."""
+def _headers(folder: Path, files: list[Path] | None = None) -> tuple[list[tuple[Path, Any]], list[Path]]:
+    """(file, header) of every DICOM file directly in ``folder`` (or of ``files`` in it), and the files that are not
+    DICOM."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     found, other = [], []
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+    for path in files if files is not None else sorted(p for p in folder.iterdir() if p.is_file()):
         with open(path, "rb") as f:
             marked = f.read(132)[128:] == b"DICM"  # a DICOM file's own mark: such a file must read completely
         try:
@@ -204,28 +206,211 @@ def _check_stacking(folder: Path, uid: str, positions: np.ndarray, normal: np.nd
 
 def _series_folder(folder: Path, uid: str, items: list) -> Path:
     """A folder holding only the chosen series' files (links), for a reader that reads whole folders."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai_unet_variants" / "dicom_series"
+    base = _cache_dir() / "dicom_series"
     key = hashlib.sha256(f"{folder.resolve()}|{uid}".encode()).hexdigest()[:16]
     out = base / key / folder.name  # the folder's own name: outputs are still named after it
     out.mkdir(parents=True, exist_ok=True)
     for path, _ in items:
         link = out / path.name
         if not link.exists():
-            os.symlink(path.resolve(), link)
+            try:
+                os.symlink(path.resolve(), link)
+            except FileExistsError:  # another process (a second run over the same folder) made it just now
+                pass
     return out
 
 
-def _check_single_frames(folder: Path, items: list) -> None:
-    """Refuse multi-frame files (an Enhanced CT: the whole volume in one file, its slice positions in per-frame
-    sequences): the checks here read one position per file, and such a file would pass as a series of one slice."""
-    for path, ds in items:
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        if frames > 1:
-            raise DicomSeriesError(
-                f"{path} in {folder} is a multi-frame DICOM file ({frames} frames, {ds.SOPClassUID.name}): the "
-                "bundles read series of one slice per file. Convert it first, e.g. to NIfTI with dcm2niix (which "
-                "reads the per-frame positions), or to single-frame files with dcm4che's emf2sf"
-            )
+def _frame_headers(path: Path, ds: Any) -> list[tuple[Path, Any]] | None:
+    """One header per frame of a multi-frame image (an Enhanced or Legacy Converted Enhanced CT), as a single-frame
+    slice's header would hold it: ``Rows``, ``Columns`` and ``Modality``, ``PixelSpacing``,
+    ``ImageOrientationPatient`` and ``ImagePositionPatient`` from the frame's functional groups (its own, else the
+    shared ones), ``RescaleSlope`` and ``RescaleIntercept`` (1 and 0 where absent), and ``description`` naming the
+    frame; each with that name as its pseudo-path (the checks' messages name it). ``None`` when the frames
+    carry no geometry (a multi-frame file without per-frame functional groups: ultrasound, secondary capture, RT
+    dose)."""
+    from pydicom.dataset import Dataset
+
+    count = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
+    shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [Dataset()])[0]
+    if len(per_frame) != count:
+        return None
+    headers = []
+    for number, group in enumerate(per_frame, start=1):
+        def value(sequence: str, keyword: str, default: Any = None, group: Any = group) -> Any:
+            for g in (group, shared):
+                items = getattr(g, sequence, None)
+                if items and keyword in items[0] and items[0][keyword].value not in (None, ""):
+                    return items[0][keyword].value
+            return default
+
+        frame = Dataset()
+        frame.PixelSpacing = value("PixelMeasuresSequence", "PixelSpacing")
+        frame.ImageOrientationPatient = value("PlaneOrientationSequence", "ImageOrientationPatient")
+        frame.ImagePositionPatient = value("PlanePositionSequence", "ImagePositionPatient")
+        if frame.PixelSpacing is None or frame.ImageOrientationPatient is None or frame.ImagePositionPatient is None:
+            return None
+        frame.Rows, frame.Columns, frame.Modality = ds.Rows, ds.Columns, getattr(ds, "Modality", "")
+        frame.RescaleSlope = value("PixelValueTransformationSequence", "RescaleSlope", 1)
+        frame.RescaleIntercept = value("PixelValueTransformationSequence", "RescaleIntercept", 0)
+        frame.description = f"frame {number} of {path.name}"  # a plain attribute (not a DICOM element) for messages
+        headers.append((Path(frame.description), frame))
+    return headers
+
+
+def _multi_frame(folder: Path, uid: str, items: list) -> tuple[Path, Any, list] | None:
+    """``(file, header, frame headers)`` when the series is one multi-frame image whose frames carry their geometry
+    (an Enhanced CT: the whole volume in one file), ``None`` for a series of single-frame slices; any other
+    multi-frame file is refused: the checks and the reader go by one position per file or per frame."""
+    multi = [(path, ds) for path, ds in items if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
+    if not multi:
+        return None
+    path, ds = multi[0]
+    frames = int(ds.NumberOfFrames)
+    what = f"{path} in {folder} is a multi-frame DICOM file ({frames} frames, {ds.SOPClassUID.name})"
+    if len(items) > 1:
+        raise DicomSeriesError(
+            f"{what}, one of {len(items)} files of series {uid} ({len(multi)} multi-frame): a series is read as "
+            "single-slice files or as one multi-frame (Enhanced) file, not both. Put the file in a folder of its own, "
+            "or convert the series first, e.g. to NIfTI with dcm2niix")
+    headers = _frame_headers(path, ds)
+    if headers is None:
+        raise DicomSeriesError(
+            f"{what} without a position for each frame (no per-frame functional groups, as an Enhanced CT has): "
+            "its geometry cannot be known. Convert it first, e.g. to NIfTI with dcm2niix, or to single-frame files "
+            "with dcm4che's emf2sf")
+    return path, ds, headers
+
+
+#: the record beside a volume read from a multi-frame file (``enhanced_volume``): the input as given and the file
+SOURCE_RECORD = "dicom_source.json"
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai_unet_variants"
+
+
+def enhanced_volume(path: str | os.PathLike, given: str | os.PathLike | None = None,
+                    frames: list | None = None) -> Path:
+    """The volume of a multi-frame DICOM image (an Enhanced CT) as a NIfTI file that MONAI's readers read: built once
+    per file (its path, size and modification time) and input under ``~/.cache/monai_unet_variants/dicom_volumes``,
+    named after ``given`` (the folder or file of the datalist, so that outputs are named as for a series folder), with
+    a ``dicom_source.json`` record beside it (``dicom_source``: what a DICOM SEG refers to).
+
+    The frames are stacked by position along their normal (their order in the file does not matter), their stored
+    values taken to Hounsfield units with each frame's rescale slope and intercept; the affine is the one ITK gives
+    the same frames as a series of single-frame files (RAS, origin at the first frame's first pixel). It checks no
+    geometry: ``check_dicom_folder`` checks the frames as it checks a series' slices, then calls this.
+
+    Args:
+        path: the multi-frame file.
+        given: the input as the datalist names it. Defaults to ``path``.
+        frames: the frames' headers (``_frame_headers``). Defaults to reading them from ``path``.
+
+    Raises:
+        DicomSeriesError: the pixel data cannot be decoded (its transfer syntax and the decoder to install named) or
+            does not hold one grey-level plane per frame.
+    """
+    import pydicom
+
+    path = Path(path)
+    given = Path(given) if given is not None else path
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{given.resolve()}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    name = given.name[:-4] if given.name.lower().endswith(".dcm") else given.name
+    out = _cache_dir() / "dicom_volumes" / key / f"{name}.nii.gz"
+    record = out.parent / SOURCE_RECORD
+    if out.is_file() and record.is_file():
+        return out
+    ds = pydicom.dcmread(str(path))  # its header was read and checked already
+    try:
+        pixels = ds.pixel_array
+    except Exception as err:  # a decoder that is missing (JPEG 2000, JPEG-LS) or data that does not decode
+        syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        raise DicomSeriesError(
+            f"{path}: its pixel data cannot be decoded ({type(err).__name__}: {err}); transfer syntax "
+            f"{getattr(syntax, 'name', syntax)}. Install the decoder pydicom names (e.g. pip install pylibjpeg "
+            "pylibjpeg-openjpeg), or convert the file first, e.g. to NIfTI with dcm2niix") from err
+    frames = frames if frames is not None else _frame_headers(path, ds)
+    if frames is None or pixels.shape != (len(frames), int(ds.Rows), int(ds.Columns)):
+        raise DicomSeriesError(f"{path}: its pixel data has shape {pixels.shape}, not one grey-level plane of "
+                               f"{ds.Rows} x {ds.Columns} for each of its {ds.NumberOfFrames} frames")
+    volume, affine = _stack(pixels, [f for _, f in frames])
+    _write_volume(out, volume, affine)
+    from .checkpoints import atomic_write
+
+    content = json.dumps({"input": str(given.resolve()), "dicom": str(path.resolve())}, indent=2) + "\n"
+    atomic_write(record, lambda f: f.write(content.encode()))
+    logger.info(f"read the multi-frame DICOM file {path} ({len(frames)} frames) as a volume: {out}")
+    return out
+
+
+def _stack(pixels: np.ndarray, frames: list) -> tuple[np.ndarray, np.ndarray]:
+    """The frames' pixels ``(frames, rows, columns)`` as a volume ``(columns, rows, slices)`` in Hounsfield units,
+    slices ordered along the frames' normal, and its RAS affine (as ITK reads a series and MONAI turns it to RAS).
+
+    Each frame is rescaled on its own (no float64 copy of the whole volume); int16 where every slope and intercept is
+    a whole number and the values fit, else float32. The volume is the frames' memory seen in Fortran order (as NIfTI
+    stores it), not copied again."""
+    orientation = np.array([float(v) for v in frames[0].ImageOrientationPatient])
+    row_cos, col_cos = orientation[:3], orientation[3:]
+    positions = np.array([[float(v) for v in f.ImagePositionPatient] for f in frames])
+    order = np.argsort(positions @ np.cross(row_cos, col_cos), kind="stable")
+    slope = np.array([float(f.RescaleSlope) for f in frames])
+    intercept = np.array([float(f.RescaleIntercept) for f in frames])
+    low, high = float(pixels.min()), float(pixels.max())
+    ends = np.concatenate([low * slope + intercept, high * slope + intercept])
+    whole = np.all(slope == np.rint(slope)) and np.all(intercept == np.rint(intercept))
+    fits = whole and ends.min() >= np.iinfo(np.int16).min and ends.max() <= np.iinfo(np.int16).max
+    values = np.empty(pixels.shape, np.int16 if fits else np.float32)
+    for k, i in enumerate(order):
+        values[k] = pixels[i] * slope[i] + intercept[i]
+    row_spacing, col_spacing = (float(v) for v in frames[0].PixelSpacing)
+    first = positions[order[0]]
+    step = (positions[order[-1]] - first) / (len(frames) - 1) if len(frames) > 1 else np.cross(row_cos, col_cos)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_cos * col_spacing, col_cos * row_spacing, step, first
+    return values.transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _write_volume(out: Path, volume: np.ndarray, affine: np.ndarray) -> None:
+    import gzip
+
+    import nibabel as nib
+
+    from .checkpoints import atomic_write
+
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_qform(affine, code=1)
+    image.header.set_sform(affine, code=1)
+
+    def write(f: Any) -> None:
+        with gzip.GzipFile(fileobj=f, mode="wb", compresslevel=1) as z:
+            image.to_stream(z)
+
+    atomic_write(out, write, suffix=".nii.gz")
+
+
+def dicom_source(path: str | os.PathLike) -> tuple[Path, Path] | None:
+    """Where an input that the bundles read comes from, when it is DICOM: ``(input, DICOM)``, the input as the
+    datalist names it and the DICOM that a DICOM SEG of it refers to: a series folder's own path twice, the folder or
+    file of a multi-frame image and that file for a volume read from one (``enhanced_volume``); ``None`` for any other
+    input (a NIfTI file).
+
+    Examples::
+
+        >>> dicom_source("/nowhere/ct.nii.gz") is None
+        True
+    """
+    p = Path(path)
+    if p.is_dir():
+        return p, p
+    record = p.parent / SOURCE_RECORD
+    if not (p.name.endswith(".nii.gz") and record.is_file()):
+        return None
+    content = json.loads(record.read_text())
+    return Path(content["input"]), Path(content["dicom"])
 
 
 def _check_content(folder: Path, uid: str, items: list) -> None:
@@ -244,11 +429,12 @@ def _check_content(folder: Path, uid: str, items: list) -> None:
 
 
 def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, allow_non_ct: bool = False) -> str:
-    """Check a DICOM series folder and return the folder to read (itself, its one DICOM subfolder, or a folder of
-    links to the chosen series' files).
+    """Check a DICOM series folder (or one multi-frame DICOM file) and return the path to read: the folder itself, its
+    one DICOM subfolder, a folder of links to the chosen series' files, or for a series that is one multi-frame image
+    (an Enhanced CT) its volume as a NIfTI file (``enhanced_volume``).
 
     Args:
-        folder: the folder given in the datalist.
+        folder: the folder (or multi-frame file) given in the datalist.
         series: ``None`` (a folder must hold one series), ``"largest"`` or a ``SeriesInstanceUID`` to choose one of
             several (logged). Defaults to ``None``.
         allow_non_ct: read a series whose Modality is not CT, or with fewer than ``MIN_SLICES`` slices (logged).
@@ -256,12 +442,20 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
 
     Raises:
         DicomSeriesError: no DICOM files (saying what the folder holds), several series without ``series``, a slice
-            that cannot be read, a multi-frame file, slices of different sizes or pixel spacings, missing or
-            duplicated slices, uneven spacing, mixed orientations, slices sheared by a gantry tilt, a Modality other
-            than CT or too few slices (unless ``allow_non_ct``).
+            that cannot be read, a multi-frame file without per-frame positions or beside other files, a single
+            slice given as a file, slices (or frames) of different sizes or pixel spacings, missing or duplicated
+            slices, uneven spacing, mixed orientations, slices sheared by a gantry tilt, a Modality other than CT or
+            too few slices (unless ``allow_non_ct``), pixel data that cannot be decoded.
     """
-    folder = Path(folder)
-    found, other = _headers(folder)
+    given = Path(folder)
+    folder = given.parent if given.is_file() else given
+    found, other = _headers(folder, [given] if given.is_file() else None)
+    if given.is_file():
+        if not found:
+            raise DicomSeriesError(f"{given} is not a DICOM image (no SeriesInstanceUID)")
+        if int(getattr(found[0][1], "NumberOfFrames", 1) or 1) == 1:
+            raise DicomSeriesError(f"{given} is a single DICOM slice: give the folder of its series, which is read "
+                                   "as one volume")
     if not found:
         subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir()]
         with_dicom = [p for p in subfolders if _headers(p)[0]]
@@ -278,7 +472,9 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
     for path, ds in found:
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     uid, items = _choose(folder, groups, series)
-    _check_single_frames(folder, items)
+    volume = _multi_frame(folder, uid, items)
+    if volume is not None:
+        items = volume[2]
     try:
         _check_content(folder, uid, items)
     except DicomSeriesError as err:
@@ -286,6 +482,8 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
             raise
         logger.warning(f"{err} (read anyway: --allow_non_ct)")
     _check_geometry(folder, uid, items)
+    if volume is not None:
+        return str(enhanced_volume(volume[0], given, items))
     if len(groups) > 1 or other:
         return str(_series_folder(folder, uid, items))
     return str(folder)

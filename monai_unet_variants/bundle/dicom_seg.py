@@ -6,7 +6,8 @@ segment per class, coded with SNOMED CT terms, on the series' frame of reference
 and SOP Instance UIDs, so that a PACS, OHIF or 3D Slicer shows it over the series. Each frame is matched to its
 source slice by position: the voxel of every frame pixel is found through the slice's own ``ImagePositionPatient``,
 ``ImageOrientationPatient`` and ``PixelSpacing`` and the label map's affine, whatever the order of the files or the
-direction of the slices.
+direction of the slices. A multi-frame source (an Enhanced CT, read through ``dicom.enhanced_volume``) is matched
+the same way frame by frame, from its frames' functional groups, and the SEG refers to its frames.
 """
 
 from __future__ import annotations
@@ -48,28 +49,35 @@ def _version() -> str:
         return "unknown"
 
 
-def _source_slices(folder: Path) -> list[Any]:
-    """The series' slice headers (pydicom datasets, pixels not read), in file order, read as ``check_dicom_folder``
-    reads them; the folder holds one series (checked before inference)."""
-    from .dicom import _headers
+def _source_images(source: Path) -> tuple[list[Any], list[Any]]:
+    """The source's image headers (pydicom datasets, pixels not read) that the SEG refers to, and the headers of its
+    frames in the order of the SEG's frames: a series folder's slices (both, in file order, read as
+    ``check_dicom_folder`` reads them; the folder holds one series, checked before inference), or a multi-frame
+    image (an Enhanced CT) and its frames' geometry from its functional groups."""
+    from .dicom import _frame_headers, _headers
 
-    slices = [ds for _, ds in _headers(folder)[0] if "ImagePositionPatient" in ds]
-    if not slices:
-        raise ValueError(f"DICOM folder {folder} holds no image slice to reference")
-    for ds in slices:
+    if source.is_dir():
+        images = [ds for _, ds in _headers(source)[0] if "ImagePositionPatient" in ds]
+        frames = images
+    else:
+        images = [ds for _, ds in _headers(source.parent, [source])[0]]
+        frames = [f for _, f in (_frame_headers(source, images[0]) or [])] if images else []
+    if not frames:
+        raise ValueError(f"DICOM {source} holds no image slice to reference")
+    for ds in images:
         for keyword in _TYPE2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    return slices
+    return images, frames
 
 
 def label_frames(label: np.ndarray, affine: np.ndarray, slices: list[Any], source: str = "") -> np.ndarray:
-    """The label map's values at every pixel of every source slice: ``(len(slices), Rows, Columns)``.
+    """The label map's values at every pixel of every source slice (or frame): ``(len(slices), Rows, Columns)``.
 
     Args:
         label: the label map, ``(X, Y, Z)``, on the series' voxel grid.
         affine: its RAS affine (voxel index -> mm).
-        slices: the series' slice headers.
+        slices: the series' slice headers, or a multi-frame image's frame headers (``dicom._frame_headers``).
         source: the series' folder, for messages.
 
     Raises:
@@ -94,8 +102,9 @@ def label_frames(label: np.ndarray, affine: np.ndarray, slices: list[Any], sourc
         off = float(np.abs(index - nearest).max())
         inside = all((nearest[a] >= 0).all() and (nearest[a] < label.shape[a]).all() for a in range(3))
         if off > GRID_TOLERANCE or not inside:
+            where = getattr(ds, "description", None) or f"slice {ds.SOPInstanceUID}"
             raise ValueError(
-                f"DICOM series {source}: slice {ds.SOPInstanceUID} does not lie on the label map's voxel grid "
+                f"DICOM series {source}: {where} does not lie on the label map's voxel grid "
                 f"({'up to %.3g voxels off' % off if off > GRID_TOLERANCE else 'outside the label map'}); the label "
                 "map must be on the series' own grid")
         ijk = nearest.astype(np.intp)
@@ -115,7 +124,8 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | 
     Args:
         label: label map ``(X, Y, Z)`` (or ``(1, X, Y, Z)``) with values 0 and the keys of ``segments``.
         affine: its RAS affine.
-        series_folder: the folder of the source series.
+        series_folder: the folder of the source series, or the file of a multi-frame source image (an Enhanced CT,
+            whose frames the SEG's frames then refer to).
         path: the SEG file to write.
         segments: label value -> (label, SNOMED CT category name, type name in ``pydicom``'s ``codes.SCT``).
             Defaults to ``SEGMENTS``.
@@ -141,8 +151,8 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | 
     unknown = sorted({int(v) for v in np.unique(label)} - {0, *segments})
     if unknown:
         raise ValueError(f"label map for {folder} has values {unknown} that are not segments {sorted(segments)}")
-    slices = _source_slices(folder)
-    frames = label_frames(label, affine, slices, str(folder)).astype(np.uint8)
+    images, headers = _source_images(folder)
+    frames = label_frames(label, affine, headers, str(folder)).astype(np.uint8)
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=number,
@@ -157,12 +167,12 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | 
         for number, (name, category, kind) in sorted(segments.items())
     ]
     seg = hd.seg.Segmentation(
-        source_images=slices,
+        source_images=images,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
-        series_number=int(getattr(slices[0], "SeriesNumber", 0) or 0) + 1000,
+        series_number=int(getattr(images[0], "SeriesNumber", 0) or 0) + 1000,
         sop_instance_uid=generate_uid(),
         instance_number=1,
         manufacturer="monai-unet-variants",

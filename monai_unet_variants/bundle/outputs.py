@@ -24,6 +24,7 @@ import numpy as np
 from monai.transforms import SaveImaged
 
 from .checkpoints import LATEST_CHECKPOINT, OutputError, atomic_write, refuse_existing
+from .dicom import dicom_source
 
 __all__ = ["OutputsReport", "SegmentationWriter", "claim_training_folders", "output_names"]
 
@@ -116,7 +117,8 @@ def _stem(path: str) -> str:
 
 
 def output_names(inputs: Sequence[Any], postfix: str = "seg", ext: str = ".nii.gz") -> dict[str, str]:
-    """A unique output file name for every input path (a NIfTI file or a DICOM series folder).
+    """A unique output file name for every input path (a NIfTI file or a DICOM series folder; a volume read from a
+    multi-frame DICOM file is named as the folder or file that the datalist gave).
 
     The name is ``<stem>_<postfix><ext>``, the stem being the file name without its extension or the folder's
     name. Where stems collide: a DICOM folder that collides with a file gets ``_dicom`` (``ct.nii.gz`` and ``ct/``
@@ -131,7 +133,10 @@ def output_names(inputs: Sequence[Any], postfix: str = "seg", ext: str = ".nii.g
         ['siteA_ct_seg.nii.gz', 'siteB_ct_seg.nii.gz', 'liver_seg.nii.gz']
     """
     paths = list(dict.fromkeys(str(p["image"] if isinstance(p, Mapping) else p) for p in inputs))
-    names = {p: _stem(p) for p in paths}
+    # a volume read from a multi-frame DICOM file is named as its input (the folder or file of the datalist)
+    given = {p: str(source[0]) if (source := dicom_source(p)) is not None else p for p in paths}
+    dicom = {p for p in paths if Path(given[p]).is_dir() or given[p] != p}
+    names = {p: _stem(given[p]) for p in paths}
 
     def clashes() -> list[list[str]]:
         groups: dict[str, list[str]] = {}
@@ -140,12 +145,12 @@ def output_names(inputs: Sequence[Any], postfix: str = "seg", ext: str = ".nii.g
         return [g for g in groups.values() if len(g) > 1]
 
     for group in clashes():
-        if any(Path(p).is_dir() for p in group) and not all(Path(p).is_dir() for p in group):
+        if any(p in dicom for p in group) and not all(p in dicom for p in group):
             for p in group:
-                if Path(p).is_dir():
+                if p in dicom:
                     names[p] += "_dicom"
     base = dict(names)
-    parents = {p: [x for x in Path(p.rstrip("/\\")).parent.parts[::-1] if x.strip("/\\")] for p in paths}
+    parents = {p: [x for x in Path(given[p].rstrip("/\\")).parent.parts[::-1] if x.strip("/\\")] for p in paths}
     depth = dict.fromkeys(paths, 0)
     while True:  # a colliding input takes one more parent folder each round, until it stands apart
         for p in paths:
@@ -184,9 +189,9 @@ class SegmentationWriter(SaveImaged):
             Defaults to ``False``.
         keep_going: after a case that cannot be written, go on with the others (the run fails at its end, naming
             every case without output, through ``OutputsReport``) instead of failing at once. Defaults to ``True``.
-        dicom_seg: for a DICOM series input, also write a DICOM Segmentation object over the source series
-            (``<stem>_seg.dcm`` beside the NIfTI file; ``dicom_seg.write_dicom_seg``, needs highdicom); a NIfTI input
-            keeps NIfTI output. Defaults to ``False``.
+        dicom_seg: for a DICOM input (a series folder, or a multi-frame Enhanced CT), also write a DICOM
+            Segmentation object over the source series (``<stem>_seg.dcm`` beside the NIfTI file;
+            ``dicom_seg.write_dicom_seg``, needs highdicom); a NIfTI input keeps NIfTI output. Defaults to ``False``.
         algorithm: the algorithm's name in a DICOM SEG (the bundle's). Defaults to ``"monai-unet-variants"``.
         overlays: also draw ``<stem>_overlay.png`` beside each output: the written label map over its input's axial
             slice with the most foreground (``visualize.overlay_png``, needs matplotlib), to look through a run's
@@ -231,7 +236,7 @@ class SegmentationWriter(SaveImaged):
 
     def seg_target(self, source: str) -> Path | None:
         """The DICOM SEG file of input ``source``: ``None`` unless ``dicom_seg`` and ``source`` is a DICOM folder."""
-        if not (self.dicom_seg and Path(source).is_dir()):
+        if not (self.dicom_seg and dicom_source(source) is not None):
             return None
         nifti = self.target(source)
         return nifti.with_name(nifti.name.removesuffix(".nii.gz") + ".dcm")
@@ -286,7 +291,7 @@ class SegmentationWriter(SaveImaged):
             except ImportError as err:
                 raise ImportError("--dicom_seg true writes DICOM SEG objects with highdicom, which is not installed: "
                                   "pip install highdicom (part of monai-unet-variants[bundle])") from err
-            plain = [src for src in self.names if not Path(src).is_dir()]
+            plain = [src for src in self.names if dicom_source(src) is None]
             if plain:
                 logger.info(f"--dicom_seg: {len(plain)} input(s) are not DICOM series (e.g. {plain[0]}): NIfTI output "
                             "only for them")
@@ -394,7 +399,8 @@ class SegmentationWriter(SaveImaged):
         from .dicom_seg import write_dicom_seg
 
         try:
-            write_dicom_seg(array, affine, source, path, algorithm=self.algorithm, overwrite=self._may_replace(path))
+            write_dicom_seg(array, affine, dicom_source(source)[1], path, algorithm=self.algorithm,
+                            overwrite=self._may_replace(path))
         except ValueError as err:  # a label map off the series' grid: no SEG rather than a misplaced one
             raise OutputError(5, f"cannot write the DICOM SEG {path}: {err}") from err
 
