@@ -1125,6 +1125,11 @@ def _against_basicunet(rows: Sequence[dict], dims: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- main
 
 
+#: what ``--smoke`` sets, each unless typed on the command line
+SMOKE = {"channels": "8,16,32,64,128", "size2d": 64, "size3d": 32, "batch": 1, "warmup": 0, "repeats": 1,
+         "roof_size": 16, "sw_volume": "48,48,32", "sw_roi": 32, "bundle_epochs": 2, "bundle_roi": 32}
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda runs with AMP fp16)")
@@ -1186,7 +1191,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sections", default="networks,gates,sliding_window,bundle",
                    help="what to measure (default: networks,gates,sliding_window,bundle; scale: the bundle on "
                    "clinical-size sets, cache build, peak memory and epoch time against N, only when named)")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: checks the command, not speed")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes and one repeat (an option typed beside it still counts): checks the command, not "
+                   "speed")
     p.add_argument("--out", default="benchmark_results", help="folder for results.json and results.csv")
     p.add_argument("--verbose", action="store_true", help="show the children's stderr")
     p.add_argument("--in_process", action="store_true",
@@ -1204,10 +1211,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--_turn", default="", help=argparse.SUPPRESS)
     p.add_argument("--_index", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.smoke:
-        args.channels, args.size2d, args.size3d, args.batch = "8,16,32,64,128", 64, 32, 1
-        args.warmup, args.repeats, args.roof_size = 0, 1, 16
-        args.sw_volume, args.sw_roi, args.bundle_epochs, args.bundle_roi = "48,48,32", 32, 2, 32
+    if args.smoke:  # tiny sizes where the command line does not say otherwise (`--smoke --sw_volume ""` skips it)
+        unset = object()
+        p.set_defaults(**dict.fromkeys(SMOKE, unset))
+        typed = vars(p.parse_args(argv))
+        for name, value in SMOKE.items():
+            if typed[name] is unset:
+                setattr(args, name, value)
     return args
 
 

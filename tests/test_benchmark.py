@@ -71,6 +71,11 @@ def _bench():
 
 def test_benchmark_trials_and_waves():
     run = _bench()
+    # --smoke sets tiny sizes, except where the command line says otherwise
+    smoke = run.parse_args(["--smoke", "--sw_volume", "", "--bundle_epochs=0", "--repeats", "3"])
+    assert (smoke.sw_volume, smoke.bundle_epochs, smoke.repeats, smoke.size3d, smoke.warmup) == ("", 0, 3, 32, 0)
+    assert {k: getattr(run.parse_args(["--smoke"]), k) for k in run.SMOKE} == run.SMOKE
+    assert run.parse_args([]).sw_volume == "512,512,128"
     assert run.parse_options("compile,compile+channels_last:unet/denseunet") == [
         ({"compile": True}, None), ({"compile": True, "channels_last": True}, ["unet", "denseunet"])]
     with pytest.raises(SystemExit, match="unknown option 'fast'"):
@@ -300,10 +305,14 @@ def test_benchmark_children_trials_and_report(tmp_path):
     assert report.returncode == 0 and "unet +compile" in report.stdout and "sliding window [as configured]" in report.stdout
 
     slow = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--jobs", "2", "--out",
-                           str(tmp_path / "cut"), "--dims", "3", "--networks", "unet", "--sw_volume", "",
-                           "--bundle_epochs", "0", "--case_timeout", "0.5"], capture_output=True, text=True, timeout=300)
+                           str(tmp_path / "cut"), "--dims", "3", "--networks", "unet", "--monai_networks",
+                           "monai_basicunet", "--sw_volume", "", "--bundle_epochs", "0", "--case_timeout", "0.5"],
+                          capture_output=True, text=True, timeout=300)
     assert slow.returncode == 1
     assert "still preparing after 0.5 s" in slow.stdout
+    # --smoke leaves what is typed beside it: no sliding window, no bundle run
+    cut = [r["kind"] for r in json.loads((tmp_path / "cut" / "results.json").read_text())["results"]]
+    assert sorted(cut) == ["network", "network", "roof"], cut
 
     # interrupted as `timeout -s INT` does (the whole process group) once a case has finished: the finished cases
     # are written, the others reported as not run
@@ -313,7 +322,8 @@ def test_benchmark_children_trials_and_report(tmp_path):
 
     cut = tmp_path / "interrupted"
     proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--out", str(cut),
-                             "--dims", "3", "--networks", "unet", "--sw_volume", "", "--bundle_epochs", "0"],
+                             "--dims", "3", "--networks", "unet", "--monai_networks", "monai_basicunet", "--sw_volume",
+                             "", "--bundle_epochs", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     partial, deadline = cut / "results_partial.jsonl", time.monotonic() + 300
     while not (partial.is_file() and partial.read_text().strip()):
