@@ -225,3 +225,20 @@ def test_two_runs_linking_one_series_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(dicom.os, "symlink", racing)
     read = dicom.check_dicom_folder(series, "largest")
     assert len(made) == len(os.listdir(read)) == SHAPE[2]
+
+
+def test_largest_counts_an_enhanced_ct_by_its_frames(tmp_path, cache):
+    """A folder holding an Enhanced CT (one file, 12 frames) and a 3-slice series of single files (a localizer):
+    refused without a choice, each listed with its files and frames; ``--dicom_series largest`` reads the volume."""
+    series = tmp_path / "series"
+    _series(series)
+    both = tmp_path / "both"
+    _enhanced(series, both)
+    _series(tmp_path / "scout", seed=5)
+    for path in sorted((tmp_path / "scout").iterdir())[:3]:
+        shutil.copy(path, both / f"scout_{path.name}")
+    with pytest.raises(DicomSeriesError, match="holds 2 series: ") as err:
+        mb.check_inputs([str(both)])
+    assert "(1 file holding 12 frames, " in str(err.value) and "(3 files, " in str(err.value)
+    read = mb.check_inputs([str(both)], dicom_series="largest")[0]
+    assert Path(read).parent.parent == cache and tuple(_load(read).shape) == SHAPE

@@ -89,10 +89,17 @@ def _headers(folder: Path, files: list[Path] | None = None) -> tuple[list[tuple[
     return found, other
 
 
+def _slices(items: list) -> int:
+    """How many slices a series' files hold: a multi-frame file counts its frames."""
+    return sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for _, ds in items)
+
+
 def _describe(uid: str, items: list) -> str:
     ds = items[0][1]
-    return (f"{uid} ({len(items)} files, {str(getattr(ds, 'SeriesDescription', ''))!r}, "
-            f"series {getattr(ds, 'SeriesNumber', '?')})")
+    slices = _slices(items)
+    frames = f" holding {slices} frames" if slices != len(items) else ""
+    return (f"{uid} ({len(items)} file{'s' if len(items) != 1 else ''}{frames}, "
+            f"{str(getattr(ds, 'SeriesDescription', ''))!r}, series {getattr(ds, 'SeriesNumber', '?')})")
 
 
 def _choose(folder: Path, series: dict[str, list], choice: str | None) -> tuple[str, list]:
@@ -105,7 +112,7 @@ def _choose(folder: Path, series: dict[str, list], choice: str | None) -> tuple[
             "choose one with --dicom_series largest or --dicom_series <SeriesInstanceUID>"
         )
     if choice == "largest":
-        uid = max(series, key=lambda u: len(series[u]))
+        uid = max(series, key=lambda u: _slices(series[u]))  # an Enhanced CT's one file counts its frames
     elif choice in series:
         uid = choice
     else:
