@@ -978,6 +978,44 @@ def test_a_complete_series_is_read_as_it_is(series):
     assert mb.check_inputs([str(series)]) == [str(series)]
 
 
+def test_dicom_objects_beside_a_series_are_left_out_and_refused_as_inputs(tmp_path, sample, series, caplog,
+                                                                            monkeypatch):
+    """A radiotherapy or PACS export puts a structure set (no pixel data) and a DICOM SEG beside the CT slices: the
+    series is read without them (logged), not refused as holding a slice cut short or a second series; either object
+    given as an image or a label is refused, naming what it is."""
+    import pydicom
+    from monai.transforms import LoadImage
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+
+    from monai_unet_variants.bundle.dicom_seg import write_dicom_seg
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    label = nib.load(str(sample / "labelsTs" / "pancreas_005.nii.gz"))
+    seg = write_dicom_seg(np.asarray(label.dataobj), label.affine, series, tmp_path / "seg.dcm")
+    shutil.move(seg, series / "zz_seg.dcm")
+    slice_ = pydicom.dcmread(str(next(series.glob("IM*.dcm"))), stop_before_pixels=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = RTStructureSetStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    rs = FileDataset(str(series / "RS.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    rs.SOPClassUID, rs.SOPInstanceUID, rs.Modality = RTStructureSetStorage, meta.MediaStorageSOPInstanceUID, "RTSTRUCT"
+    rs.StudyInstanceUID, rs.SeriesInstanceUID = slice_.StudyInstanceUID, generate_uid()
+    rs.save_as(str(series / "RS.dcm"), enforce_file_format=True)
+
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        [read] = mb.check_inputs([str(series)])
+    assert read != str(series) and "2 other DICOM file(s) left out (not images of it, e.g. RS.dcm)" in caplog.text
+    assert sorted(p.name for p in Path(read).iterdir()) == sorted(p.name for p in series.glob("IM*.dcm"))
+    volume = LoadImage(image_only=True)(read)
+    assert tuple(volume.shape) == np.asarray(label.dataobj).shape
+    with pytest.raises(mb.DicomSeriesError, match=r"zz_seg.dcm is a DICOM SEG object \(Segmentation Storage\), not "
+                                                  "an image to segment: .*segimage2itkimage"):
+        mb.check_inputs([str(series / "zz_seg.dcm")])
+    with pytest.raises(mb.DicomSeriesError, match=r"RS.dcm is a DICOM RTSTRUCT object \(RT Structure Set Storage\)"):
+        mb.check_inputs([{"image": str(read), "label": str(series / "RS.dcm")}])
+
+
 def test_a_series_of_another_modality_is_refused_unless_allowed(series, caplog):
     """An MR series (Modality MR) is not segmented as CT: refused, naming the folder and the override; with
     ``allow_non_ct`` (as the command line spells it) it is read with a warning; a misspelt flag names the setting."""

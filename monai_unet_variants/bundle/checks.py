@@ -18,7 +18,7 @@ from monai.data import CacheDataset, ThreadDataLoader
 from monai.transforms import MapTransform
 
 from ..runtime import release_freed_memory
-from .dicom import check_dicom_folder, series_choice
+from .dicom import check_dicom_folder, is_dicom_file, series_choice
 from .errors import root_cause
 
 __all__ = ["BadCaseError", "CheckCased", "CheckedCacheDataset", "CheckedThreadDataLoader", "SkippedCasesReport",
@@ -56,9 +56,8 @@ def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non
         raise FileNotFoundError(f"{role} {p} does not exist")
     if p.stat().st_size == 0:
         raise ValueError(f"{role} {p} is an empty file")
-    with open(p, "rb") as f:
-        if f.read(132)[128:] == b"DICM":  # one DICOM file: a multi-frame image (an Enhanced CT) is read as a volume
-            return check_dicom_folder(p, series_choice(dicom_series), allow_non_ct)
+    if is_dicom_file(p):  # one DICOM file: a multi-frame image (an Enhanced CT) is read as a volume
+        return check_dicom_folder(p, series_choice(dicom_series), allow_non_ct)
     if p.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "series_choice"]
+__all__ = ["NOT_IMAGES", "DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "is_dicom_file",
+           "series_choice"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -59,18 +60,38 @@ def _pixels_complete(ds: Any, path: Path) -> bool:
     return tell + length <= path.stat().st_size
 
 
+#: the Modality of DICOM objects that are no image to segment: structure sets, plans, dose grids, segmentations,
+#: reports, presentation states, key-object selections, registrations, documents. Beside a CT series (as radiotherapy
+#: and PACS exports put them) they are left out of it, not taken for a second series or for a slice cut short (an
+#: RTSTRUCT holds no pixel data)
+NOT_IMAGES = frozenset({"RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SEG", "SR", "PR", "KO", "REG", "DOC", "PLAN"})
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` carries a DICOM file's own mark ("DICM" after its 128-byte preamble)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
+def _modality(ds: Any) -> str:
+    return str(getattr(ds, "Modality", "") or "").strip().upper()
+
+
 def _headers(folder: Path, files: list[Path] | None = None) -> tuple[list[tuple[Path, Any]], list[Path]]:
-    """(file, header) of every DICOM file directly in ``folder`` (or of ``files`` in it), and the files that are not
-    DICOM."""
+    """(file, header) of every DICOM image directly in ``folder`` (or of ``files`` in it), and the other files: not
+    DICOM, or DICOM objects that are no image (``NOT_IMAGES``)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     found, other = [], []
     for path in files if files is not None else sorted(p for p in folder.iterdir() if p.is_file()):
-        with open(path, "rb") as f:
-            marked = f.read(132)[128:] == b"DICM"  # a DICOM file's own mark: such a file must read completely
+        marked = is_dicom_file(path)  # such a file must read completely
         try:
             ds = pydicom.dcmread(str(path), defer_size=1024)  # large values (the pixels) are not read, only located
+            if _modality(ds) in NOT_IMAGES:
+                other.append(path)
+                continue
             if marked and ("SeriesInstanceUID" not in ds or not _pixels_complete(ds, path)):
                 raise ValueError("its header or pixel data is incomplete")
         except InvalidDicomError:
@@ -422,7 +443,7 @@ def dicom_source(path: str | os.PathLike) -> tuple[Path, Path] | None:
 
 def _check_content(folder: Path, uid: str, items: list) -> None:
     """Refuse a series that is not a CT volume: another Modality, or too few slices to be one."""
-    modality = str(getattr(items[0][1], "Modality", "") or "").strip().upper()
+    modality = _modality(items[0][1])
     if modality and modality != "CT":
         raise DicomSeriesError(
             f"series {uid} in {folder} has Modality {modality}, not CT: the networks are trained on CT in Hounsfield "
@@ -433,6 +454,19 @@ def _check_content(folder: Path, uid: str, items: list) -> None:
             f"series {uid} in {folder} has {len(items)} slice{'s' if len(items) != 1 else ''}, fewer than the "
             f"{MIN_SLICES} of a CT volume (a localizer, key images or a partial export?); give the whole series, or "
             "--allow_non_ct true to segment it anyway")
+
+
+def _not_an_image(path: Path) -> str:
+    """What a DICOM file given as an input is, when it is not an image to segment."""
+    import pydicom
+
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    sop = getattr(getattr(ds, "SOPClassUID", None), "name", "no SOP class")
+    if _modality(ds) in NOT_IMAGES:
+        return (f"{path} is a DICOM {_modality(ds)} object ({sop}), not an image to segment: give the CT series' folder "
+                "or Enhanced CT file as the image; a label is a NIfTI label map on its image's grid (convert a DICOM "
+                "SEG first, e.g. with dcmqi's segimage2itkimage)")
+    return f"{path} is not a DICOM image ({sop}, no SeriesInstanceUID)"
 
 
 def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, allow_non_ct: bool = False) -> str:
@@ -459,7 +493,7 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
     found, other = _headers(folder, [given] if given.is_file() else None)
     if given.is_file():
         if not found:
-            raise DicomSeriesError(f"{given} is not a DICOM image (no SeriesInstanceUID)")
+            raise DicomSeriesError(_not_an_image(given))
         if int(getattr(found[0][1], "NumberOfFrames", 1) or 1) == 1:
             raise DicomSeriesError(f"{given} is a single DICOM slice: give the folder of its series, which is read "
                                    "as one volume")
@@ -492,6 +526,10 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
     if volume is not None:
         return str(enhanced_volume(volume[0], given, items))
     if len(groups) > 1 or other:
+        objects = [p for p in other if is_dicom_file(p)]
+        if objects:
+            logger.info(f"DICOM folder {folder}: reading series {uid}; {len(objects)} other DICOM file(s) left out "
+                        f"(not images of it, e.g. {objects[0].name})")
         return str(_series_folder(folder, uid, items))
     return str(folder)
 
