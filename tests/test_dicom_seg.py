@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from monai_unet_variants.bundle.dicom_seg import write_dicom_seg
 from monai_unet_variants.data import generate_case, write_dicom_series
@@ -166,3 +167,125 @@ def test_inference_writes_a_dicom_seg_for_a_dicom_input(tmp_path, sample, monkey
     args[args.index("--datalist") + 1] = f"['{series}']"
     proc = run_bundle(*args, check=False)
     assert proc.returncode == 1 and f"1 output(s) exist already ({out / 'series_a_seg.dcm'})" in proc.stderr
+
+
+@pytest.mark.parametrize("order", ["negative", "positive"])
+def test_a_dicom_seg_label_reads_as_the_label_map_it_holds(tmp_path, order, monkeypatch):
+    """A DICOM SEG given as a training label (as 3D Slicer or OHIF export annotations): read onto its image's grid,
+    for a DICOM series image (the affine ITK reads) and for the same image as NIfTI, the label map that was
+    written into it, voxel for voxel; built once."""
+    from monai.transforms import LoadImage
+
+    import monai_unet_variants.bundle as mb
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder, label, affine = _series(tmp_path, order)
+    seg = write_dicom_seg(label, affine, folder, tmp_path / "annotation.dcm")
+    nifti = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int16), affine), str(nifti))  # the label map's own grid
+    itk = np.asarray(LoadImage(image_only=True)(str(folder)).affine)  # ITK's grid of the series: slices ascending
+    for source, grid in ((folder, itk), (nifti, affine)):
+        [item] = mb.check_inputs([{"image": str(source), "label": str(seg)}])
+        assert item["image"] == str(source) and Path(item["label"]).name == "annotation.nii.gz"
+        read = nib.load(item["label"])
+        np.testing.assert_allclose(read.affine, grid, atol=1e-4)
+        # the written label map's value at each voxel's position (the series' grid may run the other way along k)
+        to_label = np.linalg.inv(affine) @ read.affine
+        index = np.rint(np.tensordot(to_label[:3, :3], np.indices(SHAPE), axes=1) + to_label[:3, 3, None, None, None])
+        expected = label[tuple(index.astype(int))]
+        assert set(np.unique(expected)) == {0, 1, 2}
+        np.testing.assert_array_equal(np.asarray(read.dataobj), expected)
+        written = Path(item["label"]).stat().st_mtime_ns
+        assert mb.check_inputs([{"image": str(source), "label": str(seg)}]) == [item]
+        assert Path(item["label"]).stat().st_mtime_ns == written
+
+
+def test_a_dicom_seg_label_of_another_scan_or_class_is_refused(tmp_path, monkeypatch):
+    """A SEG made on another scan (another frame of reference; or, beside a NIfTI image, frames off its grid) or
+    holding a segment that is none of the bundle's classes stops with both files and the cause named."""
+    import monai_unet_variants.bundle as mb
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder, label, affine = _series(tmp_path, "negative")
+    seg = write_dicom_seg(label, affine, folder, tmp_path / "annotation.dcm")
+    other = tmp_path / "other"
+    image, _, _ = generate_case(8, shape=SHAPE)
+    write_dicom_series(image, affine, other, seed=8)
+    with pytest.raises(ValueError, match=f"DICOM SEG {seg} was made on frame of reference [0-9.]+, its image {other} "
+                                         "lies on [0-9.]+: a segmentation of another scan"):
+        mb.check_inputs([{"image": str(other), "label": str(seg)}])
+    shifted = affine.copy()
+    shifted[:3, 3] += [0.4, 0.0, 0.0]
+    nifti = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image, shifted), str(nifti))
+    with pytest.raises(ValueError, match=f"DICOM SEG {seg} as the label of {nifti}: frame 1 of annotation.dcm does "
+                                         r"not lie on the image's voxel grid \(up to 0.5 voxels off\): a SEG of "
+                                         "another series"):
+        mb.check_inputs([{"image": str(nifti), "label": str(seg)}])
+    liver = write_dicom_seg((label > 0).astype(np.uint8), affine, folder, tmp_path / "liver.dcm",
+                            segments={1: ("liver", "AnatomicalStructure", "Liver")})
+    with pytest.raises(ValueError, match=f"DICOM SEG {liver}: segment 1 'liver' \\(SCT 10200004 Liver\\) is none of "
+                                         r"the classes the bundles train: pancreas \(SCT 15776009\), pancreatic "
+                                         r"tumour \(SCT 108369006\)"):
+        mb.check_inputs([{"image": str(folder), "label": str(liver)}])
+
+
+def test_overlapping_segments_give_the_tumour_within_the_pancreas(tmp_path, monkeypatch):
+    """Annotation tools store each segment whole: a pancreas segment that includes the tumour beside a tumour
+    segment. Read as a label map the tumour stays 2 inside the pancreas (1), whatever the segments' order."""
+    from pydicom.sr.codedict import codes
+
+    import monai_unet_variants.bundle as mb
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder, label, affine = _series(tmp_path, "negative")
+    sources = _by_instance(folder)
+    for ds in sources:  # type 2 attributes that the generated series leaves out (write_dicom_seg adds them too)
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyTime", "AccessionNumber", "StudyID",
+                        "ReferringPhysicianName"):
+            setattr(ds, keyword, getattr(ds, keyword, ""))
+    nz = SHAPE[2]
+    frames = np.stack([label[:, :, nz - n].T for n in range(1, nz + 1)])  # file IM{n}: slice nz - n, rows = j
+    assert (frames == 2).any()
+    algorithm = highdicom.AlgorithmIdentificationSequence(name="annotator", version="1",
+                                                          family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [highdicom.seg.SegmentDescription(
+        segment_number=n, segment_label=name, segmented_property_category=codes.SCT.AnatomicalStructure,
+        segmented_property_type=kind, algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+        for n, (name, kind) in enumerate([("tumour", codes.SCT.Neoplasm), ("pancreas", codes.SCT.Pancreas)], start=1)]
+    seg = highdicom.seg.Segmentation(
+        source_images=sources, pixel_array=np.stack([frames == 2, frames > 0], axis=-1).astype(np.uint8),
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=pydicom.uid.generate_uid(), series_number=9, sop_instance_uid=pydicom.uid.generate_uid(),
+        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="1",
+        device_serial_number="1")
+    seg.save_as(str(tmp_path / "whole_segments.dcm"))
+    nifti = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.int16), affine), str(nifti))
+    [item] = mb.check_inputs([{"image": str(nifti), "label": str(tmp_path / "whole_segments.dcm")}])
+    np.testing.assert_array_equal(np.asarray(nib.load(item["label"]).dataobj), label)
+
+
+def test_the_bundles_preprocess_a_dicom_seg_label_as_its_nifti_label(sample, tmp_path, monkeypatch):
+    """The flagship's validation preprocessing on a DICOM series with its label as a DICOM SEG gives the image and
+    label that it gives the same case as NIfTI files (the label checked against the image's grid on the way)."""
+    from monai.bundle import ConfigParser
+
+    import monai_unet_variants.bundle as mb
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    label = nib.load(str(sample / "labelsTs" / "pancreas_005.nii.gz"))
+    series = sample / "dicomTs" / "pancreas_005"
+    seg = write_dicom_seg(np.asarray(label.dataobj), label.affine, series, tmp_path / "pancreas_005.dcm")
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).parents[1] / "bundles" / "attunet_pancreas" / "configs" / "train.json"))
+    preprocessing = parser.get_parsed_content("validate#preprocessing")
+    [dicom] = mb.check_inputs([{"image": str(series), "label": str(seg)}])
+    from_dicom = preprocessing(dicom)
+    nifti = {"image": str(sample / "imagesTs" / "pancreas_005.nii.gz"), "label": label.get_filename()}
+    from_nifti = preprocessing(nifti)
+    assert set(torch.unique(from_dicom["label"]).tolist()) == {0, 1, 2}
+    for key in ("image", "label"):
+        assert from_dicom[key].shape == from_nifti[key].shape
+        torch.testing.assert_close(from_dicom[key].as_tensor(), from_nifti[key].as_tensor(), rtol=0, atol=1e-4)

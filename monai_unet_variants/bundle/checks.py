@@ -47,8 +47,10 @@ def nifti_reader() -> Any:
     return NibabelReader(squeeze_non_spatial_dims=True)
 
 
-def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non_ct: bool = False) -> str:
-    """Check one input and return the path to read (a DICOM folder may lead to its one series' folder)."""
+def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non_ct: bool = False,
+                image: str | None = None) -> str:
+    """Check one input and return the path to read (a DICOM folder may lead to its one series' folder; a DICOM SEG
+    given as the label of ``image``, a checked image, to its label map on the image's grid)."""
     p = Path(path)
     if p.is_dir():
         return check_dicom_folder(p, series_choice(dicom_series), allow_non_ct)
@@ -57,6 +59,10 @@ def _check_file(path: str, role: str, dicom_series: str | None = None, allow_non
     if p.stat().st_size == 0:
         raise ValueError(f"{role} {p} is an empty file")
     if is_dicom_file(p):  # one DICOM file: a multi-frame image (an Enhanced CT) is read as a volume
+        from .dicom_seg import is_dicom_seg, seg_label_file
+
+        if role == "label" and image is not None and is_dicom_seg(p):
+            return str(seg_label_file(p, image))
         return check_dicom_folder(p, series_choice(dicom_series), allow_non_ct)
     if p.name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
@@ -104,9 +110,10 @@ def check_inputs(items: Sequence[Any], keys: Sequence[str] = ("image", "label"),
             out.append(_check_file(str(item), "image", dicom_series, allow))
             continue
         item = dict(item)
-        for key in keys:
+        for key in keys:  # the image first: a label in a DICOM SEG is read on its grid
             if key in item:
-                item[key] = _check_file(str(item[key]), key, dicom_series, allow)
+                image = item.get("image") if key != "image" else None
+                item[key] = _check_file(str(item[key]), key, dicom_series, allow, image)
         out.append(item)
     return out
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NOT_IMAGES", "DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "is_dicom_file",
-           "series_choice"]
+__all__ = ["NOT_IMAGES", "DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "image_grid",
+           "is_dicom_file", "series_choice"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -381,10 +381,7 @@ def _stack(pixels: np.ndarray, frames: list) -> tuple[np.ndarray, np.ndarray]:
     Each frame is rescaled on its own (no float64 copy of the whole volume); int16 where every slope and intercept is
     a whole number and the values fit, else float32. The volume is the frames' memory seen in Fortran order (as NIfTI
     stores it), not copied again."""
-    orientation = np.array([float(v) for v in frames[0].ImageOrientationPatient])
-    row_cos, col_cos = orientation[:3], orientation[3:]
-    positions = np.array([[float(v) for v in f.ImagePositionPatient] for f in frames])
-    order = np.argsort(positions @ np.cross(row_cos, col_cos), kind="stable")
+    order, affine = _grid(frames)
     slope = np.array([float(f.RescaleSlope) for f in frames])
     intercept = np.array([float(f.RescaleIntercept) for f in frames])
     low, high = float(pixels.min()), float(pixels.max())
@@ -394,12 +391,37 @@ def _stack(pixels: np.ndarray, frames: list) -> tuple[np.ndarray, np.ndarray]:
     values = np.empty(pixels.shape, np.int16 if fits else np.float32)
     for k, i in enumerate(order):
         values[k] = pixels[i] * slope[i] + intercept[i]
-    row_spacing, col_spacing = (float(v) for v in frames[0].PixelSpacing)
+    return values.transpose(2, 1, 0), affine
+
+
+def _grid(slices: list) -> tuple[np.ndarray, np.ndarray]:
+    """The order of slices (or frames) along their normal, and the RAS affine of the volume they stack into (as ITK
+    reads a series and MONAI turns it to RAS): origin at the first slice's first pixel, columns along ``i``, rows
+    along ``j``, slices along ``k``."""
+    orientation = np.array([float(v) for v in slices[0].ImageOrientationPatient])
+    row_cos, col_cos = orientation[:3], orientation[3:]
+    positions = np.array([[float(v) for v in f.ImagePositionPatient] for f in slices])
+    order = np.argsort(positions @ np.cross(row_cos, col_cos), kind="stable")
+    row_spacing, col_spacing = (float(v) for v in slices[0].PixelSpacing)
     first = positions[order[0]]
-    step = (positions[order[-1]] - first) / (len(frames) - 1) if len(frames) > 1 else np.cross(row_cos, col_cos)
+    step = (positions[order[-1]] - first) / (len(slices) - 1) if len(slices) > 1 else np.cross(row_cos, col_cos)
     lps = np.eye(4)
     lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row_cos * col_spacing, col_cos * row_spacing, step, first
-    return values.transpose(2, 1, 0), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def image_grid(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The voxel grid ``(shape, RAS affine)`` that an input (as ``check_dicom_folder`` or the NIfTI check returns it)
+    is read on, from headers alone: a DICOM series folder's slices (as ITK stacks them) or a NIfTI file's header."""
+    p = Path(path)
+    if p.is_dir():
+        slices = [ds for _, ds in _headers(p)[0]]
+        _, affine = _grid(slices)
+        return (int(slices[0].Columns), int(slices[0].Rows), len(slices)), affine
+    import nibabel as nib
+
+    image = nib.load(str(p))
+    return tuple(int(n) for n in image.shape[:3]), np.asarray(image.affine, dtype=np.float64)
 
 
 def _write_volume(out: Path, volume: np.ndarray, affine: np.ndarray) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .checkpoints import atomic_write, refuse_existing
 
-__all__ = ["SEGMENTS", "label_frames", "write_dicom_seg"]
+__all__ = ["SEGMENTS", "is_dicom_seg", "label_frames", "read_dicom_seg", "seg_label_file", "write_dicom_seg"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -71,6 +71,34 @@ def _source_images(source: Path) -> tuple[list[Any], list[Any]]:
     return images, frames
 
 
+def _frame_voxels(ds: Any, to_index: np.ndarray, shape: tuple, what: str) -> np.ndarray:
+    """The voxel ``(i, j, k)`` of every pixel of slice (or frame) ``ds`` on the grid of ``shape`` whose affine's
+    inverse is ``to_index``: ``(3, Rows, Columns)`` integers.
+
+    Raises:
+        ValueError: naming the slice when its pixels do not fall on the grid's voxels (``what``: the grid's name).
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    row_cos, col_cos = (np.array([float(v) for v in ds.ImageOrientationPatient[i:i + 3]]) for i in (0, 3))
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    origin = np.array([float(v) for v in ds.ImagePositionPatient])
+    # DICOM: pixel (r, c) lies at origin + c * col_spacing * row_cos + r * row_spacing * col_cos (LPS)
+    steps = np.stack([origin, row_cos * col_spacing, col_cos * row_spacing])  # origin, one column, one row
+    steps = steps @ _LPS.T  # RAS
+    o = to_index[:3, :3] @ steps[0] + to_index[:3, 3]
+    dc, dr = to_index[:3, :3] @ steps[1], to_index[:3, :3] @ steps[2]
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    index = o[:, None, None] + dr[:, None, None] * r + dc[:, None, None] * c
+    nearest = np.rint(index)
+    off = float(np.abs(index - nearest).max())
+    inside = all((nearest[a] >= 0).all() and (nearest[a] < shape[a]).all() for a in range(3))
+    if off > GRID_TOLERANCE or not inside:
+        where = getattr(ds, "description", None) or f"slice {ds.SOPInstanceUID}"
+        raise ValueError(f"{where} does not lie on the {what}'s voxel grid "
+                         f"({'up to %.3g voxels off' % off if off > GRID_TOLERANCE else 'outside the ' + what})")
+    return nearest.astype(np.intp)
+
+
 def label_frames(label: np.ndarray, affine: np.ndarray, slices: list[Any], source: str = "") -> np.ndarray:
     """The label map's values at every pixel of every source slice (or frame): ``(len(slices), Rows, Columns)``.
 
@@ -87,29 +115,132 @@ def label_frames(label: np.ndarray, affine: np.ndarray, slices: list[Any], sourc
     to_index = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     frames = []
     for ds in slices:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        row_cos, col_cos = (np.array([float(v) for v in ds.ImageOrientationPatient[i:i + 3]]) for i in (0, 3))
-        row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-        origin = np.array([float(v) for v in ds.ImagePositionPatient])
-        # DICOM: pixel (r, c) lies at origin + c * col_spacing * row_cos + r * row_spacing * col_cos (LPS)
-        steps = np.stack([origin, row_cos * col_spacing, col_cos * row_spacing])  # origin, one column, one row
-        steps = steps @ _LPS.T  # RAS
-        o = to_index[:3, :3] @ steps[0] + to_index[:3, 3]
-        dc, dr = to_index[:3, :3] @ steps[1], to_index[:3, :3] @ steps[2]
-        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        index = o[:, None, None] + dr[:, None, None] * r + dc[:, None, None] * c
-        nearest = np.rint(index)
-        off = float(np.abs(index - nearest).max())
-        inside = all((nearest[a] >= 0).all() and (nearest[a] < label.shape[a]).all() for a in range(3))
-        if off > GRID_TOLERANCE or not inside:
-            where = getattr(ds, "description", None) or f"slice {ds.SOPInstanceUID}"
-            raise ValueError(
-                f"DICOM series {source}: {where} does not lie on the label map's voxel grid "
-                f"({'up to %.3g voxels off' % off if off > GRID_TOLERANCE else 'outside the label map'}); the label "
-                "map must be on the series' own grid")
-        ijk = nearest.astype(np.intp)
+        try:
+            ijk = _frame_voxels(ds, to_index, label.shape, "label map")
+        except ValueError as err:
+            raise ValueError(f"DICOM series {source}: {err}; the label map must be on the series' own grid") from None
         frames.append(label[ijk[0], ijk[1], ijk[2]])
     return np.stack(frames)
+
+
+def _segment_classes(ds: Any, path: Path, segments: Mapping[int, tuple[str, str, str]]) -> dict[int, int]:
+    """SEG segment number -> label value: the segment whose property type is a class's SNOMED CT code (or, without a
+    code, whose label is the class's name) takes that class's value.
+
+    Raises:
+        ValueError: naming the file and the segment that is none of ``segments``.
+    """
+    from pydicom.sr.codedict import codes
+
+    by_code = {getattr(codes.SCT, kind).value: value for value, (_, _, kind) in segments.items()}
+    by_name = {name.lower(): value for value, (name, _, _) in segments.items()}
+    found = {}
+    for item in ds.SegmentSequence:
+        number, label = int(item.SegmentNumber), str(getattr(item, "SegmentLabel", "") or "")
+        code = item.SegmentedPropertyTypeCodeSequence[0] if "SegmentedPropertyTypeCodeSequence" in item else None
+        value = by_code.get(str(code.CodeValue)) if code is not None else None
+        value = value if value is not None else by_name.get(label.strip().lower())
+        if value is None:
+            known = ", ".join(f"{name} (SCT {getattr(codes.SCT, kind).value})"
+                              for _, (name, _, kind) in sorted(segments.items()))
+            meaning = f"{code.CodingSchemeDesignator} {code.CodeValue} {code.CodeMeaning}" if code is not None else "-"
+            raise ValueError(f"DICOM SEG {path}: segment {number} {label!r} ({meaning}) is none of the classes the "
+                             f"bundles train: {known}")
+        found[number] = value
+    return found
+
+
+def read_dicom_seg(path: str | os.PathLike, shape: tuple, affine: np.ndarray,
+                   segments: Mapping[int, tuple[str, str, str]] | None = None, image: str = "") -> np.ndarray:
+    """A binary DICOM SEG (one made in 3D Slicer, OHIF or by ``write_dicom_seg``) as a label map on an image's grid:
+    every frame's pixels put on the voxels they lie on (each frame's own position, orientation and spacing), each
+    segment's voxels set to its class (``segments``, matched by SNOMED CT code or name; a higher class over a lower
+    one where segments overlap, as the tumour lies within the pancreas).
+
+    Args:
+        path: the SEG file.
+        shape: the image's voxel grid ``(X, Y, Z)``.
+        affine: its RAS affine.
+        segments: label value -> (label, SNOMED CT category, type). Defaults to ``SEGMENTS``.
+        image: the image's path, for messages. Defaults to ``""``.
+
+    Returns:
+        ``uint8`` label map of ``shape``.
+
+    Raises:
+        ValueError: naming the file: not a binary SEG, a segment of no class, or a frame off the image's grid.
+    """
+    import pydicom
+
+    from .dicom import _frame_headers
+
+    path = Path(path)
+    ds = pydicom.dcmread(str(path))
+    if str(getattr(ds, "SegmentationType", "")).upper() != "BINARY":
+        raise ValueError(f"DICOM SEG {path} is {getattr(ds, 'SegmentationType', 'of no SegmentationType')}, not "
+                         "BINARY: threshold it into a binary SEG (or a NIfTI label map) first")
+    classes = _segment_classes(ds, path, dict(SEGMENTS if segments is None else segments))
+    frames = _frame_headers(path, ds)
+    if frames is None:
+        raise ValueError(f"DICOM SEG {path} gives no position for each frame (no per-frame functional groups)")
+    pixels = ds.pixel_array.reshape(len(frames), int(ds.Rows), int(ds.Columns))
+    numbers = [int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+               for group in ds.PerFrameFunctionalGroupsSequence]
+    to_index = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    label = np.zeros(tuple(int(n) for n in shape), np.uint8)
+    for n in sorted(range(len(frames)), key=lambda n: classes[numbers[n]]):  # lower classes first
+        try:
+            ijk = _frame_voxels(frames[n][1], to_index, label.shape, "image")
+        except ValueError as err:
+            raise ValueError(f"DICOM SEG {path}{' as the label of ' + image if image else ''}: {err}: a SEG of "
+                             "another series, or of this one resampled?") from None
+        inside = pixels[n] > 0
+        label[ijk[0][inside], ijk[1][inside], ijk[2][inside]] = classes[numbers[n]]
+    return label
+
+
+def is_dicom_seg(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a DICOM Segmentation object (Modality SEG)."""
+    import pydicom
+
+    from .dicom import is_dicom_file
+
+    if not is_dicom_file(path):
+        return False
+    return str(getattr(pydicom.dcmread(str(path), stop_before_pixels=True), "Modality", "")).upper() == "SEG"
+
+
+def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
+    """A DICOM SEG given as the label of ``image`` (a checked input: a DICOM series folder or a NIfTI file) as the
+    NIfTI label map that the pipeline reads (``read_dicom_seg`` on the image's grid): built once per SEG file (path,
+    size, modification time) and image under ``~/.cache/monai_unet_variants/dicom_labels``, named after the SEG.
+
+    Raises:
+        ValueError: naming both files when the SEG was made on another frame of reference than a DICOM image's (another
+            scan), and as ``read_dicom_seg`` does.
+    """
+    import hashlib
+
+    import pydicom
+
+    from .dicom import _cache_dir, _headers, _write_volume, image_grid
+
+    path, image = Path(path), Path(image)
+    header = pydicom.dcmread(str(path), stop_before_pixels=True)
+    if image.is_dir():
+        frame = str(getattr(_headers(image)[0][0][1], "FrameOfReferenceUID", ""))
+        if frame and str(getattr(header, "FrameOfReferenceUID", "")) != frame:
+            raise ValueError(f"DICOM SEG {path} was made on frame of reference {header.FrameOfReferenceUID}, its image "
+                             f"{image} lies on {frame}: a segmentation of another scan")
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image.resolve()}".encode()).hexdigest()
+    out = _cache_dir() / "dicom_labels" / key[:16] / f"{path.stem}.nii.gz"
+    if out.is_file():
+        return out
+    shape, affine = image_grid(image)
+    _write_volume(out, read_dicom_seg(path, shape, affine, image=str(image)), affine)
+    logger.info(f"read the DICOM SEG {path} as the label map of {image}: {out}")
+    return out
 
 
 def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | os.PathLike, path: str | os.PathLike,
