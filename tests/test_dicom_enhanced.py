@@ -48,16 +48,21 @@ def _series(folder: Path, intercept: int = 0, seed: int = 3) -> tuple[np.ndarray
 
 
 def _enhanced(series: Path, out: Path, order: str = "as stored") -> Path:
-    """``series`` as one Legacy Converted Enhanced CT file ``out/volume.dcm``; ``order`` of its frames: the files'
-    order (``IM0001`` first: from the head down), or shuffled."""
+    """``series`` as one Legacy Converted Enhanced CT file ``out/volume.dcm``; ``order`` of its frames: as the
+    converter stores them (by position, from the head down), or shuffled (each frame's pixels and functional groups
+    moved together; ITK then reads a wrong volume: unit spacing, slices out of order)."""
+    from pydicom.sequence import Sequence
     from pydicom.uid import generate_uid
 
     slices = [pydicom.dcmread(str(p)) for p in sorted(series.iterdir())]
-    if order == "shuffled":
-        slices = [slices[i] for i in np.random.default_rng(0).permutation(len(slices))]
     image = highdicom.legacy.LegacyConvertedEnhancedCTImage(
         legacy_datasets=slices, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(),
         instance_number=1)
+    if order == "shuffled":
+        perm = np.random.default_rng(0).permutation(len(slices))
+        groups = list(image.PerFrameFunctionalGroupsSequence)
+        image.PerFrameFunctionalGroupsSequence = Sequence([groups[i] for i in perm])
+        image.PixelData = np.ascontiguousarray(image.pixel_array[perm]).tobytes()
     out.mkdir(parents=True, exist_ok=True)
     image.save_as(str(out / "volume.dcm"))
     return out / "volume.dcm"

@@ -1010,7 +1010,8 @@ def test_dicom_objects_beside_a_series_are_left_out_and_refused_as_inputs(tmp_pa
     volume = LoadImage(image_only=True)(read)
     assert tuple(volume.shape) == np.asarray(label.dataobj).shape
     with pytest.raises(mb.DicomSeriesError, match=r"zz_seg.dcm is a DICOM SEG object \(Segmentation Storage\), not "
-                                                  "an image to segment: .*segimage2itkimage"):
+                                                  "an image to segment: .*a label is a NIfTI label map or "
+                                                  "a DICOM SEG beside its image"):
         mb.check_inputs([str(series / "zz_seg.dcm")])
     with pytest.raises(mb.DicomSeriesError, match=r"RS.dcm is a DICOM RTSTRUCT object \(RT Structure Set Storage\)"):
         mb.check_inputs([{"image": str(read), "label": str(series / "RS.dcm")}])

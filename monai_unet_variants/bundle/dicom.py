@@ -7,7 +7,14 @@ pixels untouched), groups the files by ``SeriesInstanceUID``, and checks the cho
 columns, pixel spacing) and the same orientation on every slice, no two slices at one position, slice positions
 evenly spaced along the slice normal and stacked along it (not sheared by a gantry tilt, which ITK reads as an
 untilted stack: displaced and stretched), instance numbers without gaps. It goes one folder down when the folder
-holds no DICOM file itself and exactly one subfolder does.
+holds no DICOM file itself and exactly one subfolder does. DICOM objects that are no image (a structure set, a SEG, a
+dose grid: ``NOT_IMAGES``) are left out of the series beside which exports put them.
+
+A series stored as one multi-frame image (an Enhanced or Legacy Converted Enhanced CT: the whole volume in one file,
+each frame's position and rescale in its functional groups) gets the same checks frame by frame and is then read as a
+volume by ``enhanced_volume`` (a NIfTI file built once in the cache, which MONAI's readers read): ITK stacks such a
+file's frames in the file's order (frames stored out of order read here as a scrambled volume of unit spacing, without
+an error).
 
 pydicom rather than SimpleITK's GDCM series tools: it is already a dependency of the bundles (SimpleITK would add
 ~50 MB), and the checks need the raw header values (instance numbers, positions, orientation) that pydicom exposes
@@ -459,8 +466,12 @@ def dicom_source(path: str | os.PathLike) -> tuple[Path, Path] | None:
     record = p.parent / SOURCE_RECORD
     if not (p.name.endswith(".nii.gz") and record.is_file()):
         return None
-    content = json.loads(record.read_text())
-    return Path(content["input"]), Path(content["dicom"])
+    try:
+        content = json.loads(record.read_text())
+        return Path(content["input"]), Path(content["dicom"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{record}, the record of where {p} was read from, cannot be read ({err}): remove "
+                         f"{p.parent} and run again to read the DICOM file anew") from err
 
 
 def _check_content(folder: Path, uid: str, items: list) -> None:
@@ -485,9 +496,9 @@ def _not_an_image(path: Path) -> str:
     ds = pydicom.dcmread(str(path), stop_before_pixels=True)
     sop = getattr(getattr(ds, "SOPClassUID", None), "name", "no SOP class")
     if _modality(ds) in NOT_IMAGES:
-        return (f"{path} is a DICOM {_modality(ds)} object ({sop}), not an image to segment: give the CT series' folder "
-                "or Enhanced CT file as the image; a label is a NIfTI label map on its image's grid (convert a DICOM "
-                "SEG first, e.g. with dcmqi's segimage2itkimage)")
+        return (f"{path} is a DICOM {_modality(ds)} object ({sop}), not an image to segment: give the CT series' "
+                "folder or Enhanced CT file as the image; a label is a NIfTI label map or a DICOM SEG beside its image "
+                "(a datalist item {'image': ..., 'label': ...})")
     return f"{path} is not a DICOM image ({sop}, no SeriesInstanceUID)"
 
 

@@ -235,7 +235,8 @@ class SegmentationWriter(SaveImaged):
         return self.out_dir / self.names.get(source, output_names([source], self.postfix)[source])
 
     def seg_target(self, source: str) -> Path | None:
-        """The DICOM SEG file of input ``source``: ``None`` unless ``dicom_seg`` and ``source`` is a DICOM folder."""
+        """The DICOM SEG file of input ``source``: ``None`` unless ``dicom_seg`` and ``source`` is DICOM (a series
+        folder, or the volume of an Enhanced CT: ``dicom.dicom_source``)."""
         if not (self.dicom_seg and dicom_source(source) is not None):
             return None
         nifti = self.target(source)
