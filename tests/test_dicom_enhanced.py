@@ -85,6 +85,14 @@ def _jpeg2000(volume: Path) -> None:
     ds.save_as(str(volume), enforce_file_format=True)
 
 
+def on_grid(label: np.ndarray, affine: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """``label`` (on ``affine``) seen on another voxel grid ``grid`` of the same lattice and shape (axes flipped or
+    swapped): each voxel takes the label value at its position."""
+    to_label = np.linalg.inv(affine) @ grid
+    index = np.rint(np.tensordot(to_label[:3, :3], np.indices(label.shape), axes=1) + to_label[:3, 3, None, None, None])
+    return label[tuple(index.astype(int))]
+
+
 def _load(path: str):
     from monai.transforms import LoadImage
 
@@ -247,3 +255,27 @@ def test_largest_counts_an_enhanced_ct_by_its_frames(tmp_path, cache):
     assert "(1 file holding 12 frames, " in str(err.value) and "(3 files, " in str(err.value)
     read = mb.check_inputs([str(both)], dicom_series="largest")[0]
     assert Path(read).parent.parent == cache and tuple(_load(read).shape) == SHAPE
+
+
+def test_a_dicom_seg_label_beside_an_enhanced_ct(tmp_path):
+    """A SEG made on the series reads as the Enhanced CT's label (the label map on its grid); a SEG of another scan
+    (another frame of reference) is refused naming both."""
+    from monai_unet_variants.bundle.dicom_seg import write_dicom_seg
+
+    series = tmp_path / "series"
+    label, affine = _series(series)
+    _enhanced(series, tmp_path / "case7", "shuffled")
+    seg = write_dicom_seg(label, affine, series, tmp_path / "annotation.dcm")
+    [item] = mb.check_inputs([{"image": str(tmp_path / "case7"), "label": str(seg)}])
+    read = nib.load(item["label"])
+    np.testing.assert_allclose(read.affine, nib.load(item["image"]).affine, atol=1e-4)
+    expected = on_grid(label, affine, read.affine)
+    assert set(np.unique(expected)) == {0, 1, 2}
+    np.testing.assert_array_equal(np.asarray(read.dataobj), expected)
+    other = tmp_path / "other"
+    other_label, _ = _series(other, seed=4)
+    other_seg = write_dicom_seg(other_label, affine, other, tmp_path / "other.dcm")
+    with pytest.raises(ValueError, match=rf"DICOM SEG {other_seg} was made on frame of reference [0-9.]+, its image "
+                                         rf"{(tmp_path / 'case7').resolve()} lies on [0-9.]+: a segmentation of "
+                                         "another scan"):
+        mb.check_inputs([{"image": str(tmp_path / "case7"), "label": str(other_seg)}])

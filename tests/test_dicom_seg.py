@@ -175,6 +175,7 @@ def test_a_dicom_seg_label_reads_as_the_label_map_it_holds(tmp_path, order, monk
     for a DICOM series image (the affine ITK reads) and for the same image as NIfTI, the label map that was
     written into it, voxel for voxel; built once."""
     from monai.transforms import LoadImage
+    from test_dicom_enhanced import on_grid
 
     import monai_unet_variants.bundle as mb
 
@@ -189,15 +190,16 @@ def test_a_dicom_seg_label_reads_as_the_label_map_it_holds(tmp_path, order, monk
         assert item["image"] == str(source) and Path(item["label"]).name == "annotation.nii.gz"
         read = nib.load(item["label"])
         np.testing.assert_allclose(read.affine, grid, atol=1e-4)
-        # the written label map's value at each voxel's position (the series' grid may run the other way along k)
-        to_label = np.linalg.inv(affine) @ read.affine
-        index = np.rint(np.tensordot(to_label[:3, :3], np.indices(SHAPE), axes=1) + to_label[:3, 3, None, None, None])
-        expected = label[tuple(index.astype(int))]
+        expected = on_grid(label, affine, read.affine)  # the series' grid may run the other way along k
         assert set(np.unique(expected)) == {0, 1, 2}
         np.testing.assert_array_equal(np.asarray(read.dataobj), expected)
         written = Path(item["label"]).stat().st_mtime_ns
         assert mb.check_inputs([{"image": str(source), "label": str(seg)}]) == [item]
         assert Path(item["label"]).stat().st_mtime_ns == written
+    # another image saved under the same name (here: 4 more slices): read anew on its grid
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE[:2], SHAPE[2] + 4), np.int16), affine), str(nifti))
+    [again] = mb.check_inputs([{"image": str(nifti), "label": str(seg)}])
+    assert again["label"] != item["label"] and nib.load(again["label"]).shape == (*SHAPE[:2], SHAPE[2] + 4)
 
 
 def test_a_dicom_seg_label_of_another_scan_or_class_is_refused(tmp_path, monkeypatch):

@@ -211,9 +211,10 @@ def is_dicom_seg(path: str | os.PathLike) -> bool:
 
 
 def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
-    """A DICOM SEG given as the label of ``image`` (a checked input: a DICOM series folder or a NIfTI file) as the
-    NIfTI label map that the pipeline reads (``read_dicom_seg`` on the image's grid): built once per SEG file (path,
-    size, modification time) and image under ``~/.cache/monai_unet_variants/dicom_labels``, named after the SEG.
+    """A DICOM SEG given as the label of ``image`` (a checked input: a DICOM series folder, an Enhanced CT's volume or
+    a NIfTI file) as the NIfTI label map that the pipeline reads (``read_dicom_seg`` on the image's grid): built once
+    per SEG file (path, size, modification time) and image (path, modification time) under
+    ``~/.cache/monai_unet_variants/dicom_labels``, named after the SEG.
 
     Raises:
         ValueError: naming both files when the SEG was made on another frame of reference than a DICOM image's (another
@@ -223,17 +224,21 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
 
     import pydicom
 
-    from .dicom import _cache_dir, _headers, _write_volume, image_grid
+    from .dicom import _cache_dir, _headers, _write_volume, dicom_source, image_grid
 
     path, image = Path(path), Path(image)
     header = pydicom.dcmread(str(path), stop_before_pixels=True)
-    if image.is_dir():
-        frame = str(getattr(_headers(image)[0][0][1], "FrameOfReferenceUID", ""))
+    source = dicom_source(image)  # a DICOM image: its series folder, or the Enhanced CT file it was read from
+    if source is not None:
+        dicom = source[1]
+        first = _headers(dicom)[0][0][1] if dicom.is_dir() else pydicom.dcmread(str(dicom), stop_before_pixels=True)
+        frame = str(getattr(first, "FrameOfReferenceUID", ""))
         if frame and str(getattr(header, "FrameOfReferenceUID", "")) != frame:
             raise ValueError(f"DICOM SEG {path} was made on frame of reference {header.FrameOfReferenceUID}, its image "
-                             f"{image} lies on {frame}: a segmentation of another scan")
-    stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{image.resolve()}".encode()).hexdigest()
+                             f"{source[0]} lies on {frame}: a segmentation of another scan")
+    seg, img = path.stat(), image.stat()  # the image's time too: another image saved under its name has another grid
+    text = f"{path.resolve()}|{seg.st_size}|{seg.st_mtime_ns}|{image.resolve()}|{img.st_mtime_ns}"
+    key = hashlib.sha256(text.encode()).hexdigest()
     out = _cache_dir() / "dicom_labels" / key[:16] / f"{path.stem}.nii.gz"
     if out.is_file():
         return out
