@@ -117,9 +117,14 @@ def _headers(folder: Path, files: list[Path] | None = None) -> tuple[list[tuple[
     return found, other
 
 
+def _frame_count(ds: Any) -> int:
+    """How many frames a DICOM file holds (1 for a single-frame slice)."""
+    return int(getattr(ds, "NumberOfFrames", 1) or 1)
+
+
 def _slices(items: list) -> int:
     """How many slices a series' files hold: a multi-frame file counts its frames."""
-    return sum(int(getattr(ds, "NumberOfFrames", 1) or 1) for _, ds in items)
+    return sum(_frame_count(ds) for _, ds in items)
 
 
 def _describe(uid: str, items: list) -> str:
@@ -255,6 +260,16 @@ def _series_folder(folder: Path, uid: str, items: list) -> Path:
     return out
 
 
+def _group_value(groups: tuple, sequence: str, keyword: str, default: Any = None) -> Any:
+    """``keyword``'s value in the first of ``groups`` (a frame's own functional groups, then the shared ones) whose
+    ``sequence`` holds it, else ``default``."""
+    for group in groups:
+        items = getattr(group, sequence, None)
+        if items and keyword in items[0] and items[0][keyword].value not in (None, ""):
+            return items[0][keyword].value
+    return default
+
+
 def _frame_headers(path: Path, ds: Any) -> list[tuple[Path, Any]] | None:
     """One header per frame of a multi-frame image (an Enhanced or Legacy Converted Enhanced CT), as a single-frame
     slice's header would hold it: ``Rows``, ``Columns`` and ``Modality``, ``PixelSpacing``,
@@ -265,29 +280,23 @@ def _frame_headers(path: Path, ds: Any) -> list[tuple[Path, Any]] | None:
     dose)."""
     from pydicom.dataset import Dataset
 
-    count = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    count = _frame_count(ds)
     per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None) or []
     shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [Dataset()])[0]
     if len(per_frame) != count:
         return None
     headers = []
     for number, group in enumerate(per_frame, start=1):
-        def value(sequence: str, keyword: str, default: Any = None, group: Any = group) -> Any:
-            for g in (group, shared):
-                items = getattr(g, sequence, None)
-                if items and keyword in items[0] and items[0][keyword].value not in (None, ""):
-                    return items[0][keyword].value
-            return default
-
+        groups = (group, shared)
         frame = Dataset()
-        frame.PixelSpacing = value("PixelMeasuresSequence", "PixelSpacing")
-        frame.ImageOrientationPatient = value("PlaneOrientationSequence", "ImageOrientationPatient")
-        frame.ImagePositionPatient = value("PlanePositionSequence", "ImagePositionPatient")
+        frame.PixelSpacing = _group_value(groups, "PixelMeasuresSequence", "PixelSpacing")
+        frame.ImageOrientationPatient = _group_value(groups, "PlaneOrientationSequence", "ImageOrientationPatient")
+        frame.ImagePositionPatient = _group_value(groups, "PlanePositionSequence", "ImagePositionPatient")
         if frame.PixelSpacing is None or frame.ImageOrientationPatient is None or frame.ImagePositionPatient is None:
             return None
         frame.Rows, frame.Columns, frame.Modality = ds.Rows, ds.Columns, getattr(ds, "Modality", "")
-        frame.RescaleSlope = value("PixelValueTransformationSequence", "RescaleSlope", 1)
-        frame.RescaleIntercept = value("PixelValueTransformationSequence", "RescaleIntercept", 0)
+        frame.RescaleSlope = _group_value(groups, "PixelValueTransformationSequence", "RescaleSlope", 1)
+        frame.RescaleIntercept = _group_value(groups, "PixelValueTransformationSequence", "RescaleIntercept", 0)
         frame.description = f"frame {number} of {path.name}"  # a plain attribute (not a DICOM element) for messages
         headers.append((Path(frame.description), frame))
     return headers
@@ -297,11 +306,11 @@ def _multi_frame(folder: Path, uid: str, items: list) -> tuple[Path, Any, list] 
     """``(file, header, frame headers)`` when the series is one multi-frame image whose frames carry their geometry
     (an Enhanced CT: the whole volume in one file), ``None`` for a series of single-frame slices; any other
     multi-frame file is refused: the checks and the reader go by one position per file or per frame."""
-    multi = [(path, ds) for path, ds in items if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
+    multi = [(path, ds) for path, ds in items if _frame_count(ds) > 1]
     if not multi:
         return None
     path, ds = multi[0]
-    frames = int(ds.NumberOfFrames)
+    frames = _frame_count(ds)
     what = f"{path} in {folder} is a multi-frame DICOM file ({frames} frames, {ds.SOPClassUID.name})"
     if len(items) > 1:
         raise DicomSeriesError(
@@ -417,12 +426,13 @@ def _grid(slices: list) -> tuple[np.ndarray, np.ndarray]:
     return order, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
 
 
-def image_grid(path: str | os.PathLike) -> tuple[tuple[int, int, int], np.ndarray]:
+def image_grid(path: str | os.PathLike, slices: list | None = None) -> tuple[tuple[int, int, int], np.ndarray]:
     """The voxel grid ``(shape, RAS affine)`` that an input (as ``check_dicom_folder`` or the NIfTI check returns it)
-    is read on, from headers alone: a DICOM series folder's slices (as ITK stacks them) or a NIfTI file's header."""
+    is read on, from headers alone: a DICOM series folder's slices (as ITK stacks them; ``slices``: their headers,
+    where read already) or a NIfTI file's header."""
     p = Path(path)
     if p.is_dir():
-        slices = [ds for _, ds in _headers(p)[0]]
+        slices = slices if slices is not None else [ds for _, ds in _headers(p)[0]]
         _, affine = _grid(slices)
         return (int(slices[0].Columns), int(slices[0].Rows), len(slices)), affine
     import nibabel as nib
@@ -527,7 +537,7 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
     if given.is_file():
         if not found:
             raise DicomSeriesError(_not_an_image(given))
-        if int(getattr(found[0][1], "NumberOfFrames", 1) or 1) == 1:
+        if _frame_count(found[0][1]) == 1:
             raise DicomSeriesError(f"{given} is a single DICOM slice: give the folder of its series, which is read "
                                    "as one volume")
     if not found:

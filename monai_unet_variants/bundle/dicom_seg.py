@@ -229,9 +229,11 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
     path, image = Path(path), Path(image)
     header = pydicom.dcmread(str(path), stop_before_pixels=True)
     source = dicom_source(image)  # a DICOM image: its series folder, or the Enhanced CT file it was read from
+    slices = None  # a series folder's headers, read once for its frame of reference and its grid
     if source is not None:
         dicom = source[1]
-        first = _headers(dicom)[0][0][1] if dicom.is_dir() else pydicom.dcmread(str(dicom), stop_before_pixels=True)
+        slices = [ds for _, ds in _headers(dicom)[0]] if dicom.is_dir() else None
+        first = slices[0] if slices else pydicom.dcmread(str(dicom), stop_before_pixels=True)
         frame = str(getattr(first, "FrameOfReferenceUID", ""))
         if frame and str(getattr(header, "FrameOfReferenceUID", "")) != frame:
             raise ValueError(f"DICOM SEG {path} was made on frame of reference {header.FrameOfReferenceUID}, its image "
@@ -242,7 +244,7 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
     out = _cache_dir() / "dicom_labels" / key[:16] / f"{path.stem}.nii.gz"
     if out.is_file():
         return out
-    shape, affine = image_grid(image)
+    shape, affine = image_grid(image, slices)
     _write_volume(out, read_dicom_seg(path, shape, affine, image=str(image)), affine)
     logger.info(f"read the DICOM SEG {path} as the label map of {image}: {out}")
     return out
