@@ -13,6 +13,7 @@ import os
 import random
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -24,7 +25,8 @@ from monai.handlers import CheckpointLoader
 from ..networks.base import first_shape_mismatch
 
 __all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "OutputError", "RandomStates",
-           "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "sweep_temporaries"]
+           "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "check_complete",
+           "sweep_temporaries"]
 
 LATEST_CHECKPOINT = "checkpoint_latest.pt"
 logger = logging.getLogger("monai_unet_variants.bundle")
@@ -144,10 +146,24 @@ def check_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as err:
+        cause = f"{type(err).__name__}: {err}"
+        if not zipfile.is_zipfile(p):  # torch calls it a weights-only unpickling error and advises weights_only=False
+            cause = "it is no zip archive with the directory at its end that torch.save writes"
         raise ValueError(
-            f"checkpoint {p} cannot be read ({type(err).__name__}: {err}); it is truncated or corrupt, or not a "
+            f"checkpoint {p} cannot be read ({cause}); it is truncated or corrupt, or not a "
             "PyTorch checkpoint: use another checkpoint or train again"
         ) from err
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """Refuse a checkpoint file that is truncated or no checkpoint (``check_checkpoint``'s message), cheaply: a zip
+    archive with its directory at its end (as ``torch.save`` writes) passes without being loaded; anything else is
+    loaded (a checkpoint of the legacy pickle format loads). A path with no file passes: the caller says whether it
+    must exist. For what reads a checkpoint without this package's loader (MONAI's ``ckpt_export`` and
+    ``onnx_export``, which report a truncated file as an unpickling error)."""
+    p = Path(path).expanduser()
+    if p.is_file() and not zipfile.is_zipfile(p):
+        check_checkpoint(p)
 
 
 class AtomicCheckpointSaver:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..options import check_options
-from .checkpoints import atomic_write
+from .checkpoints import atomic_write, check_complete
+from .errors import summarize_errors
 
 __all__ = ["TRAINING_OPTIONS", "check_trained_options", "record_training_options", "trained_option"]
 
@@ -44,6 +45,12 @@ def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool
 
 
 def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
+    """What the model at ``ckpt_path`` was trained with, and the file that says so; a checkpoint file there that is
+    truncated or no checkpoint is refused first (``check_complete``): the configs read this before they build the
+    network, also where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package (which
+    run no ``initialize``: their errors' last line is made the cause here)."""
+    summarize_errors()
+    check_complete(ckpt_path)
     path = Path(ckpt_path).expanduser().parent / TRAINING_OPTIONS
     if not path.is_file():
         return {}, path
