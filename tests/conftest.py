@@ -44,6 +44,15 @@ def tiny_input(spatial_dims: int, batch: int = 2, channels: int = 2, size: int =
     return torch.randn((batch, channels) + (size,) * spatial_dims, generator=g)
 
 
+@pytest.fixture(autouse=True)
+def _release_cache_leases():
+    """A test that reads DICOM leases entries of its (own) cache: given up after it, as a run gives them up at exit."""
+    yield
+    from monai_unet_variants.bundle.user_cache import release
+
+    release()
+
+
 @pytest.fixture(params=NETWORK_NAMES)
 def name(request) -> str:
     return request.param

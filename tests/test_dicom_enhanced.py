@@ -6,6 +6,7 @@ as a DICOM SEG that refers to its frames."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -127,6 +128,32 @@ def test_an_enhanced_ct_reads_as_its_single_frame_series(tmp_path, cache, order,
     direct = mb.check_inputs([str(volume)])[0]  # the file named in the datalist: named after the file
     assert Path(direct).name == "volume.nii.gz" and dicom_source(direct) == (volume.resolve(), volume.resolve())
     torch.testing.assert_close(_load(direct), reference, rtol=0, atol=0)
+
+
+def test_the_volumes_read_are_kept_within_the_cache_limit(tmp_path, cache, monkeypatch, caplog):
+    """With ``MONAI_UNET_VARIANTS_CACHE_GB=0`` a run keeps the volumes it reads while it runs (it reads them again
+    later); the next run's first new volume removes them; a volume removed is read anew when asked for again."""
+    from monai_unet_variants.bundle.user_cache import CACHE_LIMIT_ENV, release
+
+    series = tmp_path / "series"
+    _series(series)
+    _enhanced(series, tmp_path / "a"), _enhanced(series, tmp_path / "b")
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "0")
+    first = Path(mb.check_inputs([str(tmp_path / "a")])[0])
+    second = Path(mb.check_inputs([str(tmp_path / "b")])[0])
+    assert first.is_file() and second.is_file()  # both in use by this run
+    release()  # the run ends
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        again = Path(mb.check_inputs([str(tmp_path / "a")])[0])  # cached: used, nothing written, nothing pruned
+        assert again == first and "removed" not in caplog.text
+        _enhanced(series, tmp_path / "c")
+        third = Path(mb.check_inputs([str(tmp_path / "c")])[0])
+    assert third.is_file() and first.is_file() and not second.parent.exists()
+    assert "removed the 1 least recently used entries" in caplog.text
+    torch.testing.assert_close(_load(str(third)), _load(str(first)), rtol=0, atol=0)
+    monkeypatch.setenv(CACHE_LIMIT_ENV, "20 GB")
+    with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}='20 GB': expected the DICOM cache's limit"):
+        mb.check_inputs([str(tmp_path / "b")])
 
 
 def test_an_enhanced_ct_with_a_missing_or_doubled_frame_is_refused(tmp_path):

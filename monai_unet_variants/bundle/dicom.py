@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from .user_cache import lease, prune
+
 __all__ = ["NOT_IMAGES", "DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "image_grid",
            "is_dicom_file", "series_choice"]
 
@@ -246,9 +248,8 @@ def _check_stacking(folder: Path, uid: str, positions: np.ndarray, normal: np.nd
 
 def _series_folder(folder: Path, uid: str, items: list) -> Path:
     """A folder holding only the chosen series' files (links), for a reader that reads whole folders."""
-    base = _cache_dir() / "dicom_series"
     key = hashlib.sha256(f"{folder.resolve()}|{uid}".encode()).hexdigest()[:16]
-    out = base / key / folder.name  # the folder's own name: outputs are still named after it
+    out = lease("dicom_series", key) / folder.name  # the folder's own name: outputs are still named after it
     out.mkdir(parents=True, exist_ok=True)
     for path, _ in items:
         link = out / path.name
@@ -330,16 +331,13 @@ def _multi_frame(folder: Path, uid: str, items: list) -> tuple[Path, Any, list] 
 SOURCE_RECORD = "dicom_source.json"
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai_unet_variants"
-
-
 def enhanced_volume(path: str | os.PathLike, given: str | os.PathLike | None = None,
                     frames: list | None = None) -> Path:
     """The volume of a multi-frame DICOM image (an Enhanced CT) as a NIfTI file that MONAI's readers read: built once
     per file (its path, size and modification time) and input under ``~/.cache/monai_unet_variants/dicom_volumes``,
     named after ``given`` (the folder or file of the datalist, so that outputs are named as for a series folder), with
-    a ``dicom_source.json`` record beside it (``dicom_source``: what a DICOM SEG refers to).
+    a ``dicom_source.json`` record beside it (``dicom_source``: what a DICOM SEG refers to); the cache is kept within
+    its size limit (``user_cache``), never removing what a running process uses.
 
     The frames are stacked by position along their normal (their order in the file does not matter), their stored
     values taken to Hounsfield units with each frame's rescale slope and intercept; the affine is the one ITK gives
@@ -363,7 +361,7 @@ def enhanced_volume(path: str | os.PathLike, given: str | os.PathLike | None = N
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{given.resolve()}"
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     name = given.name[:-4] if given.name.lower().endswith(".dcm") else given.name
-    out = _cache_dir() / "dicom_volumes" / key / f"{name}.nii.gz"
+    out = lease("dicom_volumes", key) / f"{name}.nii.gz"
     record = out.parent / SOURCE_RECORD
     if out.is_file() and record.is_file():
         return out
@@ -387,6 +385,7 @@ def enhanced_volume(path: str | os.PathLike, given: str | os.PathLike | None = N
     content = json.dumps({"input": str(given.resolve()), "dicom": str(path.resolve())}, indent=2) + "\n"
     atomic_write(record, lambda f: f.write(content.encode()))
     logger.info(f"read the multi-frame DICOM file {path} ({len(frames)} frames) as a volume: {out}")
+    prune()
     return out
 
 

@@ -224,7 +224,8 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
 
     import pydicom
 
-    from .dicom import _cache_dir, _headers, _write_volume, dicom_source, image_grid
+    from .dicom import _headers, _write_volume, dicom_source, image_grid
+    from .user_cache import lease, prune
 
     path, image = Path(path), Path(image)
     header = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -241,12 +242,13 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
     seg, img = path.stat(), image.stat()  # the image's time too: another image saved under its name has another grid
     text = f"{path.resolve()}|{seg.st_size}|{seg.st_mtime_ns}|{image.resolve()}|{img.st_mtime_ns}"
     key = hashlib.sha256(text.encode()).hexdigest()
-    out = _cache_dir() / "dicom_labels" / key[:16] / f"{path.stem}.nii.gz"
+    out = lease("dicom_labels", key[:16]) / f"{path.stem}.nii.gz"
     if out.is_file():
         return out
     shape, affine = image_grid(image, slices)
     _write_volume(out, read_dicom_seg(path, shape, affine, image=str(image)), affine)
     logger.info(f"read the DICOM SEG {path} as the label map of {image}: {out}")
+    prune()
     return out
 
 

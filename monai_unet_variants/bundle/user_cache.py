@@ -1,0 +1,209 @@
+"""The files the DICOM reader keeps under ``~/.cache/monai_unet_variants``, within a size limit.
+
+Volumes read from Enhanced CTs (``dicom_volumes``, about half the DICOM file's size each), label maps read from DICOM
+SEGs (``dicom_labels``) and folders of links to one series of a folder holding several (``dicom_series``) are built
+once and reused. On a machine that segments every CT a hospital sends they would fill the disk, so they are kept
+within ``MONAI_UNET_VARIANTS_CACHE_GB`` (default 20 GB; ``none``: no limit; ``0``: nothing beyond what running
+processes use).
+
+Each is an *entry*: a folder ``<kind>/<key>/`` named after what it was made from. A run that uses an entry leases it
+(``lease``): the entry's name goes into the run's lease file (``leases/<host>-<pid>-<random>``, under an exclusive
+lock while the process lives) and the entry's time is set to now, its last use. After an entry is written the cache is
+pruned (``prune``): the least recently used entries are removed until the cache is within the limit, never an entry
+that a living process has leased (a training run reads its inputs again every epoch). A lease file whose lock can be
+taken belongs to a process that has ended and is removed. One lock over the cache (``.lock``) makes leasing and pruning
+take turns, so that an entry is never removed between its lease and its use. Without ``fcntl`` (Windows) nothing is
+pruned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; leases cannot be seen across processes, so nothing is pruned
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["CACHE_LIMIT_ENV", "KINDS", "cache_dir", "cache_limit_gb", "lease", "prune", "release"]
+
+logger = logging.getLogger("monai_unet_variants.bundle")
+
+#: the environment variable that limits the cache, in GB (a number >= 0, or ``none``)
+CACHE_LIMIT_ENV = "MONAI_UNET_VARIANTS_CACHE_GB"
+DEFAULT_LIMIT_GB = 20.0
+#: the kinds of entries (folders of the cache) that are pruned
+KINDS = ("dicom_volumes", "dicom_labels", "dicom_series")
+
+_leases: dict[tuple[Path, int], tuple[IO[str], set[str]]] = {}  # (cache, pid) -> this process's lease file, names
+_guard = threading.Lock()  # this process's threads, around the lease files they share
+_warned = False  # whether this process has said that the cache is over its limit with entries in use
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/monai_unet_variants`` (``~/.cache/monai_unet_variants`` by default)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monai_unet_variants"
+
+
+def cache_limit_gb() -> float | None:
+    """The limit ``MONAI_UNET_VARIANTS_CACHE_GB`` sets (GB; ``None``: no limit), 20 GB when it is not set.
+
+    Raises:
+        ValueError: naming the variable, for a value that is no number >= 0 and not ``none``.
+    """
+    text = os.environ.get(CACHE_LIMIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LIMIT_GB
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{CACHE_LIMIT_ENV}={text!r}: expected the DICOM cache's limit as a number of GB >= 0, or "
+                         f"none for no limit (the cache is {cache_dir()})")
+    return value
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """The cache's lock (``.lock``), held exclusively: leasing and pruning take turns, across processes and threads
+    (each holder opens the file anew, and flock locks belong to the open file)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with _guard, open(root / ".lock", "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield  # the lock goes with the file when it is closed
+
+
+def _own_leases(root: Path) -> tuple[IO[str], set[str]]:
+    """This process's lease file in ``root`` and the names in it, made at its first lease (under ``_locked``: a pruner
+    never sees it before it is locked). Keyed by the process too: a forked child writes a file of its own."""
+    key = (root, os.getpid())
+    if key not in _leases:
+        folder = root / "leases"
+        folder.mkdir(exist_ok=True)
+        f = open(folder / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}", "a")
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        _leases[key] = (f, set())
+    return _leases[key]
+
+
+def release() -> None:
+    """Give up this process's leases, in every cache it used: its entries may be pruned from now on. Called at exit; a
+    process killed before leaves a lease file that the next prune removes."""
+    with _guard:
+        for key in [k for k in _leases if k[1] == os.getpid()]:
+            f, _ = _leases.pop(key)
+            Path(f.name).unlink(missing_ok=True)
+            f.close()
+
+
+atexit.register(release)
+
+
+def lease(kind: str, key: str) -> Path:
+    """The folder of entry ``key`` of ``kind`` (one of ``KINDS``), made if missing, leased to this process (no prune
+    removes it while the process lives) and marked as used now.
+
+    Examples::
+
+        >>> folder = lease("dicom_volumes", "0123456789abcdef")  # doctest: +SKIP
+    """
+    if kind not in KINDS:
+        raise ValueError(f"cache entries are of the kinds {KINDS}, not {kind!r}")
+    root = cache_dir()
+    entry, name = root / kind / key, f"{kind}/{key}"
+    with _locked(root):
+        f, names = _own_leases(root)
+        if name not in names:
+            f.write(name + "\n")
+            f.flush()
+            names.add(name)
+        entry.mkdir(parents=True, exist_ok=True)
+        os.utime(entry)
+    return entry
+
+
+def _leased(root: Path) -> set[str]:
+    """The entries that living processes hold (under ``_locked``); lease files of processes that have ended are
+    removed. This process's own file is locked by its own open file: seen as living too."""
+    names: set[str] = set()
+    folder = root / "leases"
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            with open(path) as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    names.update(f.read().split())
+                    continue
+                path.unlink()  # its process has ended (the lock went with it)
+        except FileNotFoundError:  # removed just now by another pruner's look at it
+            continue
+    return names
+
+
+def _size(entry: Path) -> int:
+    """The bytes of ``entry``'s files (links as links: a series' link folder is small)."""
+    total = 0
+    for folder, _, files in os.walk(entry):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def prune(limit_gb: float | None | str = "env") -> list[Path]:
+    """Remove the least recently used entries until the cache holds at most ``limit_gb`` GB, never one that a living
+    process has leased; returns the entries removed (logged). A cache still over the limit then (entries in use) is
+    logged as a warning.
+
+    Args:
+        limit_gb: the limit in GB, ``None`` for none. Defaults to ``"env"``: ``cache_limit_gb()``.
+    """
+    limit = cache_limit_gb() if limit_gb == "env" else limit_gb
+    root = cache_dir()
+    if limit is None or fcntl is None or not root.is_dir():
+        return []
+    with _locked(root):
+        held = _leased(root)
+        entries = []
+        for kind in KINDS:
+            folder = root / kind
+            for entry in folder.iterdir() if folder.is_dir() else []:
+                if entry.is_dir():
+                    entries.append((entry.stat().st_mtime, _size(entry), f"{kind}/{entry.name}", entry))
+        total = sum(size for _, size, _, _ in entries)
+        removed, freed = [], 0
+        for _, size, name, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= limit * 1e9:
+                break
+            if name in held:
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            total, freed = total - size, freed + size
+            removed.append(entry)
+    if removed:
+        logger.info(f"DICOM cache {root}: removed the {len(removed)} least recently used entries "
+                    f"({freed / 1e6:.0f} MB) to keep it within {limit:g} GB ({CACHE_LIMIT_ENV})")
+    global _warned
+    if total > limit * 1e9 and not _warned:
+        _warned = True  # once per process: with a limit of 0 every new entry of the run is over it
+        logger.warning(f"DICOM cache {root} holds {total / 1e9:.2f} GB, over its {limit:g} GB ({CACHE_LIMIT_ENV}): "
+                       "the rest is in use by running processes (this one's inputs among them)")
+    return removed

@@ -1,0 +1,113 @@
+"""The DICOM reader's cache (``~/.cache/monai_unet_variants``) stays within its limit: least recently used entries go
+first, never one that a living process uses; a process that ended (or was killed) leaves nothing that keeps an entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from monai_unet_variants.bundle import user_cache
+from monai_unet_variants.bundle.user_cache import CACHE_LIMIT_ENV, cache_limit_gb, lease, prune, release
+
+MB = 1_000_000
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """This test's own cache; this process's leases given up after the test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(CACHE_LIMIT_ENV, raising=False)
+    monkeypatch.setattr(user_cache, "_warned", False)
+    yield tmp_path / "cache" / "monai_unet_variants"
+    release()
+
+
+def _entry(cache: Path, name: str, megabytes: float, age_s: float) -> Path:
+    """An entry of a process that has ended (no lease), of ``megabytes`` MB, last used ``age_s`` seconds ago."""
+    entry = cache / name
+    entry.mkdir(parents=True)
+    (entry / "volume.nii.gz").write_bytes(b"\0" * int(megabytes * MB))
+    os.utime(entry, (time.time() - age_s,) * 2)
+    return entry
+
+
+def test_the_limit_is_read_from_the_environment(monkeypatch):
+    assert cache_limit_gb() == 20.0
+    for text, value in [("5", 5.0), (" 0.5 ", 0.5), ("0", 0.0), ("none", None), ("None", None)]:
+        monkeypatch.setenv(CACHE_LIMIT_ENV, text)
+        assert cache_limit_gb() == value, text
+    for text in ["lots", "-1", "nan", "inf", "20GB"]:
+        monkeypatch.setenv(CACHE_LIMIT_ENV, text)
+        with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}={text!r}: expected the DICOM cache's limit"):
+            cache_limit_gb()
+    with pytest.raises(ValueError, match="kinds"):
+        lease("checkpoints", "x")
+
+
+def test_least_recently_used_entries_go_first_and_a_leased_one_never(cache, caplog):
+    old = _entry(cache, "dicom_volumes/old", 1, age_s=3000)
+    older = _entry(cache, "dicom_labels/older", 1, age_s=4000)
+    recent = _entry(cache, "dicom_volumes/recent", 1, age_s=100)
+    links = _entry(cache, "dicom_series/links", 0.001, age_s=5000)
+    other = _entry(cache, "sample_pancreas_v1", 5, age_s=9000)  # not an entry: the sample data lives here too
+    mine = lease("dicom_volumes", "mine")  # in use by this process, and the least recently used of all
+    (mine / "volume.nii.gz").write_bytes(b"\0" * MB)
+    os.utime(mine, (time.time() - 8000,) * 2)
+    assert prune(None) == [] and prune(5e-3) == []  # no limit; 4.001 MB within 5 MB
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        removed = prune(3.5e-3)  # oldest first, mine skipped: links and older go, 3 MB remain
+    assert removed == [links, older]
+    assert mine.is_dir() and old.is_dir() and recent.is_dir() and other.is_dir()
+    assert "removed the 2 least recently used entries (1 MB) to keep it within 0.0035 GB" in caplog.text
+    caplog.clear()
+    os.utime(old)  # used again: now the most recent of the two unleased
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        assert prune(0) == [recent, old]
+        assert prune(0) == []
+    assert mine.is_dir() and (mine / "volume.nii.gz").stat().st_size == MB
+    assert caplog.text.count("the rest is in use by running processes") == 1  # said once per process
+    release()
+    assert prune(0) == [mine] and other.is_dir()
+
+
+def test_an_entry_is_kept_while_its_process_lives_and_only_then(cache, tmp_path):
+    """Another process (a training run) leases an entry; pruning to 0 keeps it while that process lives, also when
+    it is killed without a word the lease file goes at the next prune, and the entry with it."""
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("user_cache", {str(Path(user_cache.__file__))!r})
+        cache = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cache)
+        entry = cache.lease("dicom_volumes", sys.argv[1])
+        (entry / "volume.nii.gz").write_bytes(bytes(1000))
+        print("leased", flush=True)
+        if sys.argv[2] == "wait":
+            sys.stdin.read()
+    """)
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-c", script, "theirs", "wait"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "leased"
+        leases = list((cache / "leases").iterdir())
+        assert len(leases) == 1 and leases[0].read_text() == "dicom_volumes/theirs\n"
+        assert prune(0) == [] and (cache / "dicom_volumes" / "theirs").is_dir()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no exit handler runs: its lease file stays behind
+        proc.wait()
+    assert list((cache / "leases").iterdir()) == leases
+    assert prune(0) == [cache / "dicom_volumes" / "theirs"]
+    assert not (cache / "leases").exists() or not list((cache / "leases").iterdir())
+    # a process that ends as processes do gives its leases up itself
+    subprocess.run([sys.executable, "-c", script, "done", "exit"], check=True, env=env, capture_output=True)
+    assert (cache / "dicom_volumes" / "done").is_dir() and not list((cache / "leases").iterdir())
+    assert prune(0) == [cache / "dicom_volumes" / "done"]
