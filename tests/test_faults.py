@@ -136,6 +136,20 @@ def test_a_case_smaller_than_one_patch_is_padded_and_named_once(caplog):
         "window: padded to 40 x 70 x 32"]
 
 
+def test_checking_many_inputs_shows_its_progress(tmp_path, monkeypatch, capsys):
+    """The checks before any work (minutes for a few hundred DICOM series or Enhanced CTs) show a progress bar once
+    they take ``PROGRESS_DELAY_S``; a check quicker than that prints nothing."""
+    from monai_unet_variants.bundle import checks
+
+    paths = [str(_write(tmp_path / f"case{i}.nii.gz", _ramp())) for i in range(3)]
+    assert mb.check_inputs([{"image": p, "label": p} for p in paths]) == [{"image": p, "label": p} for p in paths]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(checks, "PROGRESS_DELAY_S", 0.0)
+    assert mb.check_inputs(paths) == paths
+    err = capsys.readouterr().err
+    assert "checking inputs" in err and "3/3" in err, err
+
+
 def test_four_dimensional_files_are_refused(tmp_path):
     four = _write(tmp_path / "4d.nii.gz", np.stack([_ramp(), _ramp()], axis=-1))
     with pytest.raises(ValueError, match=f"image {four} is a 4D volume \\(shape \\(16, 16, 8, 2\\)\\)"):
