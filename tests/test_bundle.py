@@ -790,12 +790,13 @@ def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_mlflow_tracking(tmp_path, sample):
-    """MONAI's standard `--tracking mlflow` records the run's metrics in <output_dir>/mlruns.db."""
+    """MONAI's standard `--tracking mlflow` records the run's metrics in <output_dir>/mlruns.db; the loss every
+    `--log_interval` iterations, as the console lines."""
     mlflow = pytest.importorskip("mlflow")
     root = tmp_path / "bundle"
     shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("*.pt", "eval"))
     run_bundle("run", "--config_file", str(root / "configs" / "train.json"), "--dataset_dir", str(sample),
-               "--epochs", "1", "--val_interval", "1", "--tracking", "mlflow", *TINY)
+               "--epochs", "1", "--val_interval", "1", "--tracking", "mlflow", "--log_interval", "2", *TINY)
     db = root / "eval" / "mlruns.db"
     assert db.is_file()
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{db}")
@@ -803,6 +804,9 @@ def test_mlflow_tracking(tmp_path, sample):
     assert runs, "no MLflow run recorded"
     metrics = set().union(*(r.data.metrics for r in runs))
     assert {"train_loss", "val_mean_dice"} <= metrics, metrics
+    [trained] = [r for r in runs if "train_loss" in r.data.metrics]
+    steps = [m.step for m in client.get_metric_history(trained.info.run_id, "train_loss")]
+    assert steps and all(step % 2 == 0 for step in steps), steps
 
 
 def test_tensorrt_inference_config(monkeypatch, caplog):

@@ -18,6 +18,7 @@ from monai_unet_variants.bundle import (
     SyncFreeMeanDice,
     every_n_iterations,
     host_reads,
+    tracking_follows_log_interval,
 )
 
 
@@ -118,6 +119,32 @@ def test_every_n_iterations_means_what_is_typed():
     for bad in (-1, 2.5, "x", True):
         with pytest.raises(ValueError, match="--log_interval must be a whole number"):
             every_n_iterations(bad)
+
+
+def test_tracking_loss_follows_the_log_interval(tmp_path):
+    """``--tracking mlflow`` adds MONAI's MLFlowHandler logging the loss every iteration (a read-back each): it
+    follows ``--log_interval`` as the console lines do; a tracking file's own ``iteration_log`` stays."""
+    pytest.importorskip("mlflow")
+    from ignite.engine import Engine, Events
+    from monai.handlers import MLFlowHandler, StatsHandler
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    for typed, steps in [(3, [3, 6, 9]), (1, list(range(1, 11))), (0, [])]:
+        default = MLFlowHandler(tracking_uri=uri, experiment_name=f"every{typed}", tag_name="train_loss",
+                                output_transform=lambda out: out)
+        own = MLFlowHandler(tracking_uri=uri, iteration_log=False)
+        other = StatsHandler(iteration_log=True)
+        assert tracking_follows_log_interval([default, own, other], typed) is True
+        assert own.iteration_log is False and other.iteration_log is True
+        engine = Engine(lambda e, b: 0.5)
+        default.attach(engine)
+        engine.run([0] * 10, max_epochs=1)
+        client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+        [run] = client.search_runs([client.get_experiment_by_name(f"every{typed}").experiment_id])
+        history = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in history) == steps, typed
 
 
 def test_flagship_training_reads_nothing_back_but_its_loss_lines(tmp_path, sample):

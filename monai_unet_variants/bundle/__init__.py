@@ -51,6 +51,7 @@ from .syncfree import (
     SyncFreeMeanDice,
     every_n_iterations,
     host_reads,
+    tracking_follows_log_interval,
 )
 from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
@@ -104,6 +105,7 @@ __all__ = [
     "output_names",
     "record_training_options",
     "trained_option",
+    "tracking_follows_log_interval",
     "end_distributed",
     "quiet_other_ranks",
     "select_class",

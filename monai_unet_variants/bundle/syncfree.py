@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -30,7 +30,7 @@ from monai.metrics import DiceMetric
 from ..options import as_int
 
 __all__ = ["HOST_READS", "DecollateOnDevice", "HostRead", "SyncFreeDiceMetric", "SyncFreeMeanDice",
-           "every_n_iterations", "host_reads"]
+           "every_n_iterations", "host_reads", "tracking_follows_log_interval"]
 
 #: the ``torch.Tensor`` methods through which a tensor's value reaches the host (on a GPU each waits for the device)
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy", "__array__", "nonzero",
@@ -195,6 +195,20 @@ def every_n_iterations(value: Any, name: str = "log_interval") -> bool | Callabl
         return iteration % n == 0
 
     return every
+
+
+def tracking_follows_log_interval(handlers: Sequence[Any], log_interval: Any) -> bool:
+    """Make the per-iteration loss of MONAI's experiment tracking (``--tracking mlflow`` adds an ``MLFlowHandler``
+    with ``iteration_log=True``: a loss read back from the device and a metric written every iteration) follow
+    ``--log_interval`` as the console and TensorBoard lines do. A handler whose ``iteration_log`` is anything but
+    ``True`` (a tracking settings file's own choice) is left as it is; call before the trainer attaches them (its
+    ``initialize``). Returns ``True`` (for a config's ``initialize``)."""
+    from monai.handlers import MLFlowHandler
+
+    for handler in handlers:
+        if isinstance(handler, MLFlowHandler) and handler.iteration_log is True:
+            handler.iteration_log = every_n_iterations(log_interval)
+    return True
 
 
 class HostRead(NamedTuple):
