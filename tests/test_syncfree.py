@@ -125,7 +125,7 @@ def test_tracking_loss_follows_the_log_interval(tmp_path):
     """``--tracking mlflow`` adds MONAI's MLFlowHandler logging the loss every iteration (a read-back each): it
     follows ``--log_interval`` as the console lines do; a tracking file's own ``iteration_log`` stays."""
     pytest.importorskip("mlflow")
-    from ignite.engine import Engine, Events
+    from ignite.engine import Engine
     from monai.handlers import MLFlowHandler, StatsHandler
 
     import mlflow
