@@ -31,11 +31,16 @@ def cache(tmp_path, monkeypatch) -> Path:
     release()
 
 
-def _entry(cache: Path, name: str, megabytes: float, age_s: float) -> Path:
-    """An entry of a process that has ended (no lease), of ``megabytes`` MB, last used ``age_s`` seconds ago."""
+def _entry(cache: Path, name: str, megabytes: float, age_s: float, links: int = 0) -> Path:
+    """An entry of a process that has ended (no lease), of ``megabytes`` MB and ``links`` links in a subfolder (as
+    a series' link folder holds them), last used ``age_s`` seconds ago."""
     entry = cache / name
     entry.mkdir(parents=True)
     (entry / "volume.nii.gz").write_bytes(b"\0" * int(megabytes * MB))
+    if links:
+        (entry / "series").mkdir()
+        for i in range(links):
+            os.symlink(f"/nowhere/IM{i:04d}.dcm", entry / "series" / f"IM{i:04d}.dcm")
     os.utime(entry, (time.time() - age_s,) * 2)
     return entry
 
@@ -57,17 +62,17 @@ def test_least_recently_used_entries_go_first_and_a_leased_one_never(cache, capl
     old = _entry(cache, "dicom_volumes/old", 1, age_s=3000)
     older = _entry(cache, "dicom_labels/older", 1, age_s=4000)
     recent = _entry(cache, "dicom_volumes/recent", 1, age_s=100)
-    links = _entry(cache, "dicom_series/links", 0.001, age_s=5000)
+    links = _entry(cache, "dicom_series/links", 0, age_s=5000, links=3906)  # 3906 x 256 bytes: 1 MB
     other = _entry(cache, "sample_pancreas_v1", 5, age_s=9000)  # not an entry: the sample data lives here too
     mine = lease("dicom_volumes", "mine")  # in use by this process, and the least recently used of all
     (mine / "volume.nii.gz").write_bytes(b"\0" * MB)
     os.utime(mine, (time.time() - 8000,) * 2)
-    assert prune(None) == [] and prune(5e-3) == []  # no limit; 4.001 MB within 5 MB
+    assert prune(None) == [] and prune(5e-3) == []  # no limit; 5 MB within 5 MB
     with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
         removed = prune(3.5e-3)  # oldest first, mine skipped: links and older go, 3 MB remain
     assert removed == [links, older]
     assert mine.is_dir() and old.is_dir() and recent.is_dir() and other.is_dir()
-    assert "removed the 2 least recently used entries (1 MB) to keep it within 0.0035 GB" in caplog.text
+    assert "removed the 2 least recently used entries (2 MB) to keep it within 0.0035 GB" in caplog.text
     caplog.clear()
     os.utime(old)  # used again: now the most recent of the two unleased
     with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):

@@ -42,6 +42,8 @@ logger = logging.getLogger("monai_unet_variants.bundle")
 #: the environment variable that limits the cache, in GB (a number >= 0, or ``none``)
 CACHE_LIMIT_ENV = "MONAI_UNET_VARIANTS_CACHE_GB"
 DEFAULT_LIMIT_GB = 20.0
+#: what a link counts towards the limit: an inode's size (ext4's default), its target held in the inode itself
+LINK_BYTES = 256
 #: the kinds of entries (folders of the cache) that are pruned
 KINDS = ("dicom_volumes", "dicom_labels", "dicom_series")
 
@@ -156,15 +158,19 @@ def _leased(root: Path) -> set[str]:
     return names
 
 
-def _size(entry: Path) -> int:
-    """The bytes of ``entry``'s files (links as links: a series' link folder is small)."""
+def _size(entry: str | os.PathLike) -> int:
+    """The bytes of ``entry``'s files; a link (a series' link folder holds hundreds) counts ``LINK_BYTES`` without
+    being looked at beyond its directory entry: a prune after each new entry stays quick over thousands of them."""
     total = 0
-    for folder, _, files in os.walk(entry):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                pass
+    try:
+        with os.scandir(entry) as items:
+            for item in items:
+                if item.is_symlink():
+                    total += LINK_BYTES
+                else:
+                    total += _size(item.path) if item.is_dir() else item.stat().st_size
+    except FileNotFoundError:  # removed meanwhile
+        pass
     return total
 
 
