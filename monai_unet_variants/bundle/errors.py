@@ -3,9 +3,9 @@
 ``python -m monai.bundle run`` wraps every failure of a config item in ``RuntimeError: Failed to instantiate
 component ...`` or ``Failed to evaluate ConfigExpression``; the message that names the file and the fix is dozens of
 lines further up. ``summarize_errors()`` (every bundle config calls it first in ``initialize``; ``trained_option``
-for the export commands) keeps Python's traceback and adds one line at the end: ``error: <the cause>``, the
-innermost exception that this package raised (where it wraps a library's error, its message names the file and the
-fix), else the innermost of all.
+on an export command's unreadable checkpoint) keeps Python's traceback and adds one line at the end: ``error: <the
+cause>``, the innermost exception that this package raised (where it wraps a library's error, its message names the
+file and the fix), else the innermost of all.
 """
 
 from __future__ import annotations

@@ -47,10 +47,12 @@ def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool
 def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
     """What the model at ``ckpt_path`` was trained with, and the file that says so; a checkpoint file there that is
     truncated or no checkpoint is refused first (``check_complete``): the configs read this before they build the
-    network, also where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package (which
-    run no ``initialize``: their errors' last line is made the cause here)."""
-    summarize_errors()
-    check_complete(ckpt_path)
+    network, also where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package."""
+    try:
+        check_complete(ckpt_path)
+    except ValueError:
+        summarize_errors()  # the export commands run no ``initialize``: the cause is made their last line here
+        raise
     path = Path(ckpt_path).expanduser().parent / TRAINING_OPTIONS
     if not path.is_file():
         return {}, path
