@@ -1129,23 +1129,25 @@ def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
     root = REPO / "bundles" / "attunet_pancreas"
     models = tmp_path / "models"
     models.mkdir()
-    net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=3, channels=[4, 8, 16, 32, 64], strides=[2, 2, 2, 2])
+    net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=3, channels=[4, 8, 16, 32, 64],
+                        strides=[2, 2, 2, 2])
     good, legacy, bad = models / "good.pt", models / "legacy.pt", models / "model.pt"
     torch.save(net.state_dict(), good)
     torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
     data = good.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
     check_complete(good), check_complete(legacy), check_complete(tmp_path / "nowhere.pt")  # pass: no error
-    cause = f"checkpoint {bad} cannot be read (it is no zip archive with the directory at its end that torch.save writes)"
-    cfg = ["--meta_file", str(root / "configs" / "metadata.json"), "--config_file", str(root / "configs" / "inference.json"),
-           "--bundle_root", str(tmp_path), "--ckpt_file", str(bad)]
+    cause = (f"checkpoint {bad} cannot be read (it is no zip archive with the directory at its end that torch.save "
+             "writes)")
+    meta, config = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
+    cfg = ["--meta_file", meta, "--config_file", config, "--bundle_root", str(tmp_path), "--ckpt_file", str(bad)]
     proc = run_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *cfg, check=False)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ValueError: {cause}"), proc.stderr[-3000:]
     assert not (tmp_path / "model.ts").exists()
     with pytest.raises(RuntimeError) as err:
         onnx_export(net_id="network_def", filepath=str(tmp_path / "model.onnx"), ckpt_file=str(bad),
-                    meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.json"),
+                    meta_file=meta, config_file=config,
                     bundle_root=str(tmp_path), args_file=str(root / "configs" / "onnx_export.json"))
     assert str(root_cause(err.value)).startswith(cause)
     assert not (tmp_path / "model.onnx").exists()
