@@ -353,3 +353,22 @@ def test_iteration_output_benchmark_compares_the_bundles_bookkeeping_with_monais
     reads = [float(line.split("reads/iteration")[1].split()[0]) for line in (monai, ours)]
     assert reads[0] >= 4 and reads[1] == 0, lines
     assert monai.rsplit("Dice", 1)[1] == ours.rsplit("Dice", 1)[1] and "the same Dice: True" in lines[-1]
+
+
+@pytest.mark.slow  # ~10 s
+def test_input_check_benchmark(tmp_path):
+    """``benchmarks/input_check.py`` at a tiny size: every step timed, its table against MONAI's reading, its JSON;
+    the Enhanced CT's volume written to the benchmark's own cache (not the user's) and read back."""
+    pytest.importorskip("highdicom")
+    out = tmp_path / "inputs.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "input_check.py"), "--cases", "2", "--shape", "40,32,12",
+           "--repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    steps = result["seconds_per_case"]
+    assert set(steps) == {"monai_load_series", "check_series", "check_enhanced_first", "check_enhanced_cached",
+                          "load_enhanced_volume"} and all(v > 0 for v in steps.values())
+    assert result["shape"] == [40, 32, 12] and result["cached_volume_mb"] > 0
+    assert "MONAI LoadImage (ITK) of a series folder" in proc.stdout and "1.000" in proc.stdout
+    assert len(list((tmp_path / "work" / "cache" / "monai_unet_variants" / "dicom_volumes").glob("*/*.nii"))) == 2
