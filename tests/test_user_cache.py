@@ -116,3 +116,13 @@ def test_an_entry_is_kept_while_its_process_lives_and_only_then(cache, tmp_path)
     subprocess.run([sys.executable, "-c", script, "done", "exit"], check=True, env=env, capture_output=True)
     assert (cache / "dicom_volumes" / "done").is_dir() and not list((cache / "leases").iterdir())
     assert prune(0) == [cache / "dicom_volumes" / "done"]
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+    """A read-only home (as some containers have) or a file in the way: the cache and the fix are named."""
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
+    with pytest.raises(NotADirectoryError, match=f"the DICOM cache {blocker / 'cache' / 'monai_unet_variants'} cannot "
+                                                 "be written .*set XDG_CACHE_HOME to a writable folder"):
+        lease("dicom_volumes", "k")

@@ -128,14 +128,19 @@ def lease(kind: str, key: str) -> Path:
         raise ValueError(f"cache entries are of the kinds {KINDS}, not {kind!r}")
     root = cache_dir()
     entry, name = root / kind / key, f"{kind}/{key}"
-    with _locked(root):
-        f, names = _own_leases(root)
-        if name not in names:
-            f.write(name + "\n")
-            f.flush()
-            names.add(name)
-        entry.mkdir(parents=True, exist_ok=True)
-        os.utime(entry)
+    try:
+        with _locked(root):
+            f, names = _own_leases(root)
+            if name not in names:
+                f.write(name + "\n")
+                f.flush()
+                names.add(name)
+            entry.mkdir(parents=True, exist_ok=True)
+            os.utime(entry)
+    except OSError as err:  # a read-only home (a container), a full disk, a file in the way
+        raise OSError(err.errno, f"the DICOM cache {root} cannot be written ({err.strerror or err}: "
+                                 f"{err.filename or root}); set XDG_CACHE_HOME to a writable folder "
+                                 f"({kind} are kept in <XDG_CACHE_HOME>/monai_unet_variants)") from err
     return entry
 
 
