@@ -1,8 +1,8 @@
 """The files the DICOM reader keeps under ``~/.cache/monai_unet_variants``, within a size limit.
 
-Volumes read from Enhanced CTs (``dicom_volumes``, uncompressed: about the DICOM file's size each), label maps read from DICOM
-SEGs (``dicom_labels``) and folders of links to one series of a folder holding several (``dicom_series``) are built
-once and reused. On a machine that segments every CT a hospital sends they would fill the disk, so they are kept
+Volumes read from Enhanced CTs (``dicom_volumes``, uncompressed: about the DICOM file's size each), label maps read
+from DICOM SEGs (``dicom_labels``) and folders of links to one series of a folder holding several (``dicom_series``)
+are built once and reused. On a machine that segments every CT a hospital sends they would fill the disk, so they are kept
 within ``MONAI_UNET_VARIANTS_CACHE_GB`` (default 20 GB; ``none``: no limit; ``0``: nothing beyond what running
 processes use).
 
