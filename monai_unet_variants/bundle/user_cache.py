@@ -2,8 +2,8 @@
 
 Volumes read from Enhanced CTs (``dicom_volumes``, uncompressed: about the DICOM file's size each), label maps read
 from DICOM SEGs (``dicom_labels``) and folders of links to one series of a folder holding several (``dicom_series``)
-are built once and reused. On a machine that segments every CT a hospital sends they would fill the disk, so they are kept
-within ``MONAI_UNET_VARIANTS_CACHE_GB`` (default 20 GB; ``none``: no limit; ``0``: nothing beyond what running
+are built once and reused. On a machine that segments every CT a hospital sends they would fill the disk, so they
+are kept within ``MONAI_UNET_VARIANTS_CACHE_GB`` (default 20 GB; ``none``: no limit; ``0``: nothing beyond what running
 processes use).
 
 Each is an *entry*: a folder ``<kind>/<key>/`` named after what it was made from. A run that uses an entry leases it
