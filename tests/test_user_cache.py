@@ -126,3 +126,23 @@ def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
     with pytest.raises(NotADirectoryError, match=f"the DICOM cache {blocker / 'cache' / 'monai_unet_variants'} cannot "
                                                  "be written .*set XDG_CACHE_HOME to a writable folder"):
         lease("dicom_volumes", "k")
+
+
+def test_the_cache_command_shows_and_prunes_it(cache, capsys):
+    """``python -m monai_unet_variants.cache``: entries, GB and those in use per kind; ``--prune`` as a run prunes."""
+    from monai_unet_variants.cache import main
+
+    old = _entry(cache, "dicom_volumes/old", 2, age_s=100)
+    mine = lease("dicom_labels", "mine")
+    (mine / "label.nii.gz").write_bytes(b"\0" * MB)
+    assert main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"DICOM cache {cache} (limit 20 GB, {CACHE_LIMIT_ENV}):"
+    assert lines[1].split() == ["dicom_volumes", "1", "entries", "0.002", "GB", "0", "in", "use", "by", "running",
+                                "processes"]
+    assert lines[2].split()[:6] == ["dicom_labels", "1", "entries", "0.001", "GB", "1"]
+    assert main(["--prune", "0"]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 entry\n") and not old.exists() and mine.is_dir()
+    with pytest.raises(SystemExit):
+        main(["--prune", "-1"])
+    assert "--prune -1.0: expected a number of GB >= 0" in capsys.readouterr().err

@@ -35,7 +35,7 @@ try:
 except ImportError:  # Windows: no flock; leases cannot be seen across processes, so nothing is pruned
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CACHE_LIMIT_ENV", "KINDS", "cache_dir", "cache_limit_gb", "lease", "prune", "release"]
+__all__ = ["CACHE_LIMIT_ENV", "KINDS", "cache_dir", "cache_limit_gb", "lease", "prune", "release", "summary"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -179,6 +179,40 @@ def _size(entry: str | os.PathLike) -> int:
     return total
 
 
+def _entries(root: Path) -> list[tuple[float, int, str, Path]]:
+    """Every entry of the cache: ``(last use, bytes, "<kind>/<key>", folder)``."""
+    entries = []
+    for kind in KINDS:
+        folder = root / kind
+        for entry in folder.iterdir() if folder.is_dir() else []:
+            if entry.is_dir():
+                entries.append((entry.stat().st_mtime, _size(entry), f"{kind}/{entry.name}", entry))
+    return entries
+
+
+def summary() -> dict[str, dict[str, int]]:
+    """Per kind of entry: how many there are (``entries``), their bytes and how many of them living processes hold
+    (``in_use``).
+
+    Examples::
+
+        >>> sorted(summary()) == sorted(KINDS)
+        True
+    """
+    root = cache_dir()
+    out = {kind: {"entries": 0, "bytes": 0, "in_use": 0} for kind in KINDS}
+    if not root.is_dir():
+        return out
+    with _locked(root):
+        held = _leased(root) if fcntl is not None else set()
+        for _, size, name, _ in _entries(root):
+            counts = out[name.split("/")[0]]
+            counts["entries"] += 1
+            counts["bytes"] += size
+            counts["in_use"] += name in held
+    return out
+
+
 def prune(limit_gb: float | None | str = "env") -> list[Path]:
     """Remove the least recently used entries until the cache holds at most ``limit_gb`` GB, never one that a living
     process has leased; returns the entries removed (logged). A cache still over the limit then (entries in use) is
@@ -193,12 +227,7 @@ def prune(limit_gb: float | None | str = "env") -> list[Path]:
         return []
     with _locked(root):
         held = _leased(root)
-        entries = []
-        for kind in KINDS:
-            folder = root / kind
-            for entry in folder.iterdir() if folder.is_dir() else []:
-                if entry.is_dir():
-                    entries.append((entry.stat().st_mtime, _size(entry), f"{kind}/{entry.name}", entry))
+        entries = _entries(root)
         total = sum(size for _, size, _, _ in entries)
         removed, freed = [], 0
         for _, size, name, entry in sorted(entries, key=lambda e: e[0]):
