@@ -1115,45 +1115,64 @@ def test_ckpt_export_of_a_checkpoint_trained_elsewhere_says_how_to_export_it(tmp
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), net(x))
 
 
+def _truncated_checkpoint(folder: Path) -> tuple[Path, Path, str]:
+    """A complete checkpoint ``good.pt`` and its first half as ``model.pt`` in ``folder``, and the cause the exports
+    name for the latter."""
+    from monai_unet_variants.networks import AttentionUNet
+
+    folder.mkdir()
+    net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=3, channels=[4, 8, 16, 32, 64],
+                        strides=[2, 2, 2, 2])
+    good, bad = folder / "good.pt", folder / "model.pt"
+    torch.save(net.state_dict(), good)
+    data = good.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    return good, bad, f"checkpoint {bad} cannot be read (it is no zip archive with the directory at its end that " \
+        "torch.save writes)"
+
+
 def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
     """MONAI's ckpt_export and onnx_export load the checkpoint themselves: a truncated file came out as torch's
     weights-only unpickling error advising ``weights_only=False``, or a zip error without the file's name. The
-    configs check the file before they build the network (``check_complete``): the last line names file and cause,
-    nothing is written. A complete checkpoint, also of torch's legacy format, passes without being loaded."""
-    from monai.bundle import onnx_export
+    configs check the file before they build the network (``check_complete``): the cause names the file, nothing is
+    written. A complete checkpoint, also of torch's legacy format, passes without being loaded."""
+    from monai.bundle import ckpt_export, onnx_export
 
     from monai_unet_variants.bundle.checkpoints import check_complete
     from monai_unet_variants.bundle.errors import root_cause
-    from monai_unet_variants.networks import AttentionUNet
 
+    good, bad, cause = _truncated_checkpoint(tmp_path / "models")
+    legacy = tmp_path / "models" / "legacy.pt"
+    torch.save(torch.load(good, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    for path in (good, legacy, tmp_path / "nowhere.pt"):
+        check_complete(path)  # passes: no error
     root = REPO / "bundles" / "attunet_pancreas"
-    models = tmp_path / "models"
-    models.mkdir()
-    net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=3, channels=[4, 8, 16, 32, 64],
-                        strides=[2, 2, 2, 2])
-    good, legacy, bad = models / "good.pt", models / "legacy.pt", models / "model.pt"
-    torch.save(net.state_dict(), good)
-    torch.save(net.state_dict(), legacy, _use_new_zipfile_serialization=False)
-    data = good.read_bytes()
-    bad.write_bytes(data[: len(data) // 2])
-    check_complete(good), check_complete(legacy), check_complete(tmp_path / "nowhere.pt")  # pass: no error
-    cause = (f"checkpoint {bad} cannot be read (it is no zip archive with the directory at its end that torch.save "
-             "writes)")
-    meta, config = str(root / "configs" / "metadata.json"), str(root / "configs" / "inference.json")
-    cfg = ["--meta_file", meta, "--config_file", config, "--bundle_root", str(tmp_path), "--ckpt_file", str(bad)]
-    proc = run_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), *cfg, check=False)
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ValueError: {cause}"), proc.stderr[-3000:]
-    assert not (tmp_path / "model.ts").exists()
-    with pytest.raises(RuntimeError) as err:
-        onnx_export(net_id="network_def", filepath=str(tmp_path / "model.onnx"), ckpt_file=str(bad),
-                    meta_file=meta, config_file=config,
-                    bundle_root=str(tmp_path), args_file=str(root / "configs" / "onnx_export.json"))
-    assert str(root_cause(err.value)).startswith(cause)
-    assert not (tmp_path / "model.onnx").exists()
+    common = {"net_id": "network_def", "ckpt_file": str(bad), "meta_file": str(root / "configs" / "metadata.json"),
+              "config_file": str(root / "configs" / "inference.json"), "bundle_root": str(tmp_path)}
+    for export, args in [(ckpt_export, {"filepath": str(tmp_path / "model.ts")}),
+                         (onnx_export, {"filepath": str(tmp_path / "model.onnx"),
+                                        "args_file": str(root / "configs" / "onnx_export.json")})]:
+        with pytest.raises(RuntimeError) as err:
+            export(**common, **args)
+        assert str(root_cause(err.value)).startswith(cause), export
+        assert not Path(args["filepath"]).exists()
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="it is no zip archive"):
         check_complete(bad)
+
+
+@pytest.mark.slow  # ~6 s: the command line's last line (the in-process checks above run by default)
+def test_export_command_of_a_truncated_checkpoint_ends_with_the_cause(tmp_path):
+    _, bad, cause = _truncated_checkpoint(tmp_path / "models")
+    root = REPO / "bundles" / "attunet_pancreas"
+    proc = run_bundle("ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"),
+                      "--meta_file", str(root / "configs" / "metadata.json"),
+                      "--config_file", str(root / "configs" / "inference.json"), "--bundle_root", str(tmp_path),
+                      "--ckpt_file", str(bad), check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ValueError: {cause}"), proc.stderr[-3000:]
+    assert "weights_only" not in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "model.ts").exists()
 
 
 @pytest.mark.slow
