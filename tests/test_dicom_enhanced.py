@@ -153,7 +153,7 @@ def test_the_volumes_read_are_kept_within_the_cache_limit(tmp_path, cache, monke
     torch.testing.assert_close(_load(str(third)), _load(str(first)), rtol=0, atol=0)
     monkeypatch.setenv(CACHE_LIMIT_ENV, "20 GB")
     with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}='20 GB': expected the DICOM cache's limit"):
-        mb.check_inputs([str(tmp_path / "b")])
+        mb.check_inputs([str(tmp_path / "a")])  # cached, nothing to write: refused all the same
 
 
 def test_an_enhanced_ct_with_a_missing_or_doubled_frame_is_refused(tmp_path):

@@ -54,6 +54,8 @@ def test_the_limit_is_read_from_the_environment(monkeypatch):
         monkeypatch.setenv(CACHE_LIMIT_ENV, text)
         with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}={text!r}: expected the DICOM cache's limit"):
             cache_limit_gb()
+        with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}={text!r}"):  # at each use, not only at a prune
+            lease("dicom_volumes", "x")
     with pytest.raises(ValueError, match="kinds"):
         lease("checkpoints", "x")
 

@@ -126,6 +126,7 @@ def lease(kind: str, key: str) -> Path:
     """
     if kind not in KINDS:
         raise ValueError(f"cache entries are of the kinds {KINDS}, not {kind!r}")
+    cache_limit_gb()  # a limit mistyped stops the run at the first entry, also where nothing new is written
     root = cache_dir()
     entry, name = root / kind / key, f"{kind}/{key}"
     try:
