@@ -148,3 +148,31 @@ def test_the_cache_command_shows_and_prunes_it(cache, capsys):
     with pytest.raises(SystemExit):
         main(["--prune", "-1"])
     assert "--prune -1.0: expected a number of GB >= 0" in capsys.readouterr().err
+
+
+def test_an_entry_needed_by_two_processes_at_once_is_built_once(cache, tmp_path):
+    """The ranks of a distributed run check the same inputs at the same moment: one builds each entry, the other
+    waits for it and reads it (a volume written eight times over by eight ranks before)."""
+    script = textwrap.dedent(f"""
+        import importlib.util, os, sys, time
+        spec = importlib.util.spec_from_file_location("user_cache", {str(Path(user_cache.__file__))!r})
+        cache = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(cache)
+
+        def build(entry):
+            with open({str(tmp_path / "builds.txt")!r}, "a") as f:
+                f.write(str(os.getpid()) + "\\n")
+            time.sleep(1.0)  # long enough for the other process to arrive while this one builds
+            (entry / "volume.nii").write_bytes(bytes(1000))
+
+        start = float(sys.argv[1])
+        time.sleep(max(0.0, start - time.time()))
+        print(cache.cached("dicom_volumes", "shared", ["volume.nii"], build) / "volume.nii")
+    """)
+    start = str(time.time() + 1.0)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == [str(cache / "dicom_volumes" / "shared" / "volume.nii")] * 2
+    assert len((tmp_path / "builds.txt").read_text().split()) == 1

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .user_cache import lease, prune
+from .user_cache import cached, lease
 
 __all__ = ["NOT_IMAGES", "DicomSeriesError", "check_dicom_folder", "dicom_source", "enhanced_volume", "image_grid",
            "is_dicom_file", "series_choice"]
@@ -360,33 +360,31 @@ def enhanced_volume(path: str | os.PathLike, given: str | os.PathLike | None = N
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{given.resolve()}|nii"  # |nii: not the earlier .nii.gz
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
-    name = given.name[:-4] if given.name.lower().endswith(".dcm") else given.name
-    out = lease("dicom_volumes", key) / f"{name}.nii"
-    record = out.parent / SOURCE_RECORD
-    if out.is_file() and record.is_file():
-        return out
-    ds = pydicom.dcmread(str(path))  # its header was read and checked already
-    try:
-        pixels = ds.pixel_array
-    except Exception as err:  # a decoder that is missing (JPEG 2000, JPEG-LS) or data that does not decode
-        syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
-        raise DicomSeriesError(
-            f"{path}: its pixel data cannot be decoded ({type(err).__name__}: {err}); transfer syntax "
-            f"{getattr(syntax, 'name', syntax)}. Install the decoder pydicom names (e.g. pip install pylibjpeg "
-            "pylibjpeg-openjpeg), or convert the file first, e.g. to NIfTI with dcm2niix") from err
-    frames = frames if frames is not None else _frame_headers(path, ds)
-    if frames is None or pixels.shape != (len(frames), int(ds.Rows), int(ds.Columns)):
-        raise DicomSeriesError(f"{path}: its pixel data has shape {pixels.shape}, not one grey-level plane of "
-                               f"{ds.Rows} x {ds.Columns} for each of its {ds.NumberOfFrames} frames")
-    volume, affine = _stack(pixels, [f for _, f in frames])
-    _write_volume(out, volume, affine)
-    from .checkpoints import atomic_write
+    name = (given.name[:-4] if given.name.lower().endswith(".dcm") else given.name) + ".nii"
 
-    content = json.dumps({"input": str(given.resolve()), "dicom": str(path.resolve())}, indent=2) + "\n"
-    atomic_write(record, lambda f: f.write(content.encode()))
-    logger.info(f"read the multi-frame DICOM file {path} ({len(frames)} frames) as a volume: {out}")
-    prune()
-    return out
+    def build(entry: Path) -> None:
+        ds = pydicom.dcmread(str(path))  # its header was read and checked already
+        try:
+            pixels = ds.pixel_array
+        except Exception as err:  # a decoder that is missing (JPEG 2000, JPEG-LS) or data that does not decode
+            syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+            raise DicomSeriesError(
+                f"{path}: its pixel data cannot be decoded ({type(err).__name__}: {err}); transfer syntax "
+                f"{getattr(syntax, 'name', syntax)}. Install the decoder pydicom names (e.g. pip install pylibjpeg "
+                "pylibjpeg-openjpeg), or convert the file first, e.g. to NIfTI with dcm2niix") from err
+        headers = frames if frames is not None else _frame_headers(path, ds)
+        if headers is None or pixels.shape != (len(headers), int(ds.Rows), int(ds.Columns)):
+            raise DicomSeriesError(f"{path}: its pixel data has shape {pixels.shape}, not one grey-level plane of "
+                                   f"{ds.Rows} x {ds.Columns} for each of its {ds.NumberOfFrames} frames")
+        volume, affine = _stack(pixels, [f for _, f in headers])
+        _write_volume(entry / name, volume, affine)
+        from .checkpoints import atomic_write
+
+        content = json.dumps({"input": str(given.resolve()), "dicom": str(path.resolve())}, indent=2) + "\n"
+        atomic_write(entry / SOURCE_RECORD, lambda f: f.write(content.encode()))
+        logger.info(f"read the multi-frame DICOM file {path} ({len(headers)} frames) as a volume: {entry / name}")
+
+    return cached("dicom_volumes", key, [name, SOURCE_RECORD], build) / name
 
 
 def _stack(pixels: np.ndarray, frames: list) -> tuple[np.ndarray, np.ndarray]:

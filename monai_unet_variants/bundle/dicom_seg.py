@@ -225,7 +225,7 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
     import pydicom
 
     from .dicom import _headers, _write_volume, dicom_source, image_grid
-    from .user_cache import lease, prune
+    from .user_cache import cached
 
     path, image = Path(path), Path(image)
     header = pydicom.dcmread(str(path), stop_before_pixels=True)
@@ -242,14 +242,14 @@ def seg_label_file(path: str | os.PathLike, image: str | os.PathLike) -> Path:
     seg, img = path.stat(), image.stat()  # the image's time too: another image saved under its name has another grid
     text = f"{path.resolve()}|{seg.st_size}|{seg.st_mtime_ns}|{image.resolve()}|{img.st_mtime_ns}"
     key = hashlib.sha256(text.encode()).hexdigest()
-    out = lease("dicom_labels", key[:16]) / f"{path.stem}.nii.gz"
-    if out.is_file():
-        return out
-    shape, affine = image_grid(image, slices)
-    _write_volume(out, read_dicom_seg(path, shape, affine, image=str(image)), affine)
-    logger.info(f"read the DICOM SEG {path} as the label map of {image}: {out}")
-    prune()
-    return out
+    name = f"{path.stem}.nii.gz"
+
+    def build(entry: Path) -> None:
+        shape, affine = image_grid(image, slices)
+        _write_volume(entry / name, read_dicom_seg(path, shape, affine, image=str(image)), affine)
+        logger.info(f"read the DICOM SEG {path} as the label map of {image}: {entry / name}")
+
+    return cached("dicom_labels", key[:16], [name], build) / name
 
 
 def write_dicom_seg(label: np.ndarray, affine: np.ndarray, series_folder: str | os.PathLike, path: str | os.PathLike,

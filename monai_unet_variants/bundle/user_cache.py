@@ -25,7 +25,7 @@ import shutil
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -35,7 +35,8 @@ try:
 except ImportError:  # Windows: no flock; leases cannot be seen across processes, so nothing is pruned
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CACHE_LIMIT_ENV", "KINDS", "cache_dir", "cache_limit_gb", "lease", "prune", "release", "summary"]
+__all__ = ["CACHE_LIMIT_ENV", "KINDS", "cache_dir", "cached", "cache_limit_gb", "lease", "prune", "release",
+           "summary"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -142,6 +143,25 @@ def lease(kind: str, key: str) -> Path:
         raise OSError(err.errno, f"the DICOM cache {root} cannot be written ({err.strerror or err}: "
                                  f"{err.filename or root}); set XDG_CACHE_HOME to a writable folder "
                                  f"({kind} are kept in <XDG_CACHE_HOME>/monai_unet_variants)") from err
+    return entry
+
+
+def cached(kind: str, key: str, names: Sequence[str], build: Callable[[Path], None]) -> Path:
+    """The folder of entry ``key`` of ``kind`` (leased, see ``lease``) holding the files ``names``, which
+    ``build(folder)`` writes where any is missing; then the cache is pruned. Built once: the building holds an
+    exclusive lock on the entry's ``.building`` file, so a second process that needs the entry at once (the ranks of
+    a distributed run, two runs over one input) waits and then finds the files instead of building them again (the
+    lock goes with its process, however that ends)."""
+    entry = lease(kind, key)
+    if all((entry / name).is_file() for name in names):
+        return entry
+    with open(entry / ".building", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if all((entry / name).is_file() for name in names):  # built meanwhile by another process
+            return entry
+        build(entry)
+    prune()
     return entry
 
 
