@@ -1131,21 +1131,26 @@ def _truncated_checkpoint(folder: Path) -> tuple[Path, Path, str]:
         "torch.save writes)"
 
 
-def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path):
+def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path, monkeypatch):
     """MONAI's ckpt_export and onnx_export load the checkpoint themselves: a truncated file came out as torch's
     weights-only unpickling error advising ``weights_only=False``, or a zip error without the file's name. The
     configs check the file before they build the network (``check_complete``): the cause names the file, nothing is
     written. A complete checkpoint, also of torch's legacy format, passes without being loaded."""
     from monai.bundle import ckpt_export, onnx_export
 
+    from monai_unet_variants.bundle import checkpoints
     from monai_unet_variants.bundle.checkpoints import check_complete
     from monai_unet_variants.bundle.errors import root_cause
 
     good, bad, cause = _truncated_checkpoint(tmp_path / "models")
     legacy = tmp_path / "models" / "legacy.pt"
     torch.save(torch.load(good, weights_only=True), legacy, _use_new_zipfile_serialization=False)
-    for path in (good, legacy, tmp_path / "nowhere.pt"):
+    loads = []
+    load = checkpoints.check_checkpoint
+    monkeypatch.setattr(checkpoints, "check_checkpoint", lambda p: loads.append(p) or load(p))
+    for path in (good, legacy, tmp_path / "nowhere.pt", legacy):
         check_complete(path)  # passes: no error
+    assert loads == [legacy]  # a zip is not loaded; the legacy file once (a config reads several options beside it)
     root = REPO / "bundles" / "attunet_pancreas"
     common = {"net_id": "network_def", "ckpt_file": str(bad), "meta_file": str(root / "configs" / "metadata.json"),
               "config_file": str(root / "configs" / "inference.json"), "bundle_root": str(tmp_path)}

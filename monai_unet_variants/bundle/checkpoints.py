@@ -162,8 +162,18 @@ def check_complete(path: str | os.PathLike) -> None:
     must exist. For what reads a checkpoint without this package's loader (MONAI's ``ckpt_export`` and
     ``onnx_export``, which report a truncated file as an unpickling error)."""
     p = Path(path).expanduser()
-    if p.is_file() and not zipfile.is_zipfile(p):
+    if not p.is_file():
+        return
+    stat = p.stat()
+    seen = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    if seen in _COMPLETE:  # a config asks once per option it reads (and a legacy file would be loaded each time)
+        return
+    if not zipfile.is_zipfile(p):
         check_checkpoint(p)
+    _COMPLETE.add(seen)
+
+
+_COMPLETE: set[tuple[str, int, int]] = set()  # (path, size, mtime) of the files check_complete has passed
 
 
 class AtomicCheckpointSaver:

@@ -126,9 +126,9 @@ def _progress(items: Sequence[Any], desc: str, unit: str) -> Iterable[Any]:
     """``items`` with a progress bar (tqdm, on stderr) that shows once the work takes ``PROGRESS_DELAY_S``: reading a
     few hundred DICOM series' headers, or Enhanced CTs into volumes (about 1 s each at 512 x 512 x 112), takes
     minutes before anything else is said. None on the ranks > 0 of a distributed run or without tqdm."""
-    import torch.distributed as dist
+    from .training_options import _rank
 
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() > 0:
+    if _rank() > 0:
         return items
     try:
         from tqdm import tqdm

@@ -88,12 +88,11 @@ def claim_training_folders(ckpt_dir: str | os.PathLike, output_dir: str | os.Pat
     Returns:
         ``True`` (a config can call it in ``initialize``).
     """
-    import torch
-
     from ..options import as_bool
+    from .training_options import _rank
 
     resume, overwrite = as_bool(resume, "resume"), as_bool(overwrite, "overwrite")
-    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+    if _rank() > 0:
         return True
     ckpt, out = Path(ckpt_dir), Path(output_dir)
     _lock(ckpt, "--ckpt_dir")
