@@ -576,5 +576,5 @@ class SafeCheckpointLoader(CheckpointLoader):
         if new_rate:
             logger.warning(f"resuming at epoch {done} with --learning_rate {bases[0]:g}: {self.load_path} was trained "
                            f"from {old_lrs[0]:g}; the cosine schedule now runs from {bases[0]:g}")
-        logger.warning(f"learning rate {lrs[0]:.3g} at epoch {done} (the value of a {target}-epoch schedule from "
-                       f"{bases[0]:g})")
+        schedule = f"the value of a {target}-epoch schedule from {bases[0]:g}"
+        logger.warning(f"learning rate {lrs[0]:.3g} at epoch {done} ({schedule})")

@@ -142,8 +142,8 @@ def _check_declared(content: dict, source: Path) -> None:
     try:
         declared = {int(str(k).strip()): str(v) for k, v in labels.items()}
     except ValueError:
-        raise ValueError(f"datalist {source}: its 'labels' keys must be label values (0, 1, 2), got "
-                         f"{sorted(map(str, labels))}") from None
+        got = sorted(map(str, labels))
+        raise ValueError(f"datalist {source}: its 'labels' keys must be label values (0, 1, 2), got {got}") from None
     ours = ", ".join(f"{v} {names[0]}" for v, names in BUNDLE_CLASSES.items())
     extra = sorted(set(declared) - set(BUNDLE_CLASSES))
     if extra:

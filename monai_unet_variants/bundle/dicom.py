@@ -543,8 +543,8 @@ def check_dicom_folder(folder: str | os.PathLike, series: str | None = None, all
         if not found:
             raise DicomSeriesError(_not_an_image(given))
         if _frame_count(found[0][1]) == 1:
-            raise DicomSeriesError(f"{given} is a single DICOM slice: give the folder of its series, which is read "
-                                   "as one volume")
+            hint = "give the folder of its series, which is read as one volume"
+            raise DicomSeriesError(f"{given} is a single DICOM slice: {hint}")
     if not found:
         subfolders = [p for p in sorted(folder.iterdir()) if p.is_dir()]
         with_dicom = [p for p in subfolders if _headers(p)[0]]

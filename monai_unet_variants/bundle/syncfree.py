@@ -124,8 +124,7 @@ class SyncFreeDiceMetric(DiceMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if y_pred.ndim < 3:
-            raise ValueError(f"y_pred should have at least 3 dimensions (batch, channel, spatial), got "
-                             f"{y_pred.ndim}")
+            raise ValueError(f"y_pred should have at least 3 dimensions (batch, channel, spatial), got {y_pred.ndim}")
         classes = y_pred.shape[1]
         if self.apply_argmax:  # class scores (logits, probabilities): the highest-scoring class of each voxel
             if classes < 2:
