@@ -214,7 +214,8 @@ the product of its strides), e.g. [64, 64, 64]
 #: the bundles' options that ``check_options`` knows, and what each accepts: ``("int", interval)``,
 #: ``("number", interval)`` (a kind ending in ``?`` also takes ``None``: no fixed seed, the datalist's own split),
 #: ``("size",)`` (the patch size), ``("numbers", count, interval)``, ``("window",)`` (two numbers, low then high),
-#: ``("widths",)`` (a network's channels per level), ``("device",)`` or ``("amp",)`` (a boolean that needs a CUDA
+#: ``("widths",)`` (a network's channels per level), ``("gigabytes",)`` (a size limit: a number of GB >= 0, or
+#: ``none`` for no limit), ``("device",)`` or ``("amp",)`` (a boolean that needs a CUDA
 #: ``device``: MONAI's engines autocast on CUDA only, and elsewhere would turn it off with a warning, running float32
 #: while the command line says mixed precision)
 OPTION_RULES: dict[str, tuple[str, ...]] = {
@@ -233,6 +234,7 @@ OPTION_RULES: dict[str, tuple[str, ...]] = {
     "overlap": ("number", "[0, 1)"),
     "val_overlap": ("number", "[0, 1)"),
     "cache_rate": ("number", "[0, 1]"),
+    "cache_dir_gb": ("gigabytes",),
     "roi_size": ("size",),
     "pixdim": ("numbers", "3", "(0, inf)"),
     "hu_window": ("window",),
@@ -278,6 +280,12 @@ def check_options(values: Mapping[str, Any], network: Any = None) -> dict[str, A
         elif kind == "size":
             dims, divisor = getattr(network, "spatial_dims", None), getattr(network, "divisor", None)
             checked[name] = as_size(value, name, dims, divisor)
+        elif kind == "gigabytes":
+            none = isinstance(value, str) and value.strip().lower() == "none"
+            try:
+                checked[name] = None if none else as_number(value, name, "[0, inf)")
+            except ValueError:
+                raise ValueError(f"--{name} must be a number of GB >= 0, or none for no limit, got {value!r}") from None
         elif kind == "device":
             checked[name] = as_device(value, name)
         else:

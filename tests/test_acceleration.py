@@ -78,6 +78,8 @@ def test_as_device():
     ("val_fraction", 1.5, r"--val_fraction must be a number in \(0, 1\), got 1.5"),
     ("val_fraction", 0, r"--val_fraction must be a number in \(0, 1\), got 0"),
     ("cache_rate", 2, r"--cache_rate must be a number in \[0, 1\], got 2"),
+    ("cache_dir_gb", -1, r"--cache_dir_gb must be a number of GB >= 0, or none for no limit, got -1"),
+    ("cache_dir_gb", "lots", r"--cache_dir_gb must be a number of GB >= 0, or none for no limit, got 'lots'"),
     ("overlap", 1.0, r"--overlap must be a number in \[0, 1\), got 1.0"),
     ("learning_rate", float("nan"), r"--learning_rate must be a number in \(0, inf\)"),
     ("learning_rate", "1e-3x", r"--learning_rate must be a number"),
@@ -119,13 +121,14 @@ def test_check_options_passes_good_values_through():
             "max_samples_per_class": 10, "deep_supr_num": 1, "seed": None, "log_interval": 0, "learning_rate": 1,
             "val_fraction": 0.2, "overlap": 0.0, "val_overlap": 0.625, "cache_rate": 0, "roi_size": [8, 12, 4],
             "pixdim": [0.8, 0.8, 2], "hu_window": (-100, 240.5), "channels": (8, 16, 32), "device": "cpu", "amp": "false",
-            "data_device": torch.device("cpu"), "sw_device": "cpu"}
+            "data_device": torch.device("cpu"), "sw_device": "cpu", "cache_dir_gb": 2}
     assert set(good) == set(OPTION_RULES)
     checked = check_options(good, net)
     assert checked["learning_rate"] == 1.0 and checked["roi_size"] == [8, 12, 4] and checked["seed"] is None
     assert checked["pixdim"] == [0.8, 0.8, 2.0] and checked["hu_window"] == [-100.0, 240.5] and checked["amp"] is False
     assert checked["device"] == torch.device("cpu") and check_options({"seed": -3}) == {"seed": -3}
-    assert checked["channels"] == [8, 16, 32]
+    assert checked["channels"] == [8, 16, 32] and checked["cache_dir_gb"] == 2.0
+    assert check_options({"cache_dir_gb": " None"}) == {"cache_dir_gb": None}  # as typed: no limit
     assert check_options({"val_fraction": None}) == {"val_fraction": None}  # the datalist's own split, or 0.2
     with pytest.raises(ValueError, match="--epochs must be a whole number"):
         check_options({"epochs": None})  # only options marked optional take None

@@ -33,6 +33,11 @@ def test_cache_budget_reads_what_is_typed(monkeypatch):
     assert budget.describe() == "0.00 GB of the 0.00 GB budget"
 
 
+def _cases(cache) -> list:
+    """The preprocessed cases' files in a disk cache folder."""
+    return sorted(cache.glob("cases/*/case.pt"))
+
+
 def _same(a, b) -> None:
     assert len(a) == len(b)
     for (image_a, label_a), (image_b, label_b) in zip(a, b, strict=True):
@@ -49,17 +54,16 @@ def test_cases_over_the_budget_go_to_disk_and_give_the_same_samples(sample, tmp_
         tiered = training_dataset(sample, "cpu", cache_gb=str(budget), cache_dir=str(cache), num_workers=0)
     assert tiered._cache.in_memory() == 2 and len(tiered._cache) == len(everything) == 4
     assert tiered.budget.used == case_bytes[0] + case_bytes[1]
-    files = sorted(cache.iterdir())
-    assert len(files) == 2 and all(f.suffix == ".pt" for f in files)
+    files = _cases(cache)
+    assert len(files) == 2
     assert f"training cases: 2 in memory (so far {tiered.budget.describe()}), 2 on disk in {cache}" in caplog.text
     _same(training_crops(tiered, 8), training_crops(everything, 8))
 
     # a later run reads the disk cache instead of preprocessing again
     stamps = {f: f.stat().st_mtime_ns for f in files}
     again = training_dataset(sample, "cpu", cache_gb=str(budget), cache_dir=str(cache), num_workers=0)
-    assert {f: f.stat().st_mtime_ns for f in sorted(cache.iterdir())} == stamps
+    assert {f: f.stat().st_mtime_ns for f in _cases(cache)} == stamps
     _same(training_crops(again, 8), training_crops(everything, 8))
-
 
 
 def test_the_disk_cache_is_keyed_by_the_preprocessing_and_the_files(sample, tmp_path):
@@ -68,14 +72,14 @@ def test_the_disk_cache_is_keyed_by_the_preprocessing_and_the_files(sample, tmp_
     cache = tmp_path / "cache"
     on_disk = dict(cache_gb="0", cache_dir=str(cache), num_workers=0)
     training_dataset(data, "cpu", **on_disk)
-    assert len(list(cache.iterdir())) == 4
+    assert len(_cases(cache)) == 4
     training_dataset(data, "cpu", **on_disk, pixdim=[1.5, 1.5, 1.5])  # another spacing: every case again
-    assert len(list(cache.iterdir())) == 8
+    assert len(_cases(cache)) == 8
     training_dataset(data, "cpu", **on_disk, hu_window=[-100, 200])  # another window
-    assert len(list(cache.iterdir())) == 12
+    assert len(_cases(cache)) == 12
     os.utime(data / "labelsTr" / "pancreas_003.nii.gz", ns=(1, 1))  # a label file replaced
     training_dataset(data, "cpu", **on_disk)
-    assert len(list(cache.iterdir())) == 13  # only that case again
+    assert len(_cases(cache)) == 13  # only that case again
 
 
 def test_the_preprocessing_signature_sees_a_changed_function():
@@ -116,8 +120,8 @@ def test_the_preprocessing_signature_is_the_same_in_another_process(tmp_path):
 def test_a_damaged_cache_file_is_preprocessed_again(sample, tmp_path, caplog):
     cache = tmp_path / "cache"
     first = training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
-    assert first._cache.in_memory() == 0 and len(list(cache.iterdir())) == 4
-    victim = sorted(cache.iterdir())[0]
+    assert first._cache.in_memory() == 0 and len(_cases(cache)) == 4
+    victim = _cases(cache)[0]
     victim.write_bytes(victim.read_bytes()[:100])  # a file cut short by a killed run
     with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
         second = training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
@@ -142,3 +146,90 @@ def test_a_cache_folder_that_cannot_be_one_is_named(sample, tmp_path):
     with pytest.raises(RuntimeError) as info:  # the config parser wraps the dataset's own error
         training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(blocked), num_workers=0)
     assert f"--cache_dir {blocked} is a file, not a folder" in str(info.value.__cause__)
+    blocked.unlink()
+    blocked.mkdir()
+    (blocked / "cases").write_text("in the way")  # the folder is one, its cases cannot be written into it
+    with pytest.raises(RuntimeError) as info:
+        training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(blocked), num_workers=0)
+    assert (f"pancreas_000.nii.gz: its preprocessed copy cannot be stored in the disk cache: [Errno 20] the "
+            f"preprocessed-case cache {blocked} cannot be written (Not a directory: ") in str(info.value.__cause__)
+    assert "give --cache_dir a writable folder" in str(info.value.__cause__)
+
+
+def test_the_disk_cache_stays_within_its_limit(sample, tmp_path, caplog):
+    """A changed preprocessing leaves the earlier set behind only while there is room: beyond ``--cache_dir_gb`` the
+    least recently used cases go, never one that a running process (this one) uses; a lowered limit takes effect in a
+    run that writes nothing new."""
+    from monai_unet_variants.bundle.user_cache import release
+
+    cache = tmp_path / "cache"
+    training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
+    old = _cases(cache)
+    assert len(old) == 4
+    for age, file in enumerate(old, start=1):  # the first case the most recently used, the last the least
+        os.utime(file.parent, (file.stat().st_mtime - 1000 * age,) * 2)
+    release()  # that run has ended
+    another = {"cache_gb": "0", "num_workers": 0, "hu_window": [-100, 200]}
+    training_dataset(sample, "cpu", **another, cache_dir=str(tmp_path / "probe"))  # how big that set is
+    size = sum(f.stat().st_size for f in _cases(tmp_path / "probe"))
+    limit = (size + old[0].stat().st_size + old[1].stat().st_size + 100_000) / 1e9  # that set and two of the first
+    another["cache_dir"] = str(cache)
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        second = training_dataset(sample, "cpu", **another, cache_dir_gb=str(limit))
+    now = _cases(cache)
+    assert len(now) == 6 and set(old) - set(now) == {old[2], old[3]}  # the two least recently used
+    assert caplog.text.count(f"preprocessed-case cache {cache}: removed 1 least recently used entry") == 2
+    crops = training_crops(second, 4)
+
+    release()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):
+        third = training_dataset(sample, "cpu", **another, cache_dir_gb="0")  # reads its 4, writes nothing
+    assert _cases(cache) == sorted(set(now) - set(old))
+    assert f"preprocessed-case cache {cache} holds" in caplog.text and "over its 0 GB (--cache_dir_gb)" in caplog.text
+    _same(training_crops(third, 4), crops)
+
+
+def test_a_disk_cache_of_the_earlier_layout_is_kept(sample, tmp_path):
+    """Cases written as ``<key>.pt`` in the folder itself (before the limit) are moved into the cache and read,
+    not preprocessed again and not left outside the limit's reach."""
+    cache = tmp_path / "cache"
+    first = training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
+    stamps = {}
+    for file in _cases(cache):
+        os.replace(file, cache / f"{file.parent.name}.pt")
+        stamps[file.parent.name] = (cache / f"{file.parent.name}.pt").stat().st_mtime_ns
+    shutil.rmtree(cache / "cases")
+    again = training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
+    assert not list(cache.glob("*.pt"))
+    assert {f.parent.name: f.stat().st_mtime_ns for f in _cases(cache)} == stamps  # moved and read, not rewritten
+    _same(training_crops(again, 4), training_crops(first, 4))
+
+
+def test_a_mistyped_disk_cache_limit_is_named(sample, tmp_path):
+    for typed in ("lots", "-1", "20GB"):
+        with pytest.raises(RuntimeError) as info:
+            training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(tmp_path / "cache"), cache_dir_gb=typed)
+        expected = f"--cache_dir_gb {typed!r}: expected a number of GB >= 0, or none for no limit"
+        assert str(info.value.__cause__) == expected
+
+
+def test_the_cache_command_shows_and_prunes_a_disk_cache(sample, tmp_path, capsys):
+    """``python -m monai_unet_variants.cache --cache_dir FOLDER``: the preprocessed cases and those in use; ``--prune``
+    removes what no running process uses."""
+    from monai_unet_variants.bundle.user_cache import release
+    from monai_unet_variants.cache import main
+
+    cache = tmp_path / "cache"
+    training_dataset(sample, "cpu", cache_gb="0", cache_dir=str(cache), num_workers=0)
+    size = sum(f.stat().st_size for f in _cases(cache)) / 1e9
+    capsys.readouterr()
+    assert main(["--cache_dir", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"preprocessed-case cache {cache} (limit the training's --cache_dir_gb):",
+                     f"  cases               4 entries {size:>9.3f} GB  4 in use by running processes"]
+    assert main(["--cache_dir", str(cache), "--prune", "0"]) == 0 and len(_cases(cache)) == 4  # in use: kept
+    release()  # the run has ended
+    assert main(["--cache_dir", str(cache), "--prune", "0"]) == 0 and _cases(cache) == []
+    assert capsys.readouterr().out.splitlines()[-3:-1] == [
+        "removed 4 entries", f"preprocessed-case cache {cache} (limit the training's --cache_dir_gb):"]

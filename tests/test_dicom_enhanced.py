@@ -149,7 +149,7 @@ def test_the_volumes_read_are_kept_within_the_cache_limit(tmp_path, cache, monke
         _enhanced(series, tmp_path / "c")
         third = Path(mb.check_inputs([str(tmp_path / "c")])[0])
     assert third.is_file() and first.is_file() and not second.parent.exists()
-    assert "removed the 1 least recently used entries" in caplog.text
+    assert "removed 1 least recently used entry" in caplog.text
     torch.testing.assert_close(_load(str(third)), _load(str(first)), rtol=0, atol=0)
     monkeypatch.setenv(CACHE_LIMIT_ENV, "20 GB")
     with pytest.raises(ValueError, match=f"{CACHE_LIMIT_ENV}='20 GB': expected the DICOM cache's limit"):

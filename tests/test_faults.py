@@ -251,7 +251,7 @@ def test_the_last_line_of_a_failed_run_is_the_cause(capsys, monkeypatch, tmp_pat
         assert err.__cause__.__context__ is not None and err.__cause__.__suppress_context__
         sys.excepthook(type(err), err, err.__traceback__)
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last == "error: ValueError: --cache_gb 'lots': expected a number of GB, auto or none"
+    assert last == "error: ValueError: --cache_gb 'lots': expected a number of GB >= 0, auto or none"
 
 
 # --------------------------------------------------------------------------------- the real command line

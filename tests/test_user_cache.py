@@ -26,7 +26,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     """This test's own cache; this process's leases given up after the test."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv(CACHE_LIMIT_ENV, raising=False)
-    monkeypatch.setattr(user_cache, "_warned", False)
+    monkeypatch.setattr(user_cache.DICOM, "warned", False)
     yield tmp_path / "cache" / "monai_unet_variants"
     release()
 
@@ -74,7 +74,7 @@ def test_least_recently_used_entries_go_first_and_a_leased_one_never(cache, capl
         removed = prune(3.5e-3)  # oldest first, mine skipped: links and older go, 3 MB remain
     assert removed == [links, older]
     assert mine.is_dir() and old.is_dir() and recent.is_dir() and other.is_dir()
-    assert "removed the 2 least recently used entries (2 MB) to keep it within 0.0035 GB" in caplog.text
+    assert "removed 2 least recently used entries (2 MB) to keep it within 0.0035 GB" in caplog.text
     caplog.clear()
     os.utime(old)  # used again: now the most recent of the two unleased
     with caplog.at_level(logging.INFO, logger="monai_unet_variants.bundle"):

@@ -28,12 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CacheBudget", "DiskCache", "Uncached", "available_memory_gb", "cache_key", "nbytes", "transform_signature"]
+from .user_cache import EntryCache
+from .user_cache import gigabytes as parse_gigabytes
+
+__all__ = ["DISK_LIMIT_GB", "CacheBudget", "DiskCache", "Uncached", "available_memory_gb", "cache_key", "nbytes",
+           "transform_signature"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
 #: share of the available memory that ``cache_gb="auto"`` takes
 AUTO_SHARE = 0.5
+#: the preprocessed-case disk cache's default limit (``--cache_dir_gb``), GB: a Decathlon-size set at clinical size
+#: (about 95 MB a case) and room for a second preprocessing of it
+DISK_LIMIT_GB = 50.0
 
 
 def available_memory_gb() -> float:
@@ -82,21 +89,17 @@ class CacheBudget:
 
     def __init__(self, gigabytes: Any = "auto", device: Any = "cpu") -> None:
         text = str(gigabytes).strip().lower() if gigabytes is not None else "none"
-        if text in ("none", "", "inf", "unlimited"):
-            self.limit: float = float("inf")
-        elif text == "auto":
+        if text in ("", "inf", "unlimited"):
+            text = "none"
+        if text == "auto":
             local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
             free = available_memory_gb() * 1e9
             if torch.device(device).type == "cuda":
                 free = min(free, float(torch.cuda.mem_get_info(torch.device(device))[0]))
-            self.limit = AUTO_SHARE * free / local
+            self.limit: float = AUTO_SHARE * free / local
         else:
-            try:
-                self.limit = float(text) * 1e9
-            except ValueError:
-                raise ValueError(f"--cache_gb {gigabytes!r}: expected a number of GB, auto or none") from None
-            if self.limit < 0:
-                raise ValueError(f"--cache_gb {gigabytes!r}: expected a number of GB >= 0, auto or none")
+            limit = parse_gigabytes(text, f"--cache_gb {gigabytes!r}", "a number of GB >= 0, auto or none")
+            self.limit = float("inf") if limit is None else limit * 1e9
         self.used = 0
         self._lock = threading.Lock()
 
@@ -178,36 +181,80 @@ def cache_key(item: Any, signature: str) -> str:
 
 
 class DiskCache:
-    """Preprocessed cases as files (``<key>.pt``, written atomically) in ``folder``.
+    """Preprocessed cases as files (``cases/<key>/case.pt``, written atomically) in ``folder``, within ``limit_gb``.
+
+    The folder is an ``user_cache.EntryCache``: each case this process reads or writes is leased while the process
+    lives (a training run reads its cases again every epoch: never removed under it, also not by another run sharing
+    the folder), and after each new case, and once when a dataset has placed its cases, the least recently used
+    cases are removed until the folder holds at most ``limit_gb``. So a preprocessing changed (another spacing, window,
+    function) leaves the earlier set behind only until it is needed for the room. Files of the flat layout of earlier
+    versions (``<key>.pt`` in ``folder``) are moved into it, keeping their time of last use.
 
     Args:
         folder: where the files go (created when the first one is written).
+        limit_gb: the limit in GB, as typed (``--cache_dir_gb``): a number >= 0 or ``none``. Defaults to
+            ``DISK_LIMIT_GB``.
+
+    Raises:
+        ValueError: naming ``--cache_dir_gb``, for a limit that is no number >= 0 and not ``none``.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.folder = Path(folder)
+    KIND, FILE = "cases", "case.pt"
+
+    def __init__(self, folder: str | os.PathLike, limit_gb: Any = None) -> None:
+        self.folder = Path(folder).absolute()
+        typed = DISK_LIMIT_GB if limit_gb is None else limit_gb
+        self.limit_gb = parse_gigabytes(typed, f"--cache_dir_gb {typed!r}")
+        fix = "give --cache_dir a writable folder (or an empty one for no disk cache)"
+        self.entries = EntryCache(self.folder, [self.KIND], lambda: self.limit_gb, name="preprocessed-case cache",
+                                  limit_name="--cache_dir_gb", fix=fix)
+        self._adopt_flat_files()
+
+    def _adopt_flat_files(self) -> None:
+        for old in self.folder.glob("*.pt") if self.folder.is_dir() else []:
+            if len(old.stem) == 32 and all(c in "0123456789abcdef" for c in old.stem):
+                try:
+                    used = old.stat().st_mtime
+                    self.path(old.stem).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(old, self.path(old.stem))
+                    os.utime(self.path(old.stem).parent, (used, used))
+                except FileNotFoundError:  # moved meanwhile by another process of the run
+                    continue
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}.pt"
+        return self.folder / self.KIND / key / self.FILE
+
+    def _lease(self, key: str) -> Path:
+        from .checkpoints import OutputError
+
+        try:
+            return self.entries.lease(self.KIND, key)
+        except OSError as err:  # the cache cannot be written: the case is fine, its copy cannot be kept
+            raise OutputError(err.errno, str(err.strerror or err)) from None  # the message says it all
 
     def load(self, key: str) -> Any | None:
-        """The case stored under ``key``, or ``None`` when there is none or it cannot be read (then removed)."""
+        """The case stored under ``key`` (leased), or ``None`` when there is none or it cannot be read (then
+        removed)."""
         path = self.path(key)
         if not path.is_file():
             return None
+        self._lease(key)
         try:
             return torch.load(path, weights_only=False, map_location=None)  # our own files: MetaTensors pickled
+        except FileNotFoundError:  # pruned by another run between the look and the lease
+            return None
         except Exception as err:  # a file cut short by a killed run: preprocess again
             logger.warning(f"preprocessed-case cache file {path} cannot be read ({err}); preprocessing the case again")
             path.unlink(missing_ok=True)
             return None
 
     def save(self, key: str, item: Any) -> Path:
+        """Write the case (leased), then prune the folder to its limit."""
         from .checkpoints import atomic_write
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path(key)
+        path = self._lease(key) / self.FILE
         atomic_write(path, lambda f: torch.save(item, f), suffix=".pt")
+        self.entries.prune()
         return path
 
 

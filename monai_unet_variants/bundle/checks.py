@@ -343,10 +343,12 @@ class CheckedCacheDataset(CacheDataset):
             ``None`` (no limit).
         cache_dir: the on-disk cache's folder. Defaults to ``None``: no disk cache (cases beyond the budget are
             preprocessed again whenever they are drawn, as beyond MONAI's ``cache_rate``).
+        cache_dir_gb: the on-disk cache's limit (GB, or ``none``): least recently used cases are removed beyond it,
+            never one that a running process uses. Defaults to ``None``: ``caching.DISK_LIMIT_GB``.
     """
 
     def __init__(self, *args: Any, skip_bad_cases: bool = False, name: str = "dataset", budget: Any = None,
-                 cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+                 cache_dir: str | os.PathLike | None = None, cache_dir_gb: Any = None, **kwargs: Any) -> None:
         from .caching import CacheBudget, DiskCache
 
         self.skip_bad_cases = bool(skip_bad_cases)
@@ -355,7 +357,7 @@ class CheckedCacheDataset(CacheDataset):
         self.budget = budget if isinstance(budget, CacheBudget) else CacheBudget(budget)
         if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
             raise ValueError(f"--cache_dir {cache_dir} is a file, not a folder: give a folder for the preprocessed cases")
-        self.disk = DiskCache(cache_dir) if cache_dir else None
+        self.disk = DiskCache(cache_dir, cache_dir_gb) if cache_dir else None
         self._signature: str | None = None
         super().__init__(*args, **kwargs)
 
@@ -425,6 +427,8 @@ class CheckedCacheDataset(CacheDataset):
             entries = [entries[i] for i in kept]
         self._cache = TieredCache(entries)
         self.cache_num = len(entries)
+        if self.disk is not None:  # a lowered limit, where no new case was written
+            self.disk.entries.prune()
         self._say_where()
 
     def _say_where(self) -> None:
