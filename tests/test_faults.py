@@ -92,6 +92,12 @@ def test_constant_image_and_empty_label(tmp_path, caplog):
     data, img, _ = _case(tmp_path, _label(), image=np.full((16, 16, 8), -1024, np.int16))
     with pytest.raises(ValueError, match=f"image {img} is constant \\(every voxel -1024\\)"):
         mb.CheckCased()(data)
+    for bad in (np.nan, np.inf, -np.inf):  # one voxel is enough
+        image = _ramp().astype(np.float32)
+        image[3, 4, 5] = bad
+        data, img, _ = _case(tmp_path, _label(), image=image)
+        with pytest.raises(ValueError, match=f"image {img} contains NaN or infinite values"):
+            mb.CheckCased()(data)
     data, _, lbl = _case(tmp_path, np.zeros((16, 16, 8), np.uint8))
     with caplog.at_level(logging.WARNING, logger="monai_unet_variants.bundle"):
         mb.CheckCased()(data)
