@@ -372,3 +372,20 @@ def test_input_check_benchmark(tmp_path):
     assert result["shape"] == [40, 32, 12] and result["cached_volume_mb"] > 0
     assert "MONAI LoadImage (ITK) of a series folder" in proc.stdout and "1.000" in proc.stdout
     assert len(list((tmp_path / "work" / "cache" / "monai_unet_variants" / "dicom_volumes").glob("*/*.nii"))) == 2
+
+
+@pytest.mark.slow  # ~20 s
+def test_inference_memory_benchmark(tmp_path):
+    """``benchmarks/inference_memory.py`` at a small size (slabs of 1 MiB of grid): both variants' stages, the same
+    label map (each class present), the table and the JSON."""
+    out = tmp_path / "memory.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "inference_memory.py"), "--shape", "120,110,40", "--slab_mb", "1",
+           "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["label_maps_identical"] and set(result["peak_gb"]) == {"monai", "bundle"}
+    assert all(n > 0 for n in result["runs"]["bundle"]["label_voxels"].values())
+    assert {"MetaSafeSpacingd", "InPlaceSoftmaxd", "Invertd", "sliding window"} <= set(result["runs"]["bundle"]["stages"])
+    assert {"Spacingd", "Activationsd", "Invertd"} <= set(result["runs"]["monai"]["stages"])
+    assert "Spacingd / MetaSafeSpacingd" in proc.stdout and "label maps identical" in proc.stdout

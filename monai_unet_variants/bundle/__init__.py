@@ -55,7 +55,7 @@ from .syncfree import (
 )
 from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
-from .transforms import EVAL_SPACES, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
+from .transforms import EVAL_SPACES, InPlaceSoftmaxd, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
 
 __all__ = [
     "LATEST_CHECKPOINT",
@@ -73,6 +73,7 @@ __all__ = [
     "FinalValidationHandler",
     "EVAL_SPACES",
     "MainOutputd",
+    "InPlaceSoftmaxd",
     "MetaSafeSpacingd",
     "OriginalGridd",
     "PatchPadd",

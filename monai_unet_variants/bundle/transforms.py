@@ -2,16 +2,132 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import torch
 from monai.config import KeysCollection
+from monai.networks.layers import AffineTransform
+from monai.networks.utils import to_norm_affine
 from monai.transforms import Compose, EnsureChannelFirst, Invertd, LoadImage, MapTransform, Spacingd, SpatialPadd
+from monai.utils import ensure_tuple
 
 from ..acceleration import say_padding
 from .checks import AFFINE_TOLERANCE_MM, _grid_distance_mm, in_axis_order, nifti_reader
 
-__all__ = ["EVAL_SPACES", "MetaSafeSpacingd", "OriginalGridd", "PatchPadd", "eval_space"]
+__all__ = ["EVAL_SPACES", "InPlaceSoftmaxd", "MetaSafeSpacingd", "OriginalGridd", "PatchPadd", "SlabAffineTransform",
+           "eval_space", "slab_resampling"]
+
+#: the most bytes of sampling grid that ``SlabAffineTransform`` builds at once
+SLAB_GRID_BYTES = 64 * 2**20
+
+
+class SlabAffineTransform(AffineTransform):
+    """MONAI's ``AffineTransform`` (the resampler behind ``Spacing``, ``SpatialResample`` and their inverses) that
+    builds its sampling grid a slab of output slices at a time.
+
+    ``torch.nn.functional.affine_grid`` makes the grid of the whole output at once: 12 bytes per output voxel, and 16
+    more of homogeneous coordinates while it is made. A CT of 512 x 512 x 400 at 0.8 x 0.8 x 2.5 mm resampled to 1 mm
+    is 168 M voxels: 4.6 GB of transient grid for a 0.67 GB image, and as much again when ``Invertd`` brings the
+    prediction back to the scan's grid. Here a 3D output whose grid would exceed ``slab_grid_bytes`` is resampled a
+    slab of its first spatial axis at a time, into one output tensor: the transform normalized as MONAI's ``forward``
+    does (``to_norm_affine``, the axes reversed), each slab's grid the rows of the whole grid that ``affine_grid``
+    makes (the same base coordinates and product: bit for bit, so also a nearest-neighbour tie breaks the same way),
+    sampled by ``grid_sample`` as MONAI does. Anything else (2D, a batch of transforms, a smaller output) is MONAI's
+    own call.
+
+    Examples::
+
+        >>> resample = SlabAffineTransform(normalized=False, reverse_indexing=True)
+        >>> image = torch.rand(1, 1, 20, 24, 28)
+        >>> theta = torch.diag(torch.tensor([0.5, 0.5, 0.5, 1.0]))
+        >>> resample(image, theta, spatial_size=(40, 48, 56)).shape
+        torch.Size([1, 1, 40, 48, 56])
+    """
+
+    slab_grid_bytes = SLAB_GRID_BYTES
+
+    def forward(self, src: torch.Tensor, theta: torch.Tensor, spatial_size: Any = None) -> torch.Tensor:
+        size = spatial_size if spatial_size is not None else self.spatial_size
+        size = tuple(src.shape[2:]) if size is None else tuple(int(n) for n in ensure_tuple(size))
+        square = isinstance(theta, torch.Tensor) and tuple(theta.shape[-2:]) in ((3, 4), (4, 4))
+        plain = square and theta.numel() in (12, 16) and torch.is_floating_point(theta) and theta.dtype == src.dtype
+        rows = max(1, self.slab_grid_bytes // (28 * max(1, math.prod(size[1:]))))  # 28 bytes of grid per voxel
+        if self.normalized or not plain or src.ndim != 5 or src.shape[0] != 1 or len(size) != 3 or rows >= size[0]:
+            return super().forward(src, theta, spatial_size)
+        theta = theta.reshape(theta.shape[-2:])
+        if theta.shape[0] == 3:
+            theta = torch.cat([theta, torch.tensor([[0, 0, 0, 1]]).to(theta)])
+        theta = to_norm_affine(affine=theta[None], src_size=src.shape[2:], dst_size=size,
+                               align_corners=self.align_corners, zero_centered=self.zero_centered)
+        if self.reverse_indexing:
+            rev = torch.as_tensor([2, 1, 0], device=theta.device)
+            theta[:, :3] = theta[:, rev]
+            theta[:, :, :3] = theta[:, :, rev]
+        weights = theta[:, :3].transpose(1, 2)  # affine_grid's product: base coordinates (x, y, z, 1) times this
+        z, y, x = (self._steps(n, theta) for n in size)
+        src = src.contiguous()
+        out = torch.empty((*src.shape[:2], *size), dtype=src.dtype, device=src.device)
+        for start in range(0, size[0], rows):
+            stop = min(size[0], start + rows)
+            base = torch.empty((1, stop - start, *size[1:], 4), dtype=theta.dtype, device=theta.device)
+            base[..., 0] = x
+            base[..., 1] = y[:, None]
+            base[..., 2] = z[start:stop, None, None]
+            base[..., 3] = 1
+            grid = base.view(1, -1, 4).bmm(weights).view(1, stop - start, *size[1:], 3)
+            out[:, :, start:stop] = torch.nn.functional.grid_sample(
+                src, grid, mode=self.mode, padding_mode=self.padding_mode, align_corners=self.align_corners)
+        return out
+
+    def _steps(self, count: int, like: torch.Tensor) -> torch.Tensor:
+        """``affine_grid``'s base coordinates along an axis of ``count`` voxels (ATen's ``linspace_from_neg_one``)."""
+        if count <= 1:
+            return torch.zeros((), dtype=like.dtype, device=like.device)
+        steps = torch.linspace(-1, 1, count, dtype=like.dtype, device=like.device)
+        return steps if self.align_corners else steps * (count - 1) / count
+
+
+_installed = threading.Lock()
+
+
+def slab_resampling() -> None:
+    """Make MONAI's spatial resampling (``Spacing``, ``SpatialResample``, ``ResampleToMatch`` and their inverses, in
+    this process) use ``SlabAffineTransform``: the same values, without a whole-volume sampling grid. Called by
+    ``MetaSafeSpacingd``; idempotent."""
+    from monai.transforms.spatial import functional
+
+    with _installed:
+        if functional.AffineTransform is not SlabAffineTransform:
+            functional.AffineTransform = SlabAffineTransform
+
+
+class InPlaceSoftmaxd(MapTransform):
+    """Softmax over the channels of each key's tensor, in place: ``Activationsd(softmax=True)`` without a second
+    copy of the class scores (3 classes of a 512 x 512 x 400 CT at 1 mm: 2 GB each, the original kept alive by the
+    engine's batch output while the postprocessing runs). Equal to ``torch.softmax`` but for float rounding.
+
+    Examples::
+
+        >>> d = InPlaceSoftmaxd("pred")({"pred": torch.tensor([[0.0, 2.0], [0.0, 0.0]])})
+        >>> d["pred"]
+        tensor([[0.5000, 0.8808],
+                [0.5000, 0.1192]])
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            scores = d[key]
+            if scores.dtype not in (torch.float32, torch.float64) or scores.requires_grad:  # as Activationsd does
+                d[key] = torch.softmax(scores, dim=0)  # (float16 is computed in float32 there)
+                continue
+            with torch.no_grad():
+                scores.sub_(torch.amax(scores, dim=0, keepdim=True)).exp_()  # not max(): its int64 indices
+                scores.div_(scores.sum(dim=0, keepdim=True))
+        return d
 
 
 class MetaSafeSpacingd(Spacingd):
@@ -20,8 +136,13 @@ class MetaSafeSpacingd(Spacingd):
     MONAI 1.6 updates every entry whose name starts with ``"<key>_"`` after resampling a NIfTI image, and
     MONAI Label puts the image's path (a string) under ``image_path``: plain ``Spacingd`` then fails with
     ``'str' object has no attribute 'update'``. This transform sets such entries aside for the call;
-    everything else, including ``inverse``, is ``Spacingd``'s.
+    everything else, including ``inverse``, is ``Spacingd``'s. Its resampling and that of its inverse use no
+    whole-volume sampling grid (``slab_resampling``).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        slab_resampling()
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict:
         d = dict(data)
