@@ -47,7 +47,7 @@ def _case(key: str, spacing: tuple[float, float, float], shear: float) -> dict:
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("spacing, shear", [((0.8, 0.8, 2.5), 0.0), ((1.3, 0.7, 3.0), 0.05)])
 def test_slab_resampling_gives_monais_values_bit_for_bit(monkeypatch, grids, key, mode, padding, align_corners,
-                                                          spacing, shear):
+                                                         spacing, shear):
     """Forward and inverse, images and labels (a nearest-neighbour tie at 0.8 -> 1 mm breaks as MONAI breaks it),
     with each grid within the budget instead of the whole volume's."""
     monkeypatch.setattr(SlabAffineTransform, "slab_grid_bytes", BUDGET)

@@ -55,7 +55,15 @@ from .syncfree import (
 )
 from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
-from .transforms import EVAL_SPACES, InPlaceSoftmaxd, MainOutputd, MetaSafeSpacingd, OriginalGridd, PatchPadd, eval_space
+from .transforms import (
+    EVAL_SPACES,
+    InPlaceSoftmaxd,
+    MainOutputd,
+    MetaSafeSpacingd,
+    OriginalGridd,
+    PatchPadd,
+    eval_space,
+)
 
 __all__ = [
     "LATEST_CHECKPOINT",
