@@ -1086,10 +1086,11 @@ def test_every_generated_bundle_infers_and_exports(name, tmp_path, sample):
         torch.testing.assert_close(torch.jit.load(str(root / "models" / "model.ts"))(x), net.eval()(x))
 
 
-def test_ckpt_export_of_a_checkpoint_trained_elsewhere_says_how_to_export_it(tmp_path):
-    """MONAI's ckpt_export builds the network from the config, whose widths follow the training_options.json beside
-    ``@ckpt_path``, not beside ``--ckpt_file``: a checkpoint of other widths kept elsewhere is refused with one line
-    naming the widths and the option that fixes it (``--ckpt_path``), and exports with it."""
+def test_ckpt_export_of_a_checkpoint_trained_elsewhere_builds_its_widths(tmp_path):
+    """MONAI's ckpt_export takes ``--ckpt_file`` out of the arguments the config sees; the config's ``ckpt_path``
+    follows it in an export (``export_checkpoint``), so a checkpoint of other widths kept elsewhere exports with the
+    widths recorded beside it, without ``--ckpt_path``. A ``--ckpt_path`` typed to another folder is what the
+    widths come from; one that does not fit is refused with one line naming the widths and the options."""
     from monai.bundle import ckpt_export
 
     from monai_unet_variants.networks import AttentionUNet
@@ -1106,10 +1107,10 @@ def test_ckpt_export_of_a_checkpoint_trained_elsewhere_says_how_to_export_it(tmp
     args = dict(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(run / "model.pt"),
                 meta_file=str(root / "configs" / "metadata.json"), config_file=str(root / "configs" / "inference.json"),
                 bundle_root=str(tmp_path / "elsewhere"))
-    with pytest.raises(RuntimeError, match=r"widths \[16, 32, 64, 128, 256\]\).*give --ckpt_path the file given as"):
-        ckpt_export(**args)
+    with pytest.raises(RuntimeError, match=r"widths \[16, 32, 64, 128, 256\]\).*in an export beside --ckpt_file"):
+        ckpt_export(**args, ckpt_path=str(tmp_path / "elsewhere" / "model.pt"))
     assert not (tmp_path / "model.ts").exists()
-    ckpt_export(**args, ckpt_path=str(run / "model.pt"))
+    ckpt_export(**args)
     x = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), net(x))
@@ -1135,7 +1136,8 @@ def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path, mo
     """MONAI's ckpt_export and onnx_export load the checkpoint themselves: a truncated file came out as torch's
     weights-only unpickling error advising ``weights_only=False``, or a zip error without the file's name. The
     configs check the file before they build the network (``check_complete``): the cause names the file, nothing is
-    written. A complete checkpoint, also of torch's legacy format, passes without being loaded."""
+    written; also where ``--ckpt_path`` names a complete file beside the export's ``--ckpt_file``. A complete
+    checkpoint, also of torch's legacy format, passes without being loaded."""
     from monai.bundle import ckpt_export, onnx_export
 
     from monai_unet_variants.bundle import checkpoints
@@ -1156,7 +1158,8 @@ def test_export_of_a_truncated_or_foreign_checkpoint_names_the_file(tmp_path, mo
               "config_file": str(root / "configs" / "inference.json"), "bundle_root": str(tmp_path)}
     for export, args in [(ckpt_export, {"filepath": str(tmp_path / "model.ts")}),
                          (onnx_export, {"filepath": str(tmp_path / "model.onnx"),
-                                        "args_file": str(root / "configs" / "onnx_export.json")})]:
+                                        "args_file": str(root / "configs" / "onnx_export.json")}),
+                         (ckpt_export, {"filepath": str(tmp_path / "model.ts"), "ckpt_path": str(good)})]:
         with pytest.raises(RuntimeError) as err:
             export(**common, **args)
         assert str(root_cause(err.value)).startswith(cause), export

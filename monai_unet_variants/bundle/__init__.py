@@ -25,6 +25,7 @@ from .checkpoints import (
     SafeCheckpointLoader,
     atomic_write,
     check_checkpoint,
+    export_checkpoint,
     sweep_temporaries,
 )
 from .checks import (
@@ -106,6 +107,7 @@ __all__ = [
     "claim_training_folders",
     "eval_space",
     "every_n_iterations",
+    "export_checkpoint",
     "find_bundle_root",
     "host_reads",
     "inference_inputs",

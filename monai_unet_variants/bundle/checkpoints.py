@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +27,7 @@ from ..networks.base import first_shape_mismatch
 
 __all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "OutputError", "RandomStates",
            "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "check_complete",
-           "sweep_temporaries"]
+           "export_checkpoint", "exported_file", "sweep_temporaries"]
 
 LATEST_CHECKPOINT = "checkpoint_latest.pt"
 logger = logging.getLogger("monai_unet_variants.bundle")
@@ -174,6 +175,48 @@ def check_complete(path: str | os.PathLike) -> None:
 
 
 _COMPLETE: set[tuple[str, int, int]] = set()  # (path, size, mtime) of the files check_complete has passed
+
+
+#: MONAI's export commands (``monai.bundle.scripts``) and the name each gives its checkpoint file once defaulted
+_EXPORTS = {"ckpt_export": "ckpt_file_", "onnx_export": "ckpt_file_", "trt_export": "ckpt_file_",
+            "_export": "ckpt_file"}
+
+
+def exported_file() -> str | None:
+    """The checkpoint file (``--ckpt_file``) of the MONAI export command that is building the network in this
+    process (``ckpt_export``, ``onnx_export``, ``trt_export``; from the command line or called), else ``None``.
+
+    MONAI's exports take ``--ckpt_file`` out of the arguments before the rest override the config, so the config
+    cannot see it: it is read from the export's frame on the stack (a local of ``monai.bundle.scripts``; MONAI
+    1.4-1.6 name it so). Where MONAI names it otherwise, ``None``: the configs then read ``--ckpt_path`` alone, as
+    before."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        local = _EXPORTS.get(frame.f_code.co_name)
+        if local and frame.f_globals.get("__name__") == "monai.bundle.scripts":
+            value = frame.f_locals.get(local)
+            if isinstance(value, (str, os.PathLike)):
+                return os.fspath(value)
+        frame = frame.f_back
+    return None
+
+
+def export_checkpoint(default: str | os.PathLike) -> str:
+    """The configs' ``ckpt_path``: ``default`` (``<ckpt_dir>/model.pt``), but in a MONAI export, the file it exports
+    (``--ckpt_file``), so that the network is built with the widths recorded beside that file, and a truncated file
+    is refused naming it before MONAI loads it. A ``--ckpt_path`` typed on the command line replaces this.
+
+    Examples::
+
+        >>> export_checkpoint("/runs/r1/model.pt")  # not within an export
+        '/runs/r1/model.pt'
+    """
+    exported = exported_file()
+    if exported is None or Path(exported).expanduser().resolve() == Path(default).expanduser().resolve():
+        return os.fspath(default)
+    logger.info(f"--ckpt_path {exported}: the file given to the export as --ckpt_file (its widths and preprocessing "
+                f"are read beside it, not beside {default}); --ckpt_path chooses another")
+    return exported
 
 
 class AtomicCheckpointSaver:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import check_options
-from .checkpoints import atomic_write, check_complete
+from .checkpoints import atomic_write, check_complete, exported_file
 from .errors import summarize_errors
 
 __all__ = ["TRAINING_OPTIONS", "check_trained_options", "record_training_options", "trained_option"]
@@ -46,10 +46,12 @@ def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool
 
 def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
     """What the model at ``ckpt_path`` was trained with, and the file that says so; a checkpoint file there that is
-    truncated or no checkpoint is refused first (``check_complete``): the configs read this before they build the
-    network, also where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package."""
+    truncated or no checkpoint is refused first (``check_complete``), and so is the file an export was given as
+    ``--ckpt_file`` where ``--ckpt_path`` names another: the configs read this before they build the network, also
+    where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package."""
     try:
-        check_complete(ckpt_path)
+        for path in {os.fspath(ckpt_path), exported_file() or os.fspath(ckpt_path)}:
+            check_complete(path)
     except ValueError:
         summarize_errors()  # the export commands run no ``initialize``: the cause is made their last line here
         raise

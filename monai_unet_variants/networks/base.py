@@ -335,8 +335,8 @@ class UNetBase(nn.Module):
                 f"Error(s) in loading state_dict for {type(self).__name__}: the checkpoint does not fit this network "
                 f"(widths {list(self.encoder.out_channels)}): {where}. It was saved from a network of other widths, "
                 "input channels or classes, or another variant: build the one it was trained with (--channels; a "
-                "bundle reads the widths from the training_options.json beside --ckpt_path, so with ckpt_export or "
-                "onnx_export give --ckpt_path the file given as --ckpt_file)"
+                "bundle reads the widths from the training_options.json beside --ckpt_path, in an export beside "
+                "--ckpt_file unless --ckpt_path is given)"
             )
 
     @torch.jit.export
