@@ -3,7 +3,7 @@
 - ``datalists``: the bundle's own folder, MSD-style datalists (NIfTI files or DICOM series folders), the split;
 - ``checks``: every file checked before any work starts, every loaded case checked, messages that name the file;
 - ``transforms``: ``MetaSafeSpacingd`` (MONAI Label's ``image_path`` left alone), ``OriginalGridd`` (evaluation on
-  each case's own grid);
+  each case's own grid), ``SlabAsDiscreted`` (the argmax of the class scores without torch's slow CPU path);
 - ``handlers``: validation after the last epoch, per-class metric selection;
 - ``checkpoints``: atomic saves, loads with clear errors, the best metric in the resumable state;
 - ``caching``: preprocessed cases within a memory budget, the rest in a persistent on-disk cache;
@@ -63,6 +63,8 @@ from .transforms import (
     MetaSafeSpacingd,
     OriginalGridd,
     PatchPadd,
+    SlabAsDiscreted,
+    channel_argmax,
     eval_space,
 )
 
@@ -93,6 +95,7 @@ __all__ = [
     "SafeCheckpointLoader",
     "SegmentationWriter",
     "SkippedCasesReport",
+    "SlabAsDiscreted",
     "StackedDeepSupervisionLoss",
     "SyncFreeDiceMetric",
     "SyncFreeMeanDice",
@@ -105,6 +108,7 @@ __all__ = [
     "check_inputs",
     "check_trained_options",
     "claim_training_folders",
+    "channel_argmax",
     "eval_space",
     "every_n_iterations",
     "export_checkpoint",

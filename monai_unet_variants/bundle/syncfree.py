@@ -28,6 +28,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 
 from ..options import as_int
+from .transforms import channel_argmax
 
 __all__ = ["HOST_READS", "DecollateOnDevice", "HostRead", "SyncFreeDiceMetric", "SyncFreeMeanDice",
            "every_n_iterations", "host_reads", "tracking_follows_log_interval"]
@@ -130,7 +131,7 @@ class SyncFreeDiceMetric(DiceMetric):
             if classes < 2:
                 raise ValueError(f"apply_argmax needs class scores of 2 or more classes, got y_pred "
                                  f"{tuple(y_pred.shape)} (one channel: threshold it into a one-hot map instead)")
-            y_pred = torch.nn.functional.one_hot(y_pred.argmax(1), classes).movedim(-1, 1)
+            y_pred = torch.nn.functional.one_hot(channel_argmax(y_pred, 1, keepdim=False), classes).movedim(-1, 1)
         if y.shape[1] == 1 and classes > 1:  # class indices
             y = torch.nn.functional.one_hot(y[:, 0].long(), classes).movedim(-1, 1)
         if y.shape != y_pred.shape:
