@@ -1,12 +1,14 @@
-"""Peak memory of the flagship inference at clinical size, stage by stage, against the same pipeline with MONAI's own
-resampling and softmax.
+"""Peak memory and time of the flagship inference at clinical size, stage by stage, against the same pipeline with
+MONAI's own resampling, softmax and argmax.
 
 Runs the flagship bundle's ``inference.json`` preprocessing, sliding-window inferer and postprocessing (softmax,
 ``Invertd`` back to the scan's grid, argmax) on one CT volume, twice, each in a fresh process:
 
 - ``monai``: the config with MONAI's ``Spacingd`` (its whole-volume sampling grid, in the forward resampling and in
-  ``Invertd``'s) and ``Activationsd(softmax=True)`` (a second copy of the class scores);
-- ``bundle``: the config as it is (``MetaSafeSpacingd``: the grid a slab at a time; ``InPlaceSoftmaxd``).
+  ``Invertd``'s), ``Activationsd(softmax=True)`` (a second copy of the class scores) and ``AsDiscreted`` (torch's
+  argmax: an int64 map, and a slow path on a CPU);
+- ``bundle``: the config as it is (``MetaSafeSpacingd``: the grid a slab at a time; ``InPlaceSoftmaxd``;
+  ``SlabAsDiscreted``).
 
 The network is a 1 x 1 x 1 convolution to 3 classes with fixed weights (what is measured is the data's memory, not the
 network's; the two runs' label maps are compared voxel by voxel). Each transform's and the inferer's peak resident
@@ -41,8 +43,10 @@ CONFIG = REPO / "bundles" / "attunet_pancreas" / "configs" / "inference.json"
 VARIANTS = ("monai", "bundle")
 #: the bundle's transforms and what the ``monai`` variant puts in their place
 MONAI_OWN = {"monai_unet_variants.bundle.MetaSafeSpacingd": {"_target_": "Spacingd"},
-             "monai_unet_variants.bundle.InPlaceSoftmaxd": {"_target_": "Activationsd", "softmax": True}}
-PAIRS = {"Spacingd": "MetaSafeSpacingd", "Activationsd": "InPlaceSoftmaxd"}  # stage names, MONAI's -> the bundle's
+             "monai_unet_variants.bundle.InPlaceSoftmaxd": {"_target_": "Activationsd", "softmax": True},
+             "monai_unet_variants.bundle.SlabAsDiscreted": {"_target_": "AsDiscreted"}}
+#: stage names, MONAI's -> the bundle's
+PAIRS = {"Spacingd": "MetaSafeSpacingd", "Activationsd": "InPlaceSoftmaxd", "AsDiscreted": "SlabAsDiscreted"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
