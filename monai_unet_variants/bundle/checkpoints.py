@@ -187,9 +187,9 @@ def exported_file() -> str | None:
     process (``ckpt_export``, ``onnx_export``, ``trt_export``; from the command line or called), else ``None``.
 
     MONAI's exports take ``--ckpt_file`` out of the arguments before the rest override the config, so the config
-    cannot see it: it is read from the export's frame on the stack (a local of ``monai.bundle.scripts``; MONAI
-    1.4-1.6 name it so). Where MONAI names it otherwise, ``None``: the configs then read ``--ckpt_path`` alone, as
-    before."""
+    cannot see it: it is read from the export's frame on the stack (a local of ``monai.bundle.scripts``, as MONAI
+    1.6 names it; the export tests fail where a MONAI names it otherwise). Where none is found, ``None``: the configs
+    then read ``--ckpt_path`` alone."""
     frame = sys._getframe(1)
     while frame is not None:
         local = _EXPORTS.get(frame.f_code.co_name)

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
+from monai.data import get_track_meta
 from monai.networks.layers import AffineTransform
 from monai.networks.utils import to_norm_affine
-from monai.data import get_track_meta
 from monai.transforms import (
     AsDiscrete,
     AsDiscreted,
