@@ -50,8 +50,10 @@ def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
     ``--ckpt_file`` where ``--ckpt_path`` names another: the configs read this before they build the network, also
     where MONAI's ``ckpt_export`` and ``onnx_export`` read the checkpoint without this package."""
     try:
-        for path in {os.fspath(ckpt_path), exported_file() or os.fspath(ckpt_path)}:
-            check_complete(path)
+        check_complete(ckpt_path)
+        exported = exported_file()
+        if exported is not None:  # checked once however often the configs ask (check_complete remembers)
+            check_complete(exported)
     except ValueError:
         summarize_errors()  # the export commands run no ``initialize``: the cause is made their last line here
         raise

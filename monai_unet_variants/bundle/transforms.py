@@ -165,7 +165,6 @@ class _SlabAsDiscrete(AsDiscrete):
         exact = isinstance(dtype, torch.dtype) and dtype.is_floating_point \
             and scores.shape[dim] <= 2 / torch.finfo(dtype).eps
         label = channel_argmax(scores, dim, self.kwargs.get("keepdim", True), dtype if exact else torch.int64)
-        del scores
         label, *_ = convert_to_dst_type(label, img, dtype=label.dtype)  # img's metadata, as AsDiscrete's output
         return super().__call__(label, False, to_onehot, threshold, rounding)
 
