@@ -903,7 +903,8 @@ def test_each_bundle_is_the_template_merged_with_its_overlay_by_monai(name):
                                    ["train.json", "multi_gpu_train.json"],
                                    ["train.json", "evaluate.json", "multi_gpu_evaluate.json"]])
 def test_every_numeric_option_is_checked_before_anything_runs(confs):
-    """Each config checks its options first in ``initialize`` (``options.check_options``), and every top-level option
+    """Each config checks its options' names, then their values first in ``initialize`` (``check_option_names``,
+    ``options.check_options``), and every top-level option
     that holds a number, or has a rule, is among those checked: a new numeric option without a rule fails here."""
     import re
 
@@ -913,7 +914,8 @@ def test_every_numeric_option_is_checked_before_anything_runs(confs):
 
     config = ConfigParser.load_config_files([str(BUNDLE / "configs" / c) for c in confs])
     initialize = config["initialize"]
-    assert initialize[:2] == ["$monai_unet_variants.bundle.summarize_errors()", "@checked_options"]
+    assert initialize[:3] == ["$monai_unet_variants.bundle.summarize_errors()",
+                              "$monai_unet_variants.bundle.check_option_names()", "@checked_options"]
     # the patch size against the network comes after the seed: building the network draws its initial weights, which
     # the seed must decide (a network built before set_determinism trains differently from run to run)
     seeded = next(i for i, item in enumerate(initialize) if "set_determinism" in item)
@@ -1181,6 +1183,80 @@ def test_export_command_of_a_truncated_checkpoint_ends_with_the_cause(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: ValueError: {cause}"), proc.stderr[-3000:]
     assert "weights_only" not in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "model.ts").exists()
+
+
+def test_an_option_the_config_does_not_have_is_refused_naming_it(tmp_path):
+    """MONAI adds every option it is given to the config, so ``--epoch 1`` beside ``epochs`` trained for 10 epochs
+    without a word. Each command (``run`` with one or two config files, options from ``--args_file``, the exports)
+    refuses an option whose first id the config files do not have, naming it, the files and the closest names, or
+    that nothing in them reads (training's ``--overwrite`` typed to the evaluation), before anything is read or
+    written."""
+    from monai.bundle import ckpt_export, run
+
+    from monai_unet_variants.bundle.errors import root_cause
+
+    configs = BUNDLE / "configs"
+    folders = {"ckpt_dir": str(tmp_path / "models"), "output_dir": str(tmp_path / "eval")}
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"val_intervall": 2}))
+    (tmp_path / "m.pt").write_bytes(b"never read")
+    cases = [
+        (run, {"config_file": str(configs / "train.json"), "epoch": 1, **folders},
+         "--epoch: there is no option 'epoch' in train.json (it would be ignored); did you mean --epochs?"),
+        (run, {"config_file": [str(configs / "train.json"), str(configs / "multi_gpu_train.json")],
+               "learning_rat": 0.1, **folders},
+         "--learning_rat: there is no option 'learning_rat' in train.json + multi_gpu_train.json (it would be "
+         "ignored); did you mean --learning_rate?"),
+        (run, {"config_file": str(configs / "train.json"), "args_file": str(args_file), **folders},
+         "--val_intervall: there is no option 'val_intervall' in train.json"),
+        (run, {"config_file": [str(configs / "train.json"), str(configs / "evaluate.json")], "ckpt_pth": "m.pt",
+               **folders},
+         "--ckpt_pth: there is no option 'ckpt_pth' in train.json + evaluate.json (it would be ignored); did you "
+         "mean --ckpt_path"),
+        (run, {"config_file": [str(configs / "train.json"), str(configs / "evaluate.json")], "overwrite": False,
+               **folders},
+         "--overwrite: nothing in train.json + evaluate.json reads the option 'overwrite', so it would be ignored"),
+        (ckpt_export, {"net_id": "network_def", "filepath": str(tmp_path / "model.ts"), "ckpt_pth": "m.pt",
+                       "ckpt_file": str(tmp_path / "m.pt"), "meta_file": str(configs / "metadata.json"),
+                       "config_file": str(configs / "inference.json"), "bundle_root": str(tmp_path)},
+         "--ckpt_pth: there is no option 'ckpt_pth' in inference.json (it would be ignored); did you mean --ckpt_path"),
+    ]
+    for command, args, message in cases:
+        with pytest.raises(RuntimeError) as err:
+            command(**args)
+        cause = root_cause(err.value)
+        assert isinstance(cause, ValueError) and str(cause).startswith(message), (message, str(cause))
+        assert str(configs) in str(cause)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["args.json", "m.pt"]  # nothing written
+
+
+def test_options_the_config_has_pass_the_name_check(tmp_path):
+    """What a person may type beside the config's own names: a path into one (``--optimizer#fused``, MONAI's ``::``
+    too), the workflow's own arguments, the ids of ``--tracking``'s settings, a new name that another option
+    references."""
+    from monai.bundle.scripts import create_workflow
+
+    workflow = create_workflow(
+        config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train", logging_file=False,
+        initialize=["$monai_unet_variants.bundle.check_option_names()"], output_dir=str(tmp_path / "eval"),
+        tracking="mlflow", tracking_uri=(tmp_path / "mlruns").as_uri(),  # MONAI's tracking settings add these ids
+        **{"optimizer#fused": True, "network_def::channels": [4, 8, 16, 32, 64], "my_epochs": 3,
+           "epochs": "@my_epochs"})
+    assert workflow.parser.get_parsed_content("epochs") == 3
+    with pytest.raises(RuntimeError, match="check_option_names"):  # the same check, with one name it lacks
+        create_workflow(config_file=str(BUNDLE / "configs" / "train.json"), logging_file=False,
+                        initialize=["$monai_unet_variants.bundle.check_option_names()"], my_epochs=3)
+
+
+@pytest.mark.slow  # ~6 s: the command line (fire reads --val-interval as val_interval), its last line
+def test_a_mistyped_option_ends_the_command_with_its_name(tmp_path):
+    proc = run_bundle("run", "--config_file", str(BUNDLE / "configs" / "train.json"), "--val-interval", "1",
+                      "--epoch", "1", "--ckpt_dir", str(tmp_path / "models"), check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ValueError: --epoch: there is no option 'epoch' in train.json"), proc.stderr[-3000:]
+    assert "did you mean --epochs?" in last
+    assert not (tmp_path / "models").exists()
 
 
 @pytest.mark.slow

@@ -29,6 +29,11 @@ TINY = ["--roi_size", "[32,32,32]", "--network_def#channels", "[4,8,16,32,64]", 
         "--num_workers", "2", "--batch_size", "2"]
 
 
+def _tiny(config: str) -> list[str]:
+    """``TINY`` as ``config`` takes it: inference has no training loader (``--num_workers``, ``--batch_size``)."""
+    return TINY if config == "train.json" else TINY[:6]
+
+
 def _write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
     nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), str(path))
     return path
@@ -935,7 +940,7 @@ def test_boolean_options_refuse_what_they_cannot_read(tmp_path, sample, tiny_mod
     """A boolean option through the real command line: a value that is not true/false/1/0/yes/no stops the run with
     exit 1 and the option's name on the last line, before anything is written."""
     args = ["--config_file", str(FLAGSHIP / "configs" / config), "--dataset_dir", str(sample),
-            "--output_dir", str(tmp_path / "out"), *TINY, f"--{option}", "maybe"]
+            "--output_dir", str(tmp_path / "out"), *_tiny(config), f"--{option}", "maybe"]
     if config == "train.json":
         args += ["--epochs", "1", "--ckpt_dir", str(tmp_path / "models")]
     else:
@@ -959,7 +964,7 @@ def test_numeric_options_refuse_what_does_not_fit(tmp_path, sample, tiny_model, 
     """A number the run cannot use stops it with the option's name before anything is read or written (the
     reversed HU window would have inverted every image without a word)."""
     opts = {"--config_file": str(FLAGSHIP / "configs" / config), "--dataset_dir": str(sample),
-            "--output_dir": str(tmp_path / "out"), **dict(zip(TINY[::2], TINY[1::2]))}
+            "--output_dir": str(tmp_path / "out"), **dict(zip(_tiny(config)[::2], _tiny(config)[1::2]))}
     if config == "train.json":
         opts.update({"--epochs": "1", "--ckpt_dir": str(tmp_path / "models"), "--cache_dir": str(tmp_path / "cache")})
     else:

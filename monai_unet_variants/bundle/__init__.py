@@ -1,6 +1,7 @@
 """Helpers that the MONAI bundles under ``bundles/`` call from their configs, by concern:
 
 - ``datalists``: the bundle's own folder, MSD-style datalists (NIfTI files or DICOM series folders), the split;
+- ``command_line``: an option that the command's config does not have or read (which MONAI would ignore) refused;
 - ``checks``: every file checked before any work starts, every loaded case checked, messages that name the file;
 - ``transforms``: ``MetaSafeSpacingd`` (MONAI Label's ``image_path`` left alone), ``OriginalGridd`` (evaluation on
   each case's own grid), ``SlabAsDiscreted`` (the argmax of the class scores without torch's slow CPU path);
@@ -37,6 +38,7 @@ from .checks import (
     check_inputs,
     nifti_reader,
 )
+from .command_line import check_option_names
 from .datalists import find_bundle_root, inference_inputs, list_test_images, load_datalist, test_inputs
 from .dicom import DicomSeriesError, check_dicom_folder
 from .errors import summarize_errors
@@ -104,6 +106,7 @@ __all__ = [
     "Uncached",
     "atomic_write",
     "check_checkpoint",
+    "check_option_names",
     "check_dicom_folder",
     "check_inputs",
     "check_trained_options",

@@ -12,7 +12,6 @@ import math
 import os
 import random
 import re
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +23,7 @@ import torch
 from monai.handlers import CheckpointLoader
 
 from ..networks.base import first_shape_mismatch
+from .command_line import check_option_names, monai_command_frames
 
 __all__ = ["LATEST_CHECKPOINT", "AtomicCheckpointSaver", "BestMetricState", "OutputError", "RandomStates",
            "SafeCheckpointLoader", "atomic_write", "check_checkpoint", "check_complete",
@@ -190,14 +190,10 @@ def exported_file() -> str | None:
     cannot see it: it is read from the export's frame on the stack (a local of ``monai.bundle.scripts``, as MONAI
     1.6 names it; the export tests fail where a MONAI names it otherwise). Where none is found, ``None``: the configs
     then read ``--ckpt_path`` alone."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        local = _EXPORTS.get(frame.f_code.co_name)
-        if local and frame.f_globals.get("__name__") == "monai.bundle.scripts":
-            value = frame.f_locals.get(local)
-            if isinstance(value, (str, os.PathLike)):
-                return os.fspath(value)
-        frame = frame.f_back
+    for name, local in monai_command_frames():
+        value = local.get(_EXPORTS.get(name, ""))
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
     return None
 
 
@@ -212,6 +208,8 @@ def export_checkpoint(default: str | os.PathLike) -> str:
         '/runs/r1/model.pt'
     """
     exported = exported_file()
+    if exported is not None:
+        check_option_names()  # the export's other options, as run's are checked in the configs' initialize
     if exported is None or Path(exported).expanduser().resolve() == Path(default).expanduser().resolve():
         return os.fspath(default)
     logger.info(f"--ckpt_path {exported}: the file given to the export as --ckpt_file (its widths and preprocessing "
