@@ -773,6 +773,37 @@ def test_a_diverged_network_is_not_saved(tmp_path):
     assert not (tmp_path / "model.pt").exists() and not (tmp_path / "best_metric.json").exists()
 
 
+def test_training_options_are_written_with_the_model_they_describe(tmp_path, sample):
+    """``training_options.json`` is written with each ``model.pt``, not when training starts: a run started with
+    ``--overwrite true`` (other ``pixdim``) over a folder holding another model leaves that model's options beside it
+    until it saves its own model (stopped before, inference would have fed the old model the new run's voxels)."""
+    from ignite.engine import Engine
+    from monai.bundle import ConfigWorkflow
+
+    models = tmp_path / "models"
+    models.mkdir()
+    old = {"pixdim": [1.5, 1.5, 2.0], "hu_window": [-100.0, 240.0], "channels": [4, 8, 16, 32, 64]}
+    (models / mb.TRAINING_OPTIONS).write_text(json.dumps(old))
+    (models / "model.pt").write_bytes(b"the earlier model")
+    workflow = ConfigWorkflow(config_file=str(BUNDLE / "configs" / "train.json"), workflow_type="train",
+                              logging_file=False, dataset_dir=str(sample), ckpt_dir=str(models),
+                              output_dir=str(tmp_path / "eval"), overwrite=True, pixdim=[1.0, 1.0, 1.2],
+                              cache_rate=0.0, num_workers=0, **cli_overrides(TINY[:4]))
+    workflow.initialize()
+    assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == old  # nothing saved yet: the old pair stays
+    saver = next(h for h in workflow.parser.get_parsed_content("validate#handlers")
+                 if isinstance(h, mb.AtomicCheckpointSaver) and h.save_key_metric)
+    engine = Engine(lambda e, b: None)
+    engine.state.epoch, engine.state.best_metric, engine.state.best_metric_epoch = 2, 0.4, 1  # not the best epoch
+    saver.save_best(engine)
+    assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == old
+    engine.state.best_metric_epoch = 2
+    saver.save_best(engine)
+    assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == {
+        "pixdim": [1.0, 1.0, 1.2], "hu_window": [-87.0, 199.0], "channels": [4, 8, 16, 32, 64]}
+    assert (models / "model.pt").read_bytes() != b"the earlier model"
+
+
 def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
     target = tmp_path / "checkpoint_latest.pt"
     mb.checkpoints._atomic_save({"a": torch.ones(3)}, target)

@@ -248,6 +248,8 @@ def test_infer_label_train_and_infer_with_the_new_checkpoint(server, tmp_path):
     assert datastore["completed"] == 3, datastore
 
     old = _sha(server.checkpoint)
+    options = server.checkpoint.parent / "training_options.json"
+    assert not options.exists()  # an untrained model.pt, written by the fixture
     started = time.time()
     r = requests.post(f"{server.url}/train/{MODEL}", timeout=60,
                       json={"max_epochs": 1, "val_split": 0.34, "device": "cpu", "multi_gpu": False,
@@ -262,6 +264,9 @@ def test_infer_label_train_and_infer_with_the_new_checkpoint(server, tmp_path):
         time.sleep(2)
     assert task and task.get("status") == "DONE", f"{task}\n{server.log_tail()}"
     assert server.checkpoint.stat().st_mtime > started and _sha(server.checkpoint) != old, server.log_tail()
+    # the options the model was trained with are written with it, for inference to preprocess as training did
+    assert json.loads(options.read_text()) == {"pixdim": [1.0, 1.0, 1.0], "hu_window": [-87.0, 199.0],
+                                               "channels": TINY["network_def#channels"]}
 
     after = _label_from(server.infer(image_id), tmp_path / "after.nii.gz")
     assert after.shape == image.shape

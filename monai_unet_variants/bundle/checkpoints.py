@@ -236,6 +236,12 @@ class AtomicCheckpointSaver:
         only_rank0: save on rank 0 only under ``torch.distributed``. Defaults to True.
         engine_key: also save the engine it is attached to under this key (its epoch and iteration, for
             resuming); a config cannot name the trainer inside the trainer's own handlers. Defaults to ``None``.
+        training_options: what the network is trained with (``pixdim``, ``hu_window``, ``channels``), written to
+            ``training_options.json`` beside ``key_metric_filename`` each time that is saved (just before it, with
+            ``best_metric.json``), so that the file describes the model beside it: a run started with
+            ``--overwrite true`` over another model and stopped before its first save leaves that model's file
+            (written when training starts, it would pair the old model with the new run's options). Defaults to
+            ``None`` (nothing written).
     """
 
     def __init__(
@@ -248,8 +254,10 @@ class AtomicCheckpointSaver:
         key_metric_filename: str = "model.pt",
         only_rank0: bool = True,
         engine_key: str | None = None,
+        training_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
+        self.training_options = None if training_options is None else dict(training_options)
         self.save_dict = dict(save_dict)
         self.engine_key = engine_key
         self.save_interval = save_interval
@@ -314,6 +322,10 @@ class AtomicCheckpointSaver:
         state = engine.state
         if getattr(state, "best_metric_epoch", -1) == state.epoch and self._rank0():
             self._check_finite(engine, self.save_dir / self.key_metric_filename)
+            if self.training_options is not None:
+                from .training_options import record_training_options  # it imports this module
+
+                record_training_options(self.save_dir, **self.training_options)
             record = {"metric": float(state.best_metric), "epoch": int(state.epoch), "file": self.key_metric_filename}
             atomic_write(self.save_dir / BEST_METRIC_RECORD, lambda f: f.write((json.dumps(record, indent=4) + "\n").encode()))
             _atomic_save(self._state(), self.save_dir / self.key_metric_filename)
