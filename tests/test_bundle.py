@@ -84,7 +84,9 @@ def test_training_writes_into_the_bundle_copy(trained):
     assert (trained / "models" / "model.pt").is_file()
     latest = torch.load(trained / "models" / mb.LATEST_CHECKPOINT, weights_only=True)
     assert latest["trainer"]["iteration"] == 2 * latest["trainer"]["epoch_length"]  # ignite keeps iterations
-    assert set(latest) == {"network", "optimizer", "lr_scheduler", "best_metric", "rng", "trainer"}
+    assert set(latest) == {"network", "optimizer", "lr_scheduler", "best_metric", "rng", "training_options", "trainer"}
+    assert latest["training_options"] == {"pixdim": [1.0, 1.0, 1.0], "hu_window": [-87.0, 199.0],
+                                          "channels": [4, 8, 16, 32, 64]}
     assert latest["best_metric"]["best_metric_epoch"] in (1, 2)
     assert any(p.name.startswith("events.out.tfevents") for p in (trained / "eval").iterdir())
     assert not (REPO / "models").exists()
@@ -427,6 +429,13 @@ def test_resume_after_sigkill(tmp_path, sample):
             proc.kill()
     saved = _epoch(latest)  # loads: never a truncated file
     assert saved >= 2
+    before = latest.read_bytes()
+    other = run_bundle(*args[3:], "--resume", "true", "--hu_window", "[-100,240]", check=False)
+    assert other.returncode == 1 and other.stderr.strip().splitlines()[-1] == (
+        f"error: ValueError: checkpoint {latest}: --hu_window [-100.0, 240.0] differs from the [-87.0, 199.0] that "
+        "the run being resumed was started with, and a run cannot change it midway. Repeat --hu_window "
+        "'[-87.0,199.0]', or start afresh with --overwrite true"), other.stderr[-3000:]
+    assert latest.read_bytes() == before
     out = run_bundle(*args[3:], "--resume", "true")
     log = out.stdout + out.stderr
     assert f"Restored all variables from {latest}" in log, log[-3000:]
@@ -802,6 +811,42 @@ def test_training_options_are_written_with_the_model_they_describe(tmp_path, sam
     assert json.loads((models / mb.TRAINING_OPTIONS).read_text()) == {
         "pixdim": [1.0, 1.0, 1.2], "hu_window": [-87.0, 199.0], "channels": [4, 8, 16, 32, 64]}
     assert (models / "model.pt").read_bytes() != b"the earlier model"
+
+
+def test_a_resume_with_other_preprocessing_is_refused_naming_the_checkpoint(tmp_path, caplog):
+    """``checkpoint_latest.pt`` holds the run's ``pixdim``, ``hu_window`` and ``channels`` (``TrainingOptionsState``):
+    a resume without the ``--pixdim`` the run was started with is refused naming the option, both values and the
+    file, instead of training on other voxels; the same options resume; a checkpoint of an older version, without
+    them, resumes with a warning."""
+    from ignite.engine import Engine
+
+    from monai_unet_variants.bundle.errors import root_cause
+
+    net = torch.nn.Linear(3, 2)
+    started = mb.TrainingOptionsState(pixdim=[1.5, 1.5, 2], hu_window=[-100, 240], channels=[4, 8, 16, 32, 64])
+    mb.AtomicCheckpointSaver(str(tmp_path), {"network": net, "training_options": started}).save_latest(
+        Engine(lambda e, b: None))
+    path = tmp_path / mb.LATEST_CHECKPOINT
+
+    def resume(**options) -> None:
+        loader = mb.SafeCheckpointLoader(str(path), {"network": torch.nn.Linear(3, 2),
+                                                     "training_options": mb.TrainingOptionsState(**options)},
+                                         purpose="resume", optional_keys=("rng", "training_options"))
+        loader(Engine(lambda e, b: None))
+
+    with pytest.raises(ValueError) as err:
+        resume(pixdim=[1, 1, 1], hu_window=[-100, 240], channels=[4, 8, 16, 32, 64])
+    assert str(root_cause(err.value)) == (
+        f"checkpoint {path}: --pixdim [1.0, 1.0, 1.0] differs from the [1.5, 1.5, 2.0] that the run being resumed was "
+        "started with, and a run cannot change it midway. Repeat --pixdim '[1.5,1.5,2.0]', or start afresh "
+        "with --overwrite true")
+    with pytest.raises(ValueError, match=r"--hu_window \[-87.0, 199.0\] differs from the \[-100.0, 240.0\]"):
+        resume(pixdim=[1.5, 1.5, 2.0], hu_window=[-87, 199], channels=[4, 8, 16, 32, 64])
+    resume(pixdim=[1.5, 1.5, 2], hu_window=[-100.0, 240], channels=[4, 8, 16, 32, 64])  # the same options
+    torch.save({"network": net.state_dict()}, path)  # an older version's checkpoint
+    with caplog.at_level(logging.WARNING):
+        resume(pixdim=[1, 1, 1], hu_window=[-87, 199], channels=[4, 8, 16, 32, 64])
+    assert "holds no 'training_options' (saved by an older version): resuming without it" in caplog.text
 
 
 def test_atomic_save_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):

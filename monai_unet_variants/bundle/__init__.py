@@ -56,7 +56,13 @@ from .syncfree import (
     host_reads,
     tracking_follows_log_interval,
 )
-from .training_options import TRAINING_OPTIONS, check_trained_options, record_training_options, trained_option
+from .training_options import (
+    TRAINING_OPTIONS,
+    TrainingOptionsState,
+    check_trained_options,
+    record_training_options,
+    trained_option,
+)
 from .outputs import OutputsReport, SegmentationWriter, claim_training_folders, output_names
 from .transforms import (
     EVAL_SPACES,
@@ -103,6 +109,7 @@ __all__ = [
     "SyncFreeMeanDice",
     "TRAINING_OPTIONS",
     "TrainingHistory",
+    "TrainingOptionsState",
     "Uncached",
     "atomic_write",
     "check_checkpoint",

@@ -550,6 +550,8 @@ class SafeCheckpointLoader(CheckpointLoader):
         typed_lrs = list(scheduler.base_lrs) if hasattr(scheduler, "base_lrs") else None  # this run's, before loading
         try:
             super().__call__(engine)
+        except ValueError as err:  # a restored object refusing its state (TrainingOptionsState): name the file
+            raise ValueError(f"checkpoint {path}: {err}") from None
         except RuntimeError as err:
             if "state_dict" not in str(err) and "size mismatch" not in str(err):
                 raise

@@ -18,7 +18,8 @@ from ..options import check_options
 from .checkpoints import atomic_write, check_complete, exported_file
 from .errors import summarize_errors
 
-__all__ = ["TRAINING_OPTIONS", "check_trained_options", "record_training_options", "trained_option"]
+__all__ = ["TRAINING_OPTIONS", "TrainingOptionsState", "check_trained_options", "record_training_options",
+           "trained_option"]
 
 logger = logging.getLogger("monai_unet_variants.bundle")
 
@@ -42,6 +43,43 @@ def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool
     path = Path(ckpt_dir) / TRAINING_OPTIONS
     atomic_write(path, lambda f: f.write((json.dumps(values, indent=4) + "\n").encode()))
     return True
+
+
+class TrainingOptionsState:
+    """A training run's preprocessing and widths (``pixdim``, ``hu_window``, ``channels``) as a checkpointable object:
+    saved in ``checkpoint_latest.pt`` beside the network, so that a resumed run is refused when the command line gives
+    other values (a resume without the ``--pixdim`` the run was started with continued it on 1 mm voxels without a
+    word). ``state_dict()`` also gives what ``model.pt``'s ``training_options.json`` records.
+
+    Args:
+        options: the run's options, checked by ``check_options``.
+
+    Examples::
+
+        >>> state = TrainingOptionsState(pixdim=[1.5, 1.5, 2], hu_window=[-87, 199])
+        >>> state.state_dict()
+        {'pixdim': [1.5, 1.5, 2.0], 'hu_window': [-87.0, 199.0]}
+        >>> state.load_state_dict({"pixdim": [1.0, 1.0, 1.0]})
+        Traceback (most recent call last):
+        ...
+        ValueError: --pixdim [1.5, 1.5, 2.0] differs from the [1.0, 1.0, 1.0] that the run being resumed was started \
+with, and a run cannot change it midway. Repeat --pixdim '[1.0,1.0,1.0]', or start afresh with --overwrite true
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = check_options(options)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuse a run whose options differ from the resumed run's ``state`` (options only one side has pass)."""
+        for name, value in self.options.items():
+            if name in state and check_options({name: state[name]})[name] != value:
+                typed = json.dumps(state[name]).replace(" ", "")
+                raise ValueError(f"--{name} {value} differs from the {state[name]} that the run being resumed was "
+                                 f"started with, and a run cannot change it midway. Repeat --{name} "
+                                 f"{typed!r}, or start afresh with --overwrite true")
 
 
 def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
