@@ -87,8 +87,8 @@ def check_option_names() -> None:
         read = set(re.findall(r"[@%](\w+)", json.dumps(config, default=str) + json.dumps(values)))
         steps = {"init_id": "initialize", "run_id": "run", "final_id": "finalize"}
         read |= {"imports", str(local.get("net_id_")), *(str(args.get(k) or v) for k, v in steps.items())}
-        paths = ", ".join(_as_list(files))
-        shown = " + ".join(os.path.basename(f) for f in _as_list(files))
+        listed = _as_list(files)
+        paths, shown = ", ".join(listed), " + ".join(os.path.basename(f) for f in listed)
         for key in args:
             top = _top_id(str(key))
             if top in allowed or top in read:

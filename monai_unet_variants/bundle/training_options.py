@@ -35,8 +35,8 @@ def _rank() -> int:
 
 def record_training_options(ckpt_dir: str | os.PathLike, **options: Any) -> bool:
     """Write ``options`` (checked by ``check_options``: e.g. ``pixdim``, ``hu_window``) into ``ckpt_dir``'s
-    ``training_options.json`` (rank 0 only under ``torch.distributed``). Returns ``True`` (for a config's
-    ``initialize``)."""
+    ``training_options.json`` (rank 0 only under ``torch.distributed``; ``AtomicCheckpointSaver`` calls it with each
+    ``model.pt``). Returns ``True`` (for a config's expression list)."""
     if _rank() > 0:
         return True
     values = check_options(options)
@@ -74,12 +74,18 @@ with, and a run cannot change it midway. Repeat --pixdim '[1.0,1.0,1.0]', or sta
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Refuse a run whose options differ from the resumed run's ``state`` (options only one side has pass)."""
-        for name, value in self.options.items():
-            if name in state and check_options({name: state[name]})[name] != value:
-                typed = json.dumps(state[name]).replace(" ", "")
-                raise ValueError(f"--{name} {value} differs from the {state[name]} that the run being resumed was "
-                                 f"started with, and a run cannot change it midway. Repeat --{name} "
-                                 f"{typed!r}, or start afresh with --overwrite true")
+        for name, value in _differing(self.options, state):
+            typed = json.dumps(state[name]).replace(" ", "")
+            raise ValueError(f"--{name} {value} differs from the {state[name]} that the run being resumed was "
+                             f"started with, and a run cannot change it midway. Repeat --{name} {typed!r}, or start "
+                             "afresh with --overwrite true")
+
+
+def _differing(checked: dict[str, Any], recorded: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``(name, value)`` of each of the ``checked`` options (``check_options``' values) that ``recorded`` (a
+    training's record, as written) holds with another value; options only one side has are left out."""
+    return [(name, value) for name, value in checked.items()
+            if name in recorded and check_options({name: recorded[name]})[name] != value]
 
 
 def _recorded(ckpt_path: str | os.PathLike) -> tuple[dict, Path]:
@@ -129,9 +135,8 @@ def check_trained_options(ckpt_path: str | os.PathLike, **options: Any) -> bool:
     ``ckpt_path`` was trained with (a value typed on the command line: the defaults follow the training). Returns
     ``True`` (for a config's ``initialize``)."""
     content, path = _recorded(ckpt_path)
-    for name, value in check_options(options).items():
-        if name in content and check_options({name: content[name]})[name] != value:
-            logger.warning(f"--{name} {value} differs from the {content[name]} that {Path(ckpt_path).name} was "
-                           f"trained with ({path}): the network sees the images otherwise than in training, and may "
-                           "segment them worse")
+    for name, value in _differing(check_options(options), content):
+        logger.warning(f"--{name} {value} differs from the {content[name]} that {Path(ckpt_path).name} was "
+                       f"trained with ({path}): the network sees the images otherwise than in training, and may "
+                       "segment them worse")
     return True
